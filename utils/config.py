@@ -1,0 +1,190 @@
+"""`RunConfig`: every knob a notebook takes, built from papermill parameters and a profile.
+
+A notebook's tagged `parameters` cell holds flat literals named exactly like the fields
+below; papermill injects overrides after it, and the next cell calls `make_config`, which
+rejects unknown keys and wrong types (nanoGPT's configurator does the same with globals).
+
+Precedence, lowest first: field defaults (the study's settings) < the profile's defaults
+< explicit parameters. A parameter whose value is `None` means "not set here": that is how
+a notebook leaves scale knobs (epochs, image_size...) to the profile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["RunConfig", "ConfigError", "PROFILES", "make_config"]
+
+
+class ConfigError(ValueError):
+    """A parameter that does not exist, has the wrong type or an impossible value."""
+
+
+@dataclass
+class RunConfig:
+    """All settings of one run. Defaults are the `full` study settings (GPU, Kaggle data)."""
+
+    # --- identity / profile ------------------------------------------------------------
+    step: str = ""                 # run_all step name; names checkpoints/ and results/
+    profile: str = "auto"          # auto | demo | smoke | full ("auto": full if real data found)
+    variant: str = ""              # ablation variant (03_resnet_ablation): cnn, v1, v2, v3, final...
+    # --- data --------------------------------------------------------------------------
+    dataset: str = "kermany"       # kermany | rsna | nih
+    data_root: str = ""            # "" = auto: CXR_DATA_ROOT, Kaggle mounts, else generated demo
+    task: str = "binary"           # binary (pneumonia) | multilabel (NIH 14 findings)
+    image_size: int = 224
+    max_images: int = 0            # cap per split for quick runs; 0 = all
+    val_fraction: float = 0.15     # patient-level validation split carved from train
+    test_fraction: float = 0.15    # only for sources without an official test split
+    cache: bool = True             # pre-resized uint8 cache (utils.data.cache)
+    num_workers: int = 2
+    on_bad_image: str = "error"    # error | skip
+    # --- model -------------------------------------------------------------------------
+    model: str = "resnet18"        # a name from utils.models.list_models()
+    pretrained: bool = True
+    allow_random_init: bool = False  # offline + pretrained: fall back to random weights
+    dropout: float = 0.0
+    trainable_from: str = "all"    # all | head | layer3 | layer4 | ... (see utils.models)
+    init_checkpoint: str = ""      # start from another run's weights (head replaced if needed)
+    # --- training ----------------------------------------------------------------------
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"       # adamw | adam | sgd
+    scheduler: str = "cosine"      # cosine | plateau | step | none
+    loss: str = "bce"              # bce | weighted_bce | focal
+    pos_weight: float = 0.0        # weighted_bce: 0 = neg/pos ratio of the train split
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25      # negative = no alpha weighting
+    sampler: str = "none"          # none | balanced | capped
+    sampler_cap: int = 0           # capped: at most N images per finding per epoch
+    augmentation: str = "basic"    # none | basic | strong | v3 (utils.transforms)
+    early_stopping: int = 0        # patience in epochs; 0 = off
+    monitor: str = "val_auroc"     # metric for best checkpoint and early stopping
+    grad_clip: float = 0.0         # max grad norm; 0 = off
+    amp: bool = True               # mixed precision on CUDA (ignored on CPU)
+    channels_last: bool = True
+    compile: bool = False          # torch.compile
+    max_steps_per_epoch: int = 0   # 0 = full epochs (smoke uses a few batches)
+    seed: int = 42
+    device: str = "auto"           # auto | cpu | cuda | mps
+    resume: bool = True            # continue from checkpoints/<step>/last.pt when present
+    # --- evaluation --------------------------------------------------------------------
+    threshold_policy: str = "max_f1"   # fixed | max_f1 | youden | sensitivity (on validation)
+    threshold: float = 0.5             # the value for the `fixed` policy
+    target_sensitivity: float = 0.9    # for the `sensitivity` policy
+    tta: bool = False
+    bootstrap: int = 1000              # resamples for 95% CIs; 0 = off
+    # --- outputs -----------------------------------------------------------------------
+    reports_dir: str = "reports"
+    checkpoint_dir: str = "checkpoints"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def validate(self) -> "RunConfig":
+        """Reject impossible values before any work starts, naming the value and range."""
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(f"{name}={value!r} is not one of {sorted(choices)}")
+        for name, lo in _MINIMUMS.items():
+            if getattr(self, name) < lo:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= {lo}")
+        for name in ("val_fraction", "test_fraction", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        for name in ("threshold", "target_sensitivity"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1]")
+        if self.image_size % 16 and self.model.startswith(("vit", "mixer")):
+            raise ConfigError(f"image_size={self.image_size} must be a multiple of 16 "
+                              f"for {self.model} (16-pixel patches)")
+        if self.task == "multilabel" and self.dataset != "nih":
+            raise ConfigError("task='multilabel' needs dataset='nih' (the 14-finding labels)")
+        return self
+
+
+_CHOICES: dict[str, set] = {
+    "profile": {"auto", "demo", "smoke", "full"},
+    "dataset": {"kermany", "rsna", "nih"},
+    "task": {"binary", "multilabel"},
+    "on_bad_image": {"error", "skip"},
+    "optimizer": {"adamw", "adam", "sgd"},
+    "scheduler": {"cosine", "plateau", "step", "none"},
+    "loss": {"bce", "weighted_bce", "focal"},
+    "sampler": {"none", "balanced", "capped"},
+    "augmentation": {"none", "basic", "strong", "v3"},
+    "threshold_policy": {"fixed", "max_f1", "youden", "sensitivity"},
+    "device": {"auto", "cpu", "cuda", "mps"},
+    "monitor": {"val_auroc", "val_f1", "val_loss"},
+}
+_MINIMUMS: dict[str, float] = {
+    "image_size": 16, "batch_size": 1, "epochs": 1, "max_images": 0, "num_workers": 0,
+    "lr": 1e-12, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
+    "sampler_cap": 0, "early_stopping": 0, "grad_clip": 0.0, "max_steps_per_epoch": 0,
+    "bootstrap": 0,
+}
+
+# Profiles set only *scale* knobs; the recipe (model, loss, sampler...) belongs to the
+# notebook and its run_all step. Any key can still be overridden by a parameter.
+PROFILES: dict[str, dict[str, Any]] = {
+    # the seeds' settings on the Kaggle data, for one GPU
+    "full": {"image_size": 224, "epochs": 20, "batch_size": 32, "max_images": 0,
+             "num_workers": 4, "cache": True, "bootstrap": 1000},
+    # synthetic data the project generates; tiny sizes; minutes on a laptop CPU
+    "demo": {"image_size": 64, "epochs": 4, "batch_size": 32, "max_images": 0,
+             "num_workers": 0, "cache": True, "bootstrap": 200, "pretrained": False,
+             "lr": 1e-3},
+    # tests: seconds per notebook
+    "smoke": {"image_size": 32, "epochs": 1, "batch_size": 8, "max_images": 48,
+              "num_workers": 0, "cache": False, "bootstrap": 20, "pretrained": False,
+              "max_steps_per_epoch": 2, "lr": 1e-3},
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _check_type(key: str, value: Any) -> Any:
+    """nanoGPT-style type check; ints are accepted where floats are expected."""
+    expected = type(getattr(RunConfig(), key))
+    if expected is float and type(value) is int:
+        return float(value)
+    if type(value) is not expected:
+        raise ConfigError(f"parameter {key}={value!r} has type {type(value).__name__}, "
+                          f"expected {expected.__name__}")
+    return value
+
+
+def make_config(params: Mapping[str, Any] | None = None, profile: str | None = None,
+                strict: bool = True) -> RunConfig:
+    """Build a validated `RunConfig` from a profile and explicit parameters.
+
+    Args:
+        params: flat parameters (papermill's); `None` values mean "use the profile default".
+        profile: demo | smoke | full; defaults to `params["profile"]`. `auto` must already
+            be resolved (see `utils.notebook.setup`), else it is treated as `full`.
+        strict: reject keys that are not `RunConfig` fields.
+    Example:
+        >>> make_config({"model": "densenet121", "epochs": 3}, profile="demo").epochs
+        3
+    """
+    params = {k: v for k, v in dict(params or {}).items() if v is not None}
+    unknown = sorted(set(params) - set(_FIELDS))
+    if unknown and strict:
+        raise ConfigError(f"unknown parameter(s) {unknown}; valid names are RunConfig "
+                          f"fields: {sorted(_FIELDS)}")
+    profile = profile or params.get("profile", "auto")
+    if profile not in PROFILES and profile != "auto":
+        raise ConfigError(f"profile={profile!r} is not one of {sorted(PROFILES)}")
+    merged: dict[str, Any] = dict(PROFILES.get(profile, PROFILES["full"]))
+    merged.update({k: v for k, v in params.items() if k in _FIELDS})
+    merged["profile"] = profile
+    values = {k: _check_type(k, v) for k, v in merged.items()}
+    return RunConfig(**values).validate()

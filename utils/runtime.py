@@ -1,0 +1,64 @@
+"""Where and how a run executes: device choice, seeding, environment facts for the report."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+
+import numpy as np
+
+__all__ = ["pick_device", "seed_everything", "environment", "in_colab"]
+
+
+def pick_device(requested: str = "auto") -> "torch.device":
+    """CUDA, else Apple MPS, else CPU; an explicit request that is unavailable is an error."""
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA GPU is visible; "
+                           "use device='auto' or 'cpu'")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def environment() -> dict[str, str]:
+    """Versions and hardware, printed in every notebook's setup cell and kept in results."""
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "colab": str(in_colab()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    for mod in ("torchvision", "timm", "albumentations", "pydicom", "sklearn"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is just reported
+            info[mod] = "missing"
+    return info
