@@ -1,0 +1,431 @@
+#!/usr/bin/env python
+"""Re-execute every notebook in order with papermill and render the HTML reports.
+
+    python run_all.py                        # the whole plan; unchanged steps are skipped
+    python run_all.py --profile smoke --only "03_*" -p epochs=2 -p 05_vit.lr=3e-4
+    python run_all.py --list                 # the plan, resolved parameters, what would run
+
+Each step runs notebooks/<notebook> into reports/<step>.ipynb and reports/<step>.html;
+reports/index.html links them all with the headline numbers of reports/results/<step>.json.
+A step is skipped when its fingerprint (notebook bytes, parameters, utils/ source, the state
+and results of the steps it reads) equals that of its last successful run and its report
+exists, so a re-run after an interruption continues where it stopped.
+Exit status: 0 every step ok or unchanged, 1 a step failed, 2 usage error (nothing ran).
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from utils.config import ConfigError, RunConfig, make_config
+from utils.report_index import (build_rows, code_digest, fingerprint, load_state,
+                                 render_notebook_html, save_state, summary_table, upstream_facts,
+                                 write_index)
+
+__all__ = ["Step", "ABLATION_VARIANTS", "MODEL_STEPS", "default_plan", "parse_value",
+           "parse_overrides", "select_steps", "resolve_params", "main"]
+
+ROOT = Path(__file__).resolve().parent
+CODE_DIR = ROOT / "utils"   # its *.py source is part of every fingerprint
+INJECTED = ("profile", "data_root", "step", "reports_dir", "checkpoint_dir")
+FIELDS = sorted(RunConfig.__dataclass_fields__)
+log = logging.getLogger("run_all")
+
+
+@dataclass
+class Step:
+    """One notebook execution: `reports/<name>.ipynb|html`, `results/<name>.json`.
+
+    `after`: steps whose outputs it reads (part of its fingerprint; it still runs when one
+    failed, reading what exists). `requires`: hard dependencies; blocked when one failed.
+    """
+
+    name: str
+    notebook: str
+    params: dict[str, Any] = field(default_factory=dict)
+    profile_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+
+
+ABLATION_VARIANTS = ("cnn", "resnet18_scratch_noreg", "resnet18_scratch", "v1", "v2", "v3",
+                     "final")
+_SMALL = ("demo", "smoke")   # CPU-sized profiles get the small transformer variants
+
+
+def _model_steps() -> list[Step]:
+    return [Step("02_chexnet", "02_chexnet.ipynb"),
+            *[Step(f"03_resnet_ablation_{v}", "03_resnet_ablation.ipynb", {"variant": v})
+              for v in ABLATION_VARIANTS],
+            Step("04_efficientnet_b4", "04_efficientnet_b4.ipynb",
+                 {"model": "efficientnet_b4"}),
+            Step("05_vit", "05_vit.ipynb", profile_params={p: {"model": "vit_tiny"}
+                                                           for p in _SMALL}),
+            Step("06_mlp_mixer", "06_mlp_mixer.ipynb",
+                 profile_params={p: {"model": "mixer_small"} for p in _SMALL})]
+
+
+MODEL_STEPS = tuple(s.name for s in _model_steps())
+
+
+def default_plan() -> list[Step]:
+    """The study in order. No hard dependencies: every notebook builds what it lacks (the
+    cache, demo data) and 07/08 report on whatever model results exist."""
+    return [Step("00_eda", "00_eda.ipynb"), Step("01_preprocessing", "01_preprocessing.ipynb"),
+            *_model_steps(),
+            Step("07_comparison", "07_comparison.ipynb", after=MODEL_STEPS),
+            Step("08_gradcam_gallery", "08_gradcam_gallery.ipynb", after=MODEL_STEPS)]
+
+
+class UsageError(Exception):
+    """Bad command line or configuration: reported with exit status 2 before any step runs."""
+
+
+# --- command line ----------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """`-p` values: true/false -> bool, then int, then float, else the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: list[str], plan: list[Step]) -> tuple[dict, dict[str, dict]]:
+    """Split `-p key=value` (every step) from `-p step.key=value` (steps matching `step`,
+    a name or shell pattern); unknown keys or steps raise `UsageError`."""
+    names = [s.name for s in plan]
+    global_: dict[str, Any] = {}
+    per_step: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        target, _, key = key.rpartition(".")
+        if not sep or not key:
+            raise UsageError(f"-p {item!r}: expected key=value or step.key=value")
+        if key not in FIELDS:
+            raise UsageError(f"-p {item!r}: unknown parameter {key!r}; valid names are the "
+                             f"RunConfig fields: {', '.join(FIELDS)}")
+        if key in INJECTED:
+            raise UsageError(f"-p {item!r}: {key} is set by run_all; use --{key.replace('_', '-')}"
+                             if key != "step" else f"-p {item!r}: step names are fixed")
+        if not target:
+            global_[key] = parse_value(value)
+            continue
+        matched = fnmatch.filter(names, target)
+        if not matched:
+            raise UsageError(f"-p {item!r}: no step named {target!r}; steps: {', '.join(names)}")
+        for name in matched:
+            per_step.setdefault(name, {})[key] = parse_value(value)
+    return global_, per_step
+
+
+def select_steps(plan: list[Step], only: list[str] | None, start: str | None) -> list[Step]:
+    """Steps picked by `--only` (names or shell patterns) from `--from` on, in plan order."""
+    names = [s.name for s in plan]
+    chosen = set(names)
+    for pattern in only or []:
+        if not fnmatch.filter(names, pattern):
+            raise UsageError(f"--only {pattern!r} matches no step; steps: {', '.join(names)}")
+    if only:
+        chosen = {n for n in names if any(fnmatch.fnmatch(n, p) for p in only)}
+    if start:
+        first = fnmatch.filter(names, start)
+        if not first:
+            raise UsageError(f"--from {start!r} matches no step; steps: {', '.join(names)}")
+        chosen &= set(names[names.index(first[0]):])
+    return [s for s in plan if s.name in chosen]
+
+
+def build_parser(plan: list[Step]) -> argparse.ArgumentParser:
+    steps = "Steps: " + ", ".join(s.name for s in plan)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1] + "\n" + steps,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default="", help="data folder (default: env CXR_DATA_ROOT, "
+                   "Kaggle mounts /kaggle/input, else the generated synthetic demo set)")
+    p.add_argument("--profile", choices=["demo", "smoke", "full"],
+                   help="parameter defaults (default: full with real data, demo otherwise)")
+    p.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a RunConfig field for every step, or STEP.KEY=VALUE for one "
+                   "step (STEP may be a pattern); repeatable; true/false, int, float or text")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these steps (exact "
+                   "names or shell patterns such as '03_*')")
+    p.add_argument("--from", dest="start", metavar="NAME", help="start at this step")
+    p.add_argument("--list", action="store_true", help="print the plan with resolved "
+                   "parameters and whether each step would run, then exit")
+    p.add_argument("--force", action="store_true", help="re-run steps even if unchanged")
+    p.add_argument("--reports-dir", type=Path, default=ROOT / "reports",
+                   help="HTML, executed notebooks, results/, index.html (default: reports)")
+    p.add_argument("--checkpoint-dir", type=Path, default=ROOT / "checkpoints",
+                   help="model checkpoints (default: checkpoints)")
+    p.add_argument("--notebooks-dir", type=Path, default=ROOT / "notebooks",
+                   help="where the plan's notebooks are (default: notebooks)")
+    p.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
+                   help="limit per notebook cell (default: none)")
+    return p
+
+
+# --- data, parameters, validation ----------------------------------------------------------
+def resolve_data(value: str) -> tuple[Path, bool]:
+    """(root, synthetic) from `utils.data.discover`; imported lazily, it may build the demo."""
+    try:
+        from utils.data.discover import resolve_data_root
+    except ImportError as exc:
+        raise UsageError(f"cannot import utils/data/discover.py ({exc})") from exc
+    try:
+        root, synthetic = resolve_data_root(value)
+    except Exception as exc:  # noqa: BLE001 - any failure to find data is a setup error
+        raise UsageError(f"data root {value or '(auto)'}: {type(exc).__name__}: {exc}") from exc
+    return Path(root), bool(synthetic)
+
+
+def resolve_params(step: Step, base: dict[str, Any], profile: str, global_: dict[str, Any],
+                   per_step: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Injected < step params < its profile params < `-p key` < `-p step.key`."""
+    return {**base, "step": step.name, **step.params,
+            **step.profile_params.get(profile, {}), **global_, **per_step.get(step.name, {})}
+
+
+def validate(step: Step, params: dict[str, Any]) -> None:
+    """Build the config the notebook will build (with the ablation recipe) to fail early."""
+    from utils.recipes import recipe_for  # the notebooks' own merge: recipe < parameters
+
+    try:
+        make_config({**recipe_for(params.get("variant", "")), **params}, params["profile"])
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(f"step {step.name}: {exc}") from exc
+
+
+# --- execution ---------------------------------------------------------------------------
+@contextmanager
+def kernel_env() -> Iterator[None]:
+    """Environment the kernels inherit: quiet training logs, headless plots, repo importable."""
+    saved = dict(os.environ)
+    os.environ.update(CXR_QUIET="1", MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def execute(step: Step, params: dict[str, Any], notebook: Path, reports: Path,
+            timeout: int | None) -> str:
+    """Run one notebook; return "" on success, else the error as `ename: evalue`.
+
+    papermill saves after every cell, so it writes to a hidden partial file that is moved
+    onto reports/<step>.ipynb only once it stops (a killed run leaves no trusted report)."""
+    import papermill as pm
+
+    partial, final = reports / f".{step.name}.partial.ipynb", reports / f"{step.name}.ipynb"
+    error = ""
+    try:
+        with kernel_env():
+            pm.execute_notebook(str(notebook), str(partial), parameters=params,
+                                cwd=str(notebook.parent), kernel_name="python3",
+                                log_output=True, progress_bar=sys.stderr.isatty(),
+                                execution_timeout=timeout)
+    except pm.PapermillExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}"
+    except Exception as exc:  # noqa: BLE001 - dead kernel, timeout: this step failed, go on
+        error = f"{type(exc).__name__}: {exc}"
+    html = reports / f"{step.name}.html"
+    if partial.exists():
+        os.replace(partial, final)
+        try:
+            render_notebook_html(final, html)
+        except Exception as exc:  # noqa: BLE001 - the run's numbers are fine; say so
+            error = error or f"report rendering failed: {type(exc).__name__}: {exc}"
+    else:  # nothing executed: do not leave an older run's report looking current
+        final.unlink(missing_ok=True)
+        html.unlink(missing_ok=True)
+    return error
+
+
+# --- the run -----------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Everything resolved before the first step: what runs, with what, where."""
+
+    plan: list[Step]
+    steps: list[Step]
+    params: dict[str, dict[str, Any]]
+    notebooks: Path
+    reports: Path
+    profile: str
+    data_root: Path
+    synthetic: bool
+    force: bool
+    timeout: int | None
+    code: str = ""
+    started: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def state_path(self) -> Path:
+        return self.reports / ".run_state.json"
+
+    def write_index(self) -> Path:
+        rows = build_rows([s.name for s in self.plan], self.outcomes, self.state, self.reports)
+        return write_index(self.reports / "index.html", rows, run_date=self.started,
+                           profile=self.profile, data_root=str(self.data_root),
+                           synthetic=self.synthetic)
+
+    def fingerprint(self, step: Step) -> str:
+        return fingerprint(self.notebooks / step.notebook, self.params[step.name], self.code,
+                           upstream_facts(step.after, self.state, self.reports))
+
+    def why_run(self, step: Step, fp: str) -> str:
+        """Why the step must run ("" = unchanged: same fingerprint, ok, report present)."""
+        entry = self.state.get(step.name)
+        if self.force:
+            return "forced"
+        if not entry:
+            return "never run"
+        if entry.get("status") != "ok":
+            return f"last run {entry.get('status')}"
+        if entry.get("fingerprint") != fp:
+            return "changed"
+        return "" if (self.reports / f"{step.name}.html").exists() else "report missing"
+
+
+def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
+    """Check the whole command line and every step's config; raise UsageError on any fault."""
+    names = {s.name for s in plan}
+    if dangling := sorted({d for s in plan for d in (*s.after, *s.requires)} - names):
+        raise UsageError(f"the plan names unknown dependencies {dangling}")
+    global_, per_step = parse_overrides(args.params, plan)
+    steps = select_steps(plan, args.only, args.start)
+    data_root, synthetic = resolve_data(args.data_root)
+    if synthetic:
+        log.warning("\n%s\n  NO REAL DATA FOUND: using the generated SYNTHETIC DEMO set at %s\n"
+                    "  Numbers in these reports are NOT clinical results. Pass --data-root, "
+                    "set CXR_DATA_ROOT\n  or download: python -m utils.data.download kermany"
+                    "\n%s", "=" * 78, data_root, "=" * 78)
+    profile = args.profile or ("demo" if synthetic else "full")
+    reports, checkpoints = args.reports_dir.resolve(), args.checkpoint_dir.resolve()
+    base = {"profile": profile, "data_root": str(data_root), "reports_dir": str(reports),
+            "checkpoint_dir": str(checkpoints)}
+    params = {s.name: resolve_params(s, base, profile, global_, per_step) for s in plan}
+    for step in steps:
+        validate(step, params[step.name])
+    notebooks = args.notebooks_dir.resolve()
+    missing = [str(notebooks / s.notebook) for s in steps if not (notebooks / s.notebook).exists()]
+    if missing and not args.list:
+        raise UsageError(f"notebook(s) not found: {', '.join(missing)} (check --notebooks-dir)")
+    return Run(plan, steps, params, notebooks, reports, profile, data_root, synthetic,
+               args.force, args.timeout, code_digest(CODE_DIR),
+               datetime.now().isoformat(sep=" ", timespec="seconds"),
+               load_state(reports / ".run_state.json"))
+
+
+def print_plan(run: Run) -> None:
+    """`--list`: each selected step, why it would (not) run, and its own parameters."""
+    print(f"profile={run.profile} data_root={run.data_root}"
+          f"{' (SYNTHETIC demo)' if run.synthetic else ''} reports={run.reports}")
+    will_run: set[str] = set()
+    for step in run.steps:
+        if not (run.notebooks / step.notebook).exists():
+            verdict = "MISSING notebook"
+        elif why := run.why_run(step, run.fingerprint(step)):
+            verdict = f"run ({why})"
+        elif up := [a for a in step.after if a in will_run]:
+            verdict = f"may run (reads {up[0]}{' ...' if len(up) > 1 else ''})"
+        else:
+            verdict = "skip (unchanged)"
+        if not verdict.startswith("skip"):
+            will_run.add(step.name)
+        shown = {k: v for k, v in run.params[step.name].items() if k not in INJECTED}
+        print(f"  {step.name:<40} {verdict:<24} {step.notebook:<26} "
+              + " ".join(f"{k}={v!r}" for k, v in shown.items()))
+
+
+def blocked_by(run: Run, step: Step) -> str:
+    for dep in step.requires:
+        status = run.outcomes.get(dep, {}).get("status") or run.state.get(dep, {}).get("status")
+        if status in ("failed", "blocked"):
+            return dep
+    return ""
+
+
+def run_step(run: Run, step: Step) -> dict[str, Any]:
+    """Skip, block or execute one step; record it in the state file at start and end."""
+    fp = run.fingerprint(step)
+    why = run.why_run(step, fp)
+    if not why:
+        log.info("%s: unchanged, skipped", step.name)
+        return {"status": "skipped-unchanged",
+                "duration_s": run.state[step.name].get("duration_s")}
+    if dep := blocked_by(run, step):
+        log.error("%s: blocked, its hard dependency %s failed", step.name, dep)
+        return {"status": "blocked", "error": f"blocked: {dep} failed"}
+    log.info("%s: running %s (%s)", step.name, step.notebook, why)
+    started = time.time()
+    run.state[step.name] = {"status": "running", "fingerprint": fp,
+                            "started": datetime.now().isoformat(timespec="seconds")}
+    save_state(run.state_path, run.state)
+    run.outcomes[step.name] = {"status": "running"}
+    run.write_index()
+    error = execute(step, run.params[step.name], run.notebooks / step.notebook, run.reports,
+                    run.timeout)
+    outcome = {"status": "failed" if error else "ok", "error": error,
+               "duration_s": round(time.time() - started, 2)}
+    if error:
+        log.error("%s failed: %s", step.name, error)
+    run.state[step.name].update(outcome, finished=datetime.now().isoformat(timespec="seconds"))
+    save_state(run.state_path, run.state)
+    return outcome
+
+
+def main(argv: list[str] | None = None, plan: list[Step] | None = None) -> int:
+    """Run the plan (`default_plan()` unless a test passes its own); return the exit status."""
+    plan = plan if plan is not None else default_plan()
+    try:
+        args = build_parser(plan).parse_args(argv)
+    except SystemExit as exc:  # --help (0) or an argparse usage error (2)
+        return int(exc.code or 0)
+    try:
+        run = prepare(args, plan)
+    except UsageError as exc:
+        print(f"run_all.py: error: {exc}", file=sys.stderr)
+        return 2
+    if args.list:
+        print_plan(run)
+        return 0
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    index = run.write_index()
+    with logging_redirect_tqdm():
+        for step in tqdm(run.steps, desc="run_all", unit="step", disable=None):
+            run.outcomes[step.name] = run_step(run, step)
+            index = run.write_index()
+    rows = build_rows([s.name for s in run.steps], run.outcomes, run.state, run.reports)
+    print(f"\n{summary_table(rows)}\n\nindex: {index}")
+    return 1 if any(o["status"] in ("failed", "blocked") for o in run.outcomes.values()) else 0
+
+
+def _setup_logging() -> None:
+    """Cell outputs stream through papermill's logger; drop its per-cell start/end markers."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("papermill").addFilter(lambda record: not record.getMessage().startswith(
+        ("Executing Cell", "Ending Cell")))
+
+
+if __name__ == "__main__":
+    _setup_logging()
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""One supervised run, end to end: data → model → fit → threshold on val → test → results.
+
+The model notebooks (02-06) call these steps one cell at a time so the story stays
+visible; `run_experiment` chains them for scripts and tests. Nothing here plots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import RunConfig
+from .notebook import RunContext
+
+__all__ = ["Experiment", "prepare_data", "build_model", "train", "evaluate_and_record",
+           "run_experiment"]
+
+
+@dataclass
+class Experiment:
+    """Everything one run produced, for the notebook's plots."""
+
+    cfg: RunConfig
+    manifest: pd.DataFrame
+    loaders: dict[str, Any]
+    class_names: list[str]
+    model: Any = None
+    history: Any = None
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+def prepare_data(cfg: RunConfig) -> Experiment:
+    """Manifest with patient-level splits, and the train/val/test loaders."""
+    from .data.dataset import class_names_for, load_manifest, make_loaders
+
+    manifest = load_manifest(cfg)
+    loaders = make_loaders(cfg, manifest, cfg.model)
+    return Experiment(cfg=cfg, manifest=manifest, loaders=loaders,
+                      class_names=class_names_for(cfg))
+
+
+def build_model(cfg: RunConfig, num_classes: int):
+    """The registry model the config names, with its transfer-learning settings."""
+    from .models import create_model
+
+    return create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained,
+                        dropout=cfg.dropout, trainable_from=cfg.trainable_from,
+                        init_checkpoint=cfg.init_checkpoint, image_size=cfg.image_size,
+                        fallback=cfg.allow_random_init)
+
+
+def train(exp: Experiment, ctx: RunContext):
+    """Fit with the configured loss; checkpoints go to checkpoints/<run name>/."""
+    from .losses import build_loss
+    from .train import fit
+
+    cfg = exp.cfg
+    loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
+    exp.checkpoint = Path(cfg.checkpoint_dir) / cfg.step
+    exp.history = fit(exp.model, exp.loaders["train"], exp.loaders["val"], cfg,
+                      loss_fn=loss_fn, ckpt_dir=exp.checkpoint, device=ctx.device,
+                      meta={"class_names": exp.class_names, "synthetic": ctx.synthetic})
+    return exp.history
+
+
+def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
+    """Reload the best checkpoint, choose the threshold on val, measure test, write JSON."""
+    from .evaluate import evaluate_run
+    from .models import count_parameters
+    from .results import build_results, write_predictions, write_results
+    from .train import load_model, update_checkpoint
+
+    cfg = exp.cfg
+    best = exp.checkpoint / "best.pt"
+    exp.model, _ = load_model(best, device=ctx.device)
+    exp.evaluation = evaluate_run(exp.model, exp.loaders, cfg, device=ctx.device)
+    update_checkpoint(best, threshold=exp.evaluation["threshold"]["value"],
+                      threshold_policy=cfg.threshold_policy)
+    sizes = exp.manifest.groupby("split").size().to_dict()
+    exp.results = build_results(cfg, model_name=cfg.model, n_params=count_parameters(exp.model),
+                                data_sizes=sizes, history=exp.history.to_dict(),
+                                evaluation=exp.evaluation, environment=ctx.environment,
+                                synthetic=ctx.synthetic)
+    write_results(exp.results, cfg.reports_dir)
+    write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir)
+    return exp.results
+
+
+def run_experiment(cfg: RunConfig, ctx: RunContext) -> Experiment:
+    """All steps in order (what a model notebook does, without the plots)."""
+    exp = prepare_data(cfg)
+    exp.model = build_model(cfg, len(exp.class_names))
+    train(exp, ctx)
+    evaluate_and_record(exp, ctx)
+    return exp
