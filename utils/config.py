@@ -81,6 +81,7 @@ class RunConfig:
     # --- outputs -----------------------------------------------------------------------
     reports_dir: str = "reports"
     checkpoint_dir: str = "checkpoints"
+    cache_dir: str = "data/cache"      # pre-resized image caches (utils.data.cache)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

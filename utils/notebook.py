@@ -57,7 +57,7 @@ def setup(namespace: Mapping[str, Any], *, verbose: bool = True) -> tuple[RunCon
         profile = "demo" if synthetic else "full"
     merged = {**recipe_for(params.get("variant", "")), **params,
               "profile": profile, "data_root": str(data_root)}
-    for key in ("reports_dir", "checkpoint_dir"):
+    for key in ("reports_dir", "checkpoint_dir", "cache_dir"):
         merged[key] = _absolute(merged.get(key, getattr(RunConfig, key)))
     cfg = make_config(merged, profile=profile)
     if not cfg.step:  # interactive run: a descriptive name for checkpoints/ and results/

@@ -1,0 +1,267 @@
+"""The torch Dataset every notebook trains on, the manifest it is built from, and loaders.
+
+One contract for all sources (ARCHITECTURE.md): item `(image 1×H×W float, target float[K],
+meta)`, where `meta["boxes"]` are `x, y, w, h` in the *transformed* image's pixels, moved by
+albumentations together with the image. Boxes live in the manifest in the pixel frame of
+`width`×`height` (the original image); they are scaled to whatever is actually read (the
+file, or the pre-resized cache) before the transform sees them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from .discover import find_sources, is_synthetic, not_found, resolve_data_root
+from .nih import NIH_FINDINGS
+from .splits import SPLITS, assign_splits, cap_per_split, check_no_patient_leak
+
+__all__ = ["CXRDataset", "collate", "class_names_for", "load_manifest", "make_loaders",
+           "BINARY_CLASSES"]
+
+BINARY_CLASSES = ["Pneumonia"]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _has_bbox_params(transform: Callable | None) -> bool:
+    return "bboxes" in getattr(transform, "processors", {})
+
+
+def _to_image_tensor(image: Any) -> torch.Tensor:
+    """What the transform returned (tensor or array, with or without channel) → 1×H×W float."""
+    if isinstance(image, np.ndarray):
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        image = torch.from_numpy(np.ascontiguousarray(image)).float() / scale
+        if image.ndim == 3:  # H×W×C from a transform without ToTensorV2
+            image = image.permute(2, 0, 1)
+    return image.unsqueeze(0) if image.ndim == 2 else image.float()
+
+
+def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clip xywh boxes to the image; drop boxes left with no area (albumentations rejects them)."""
+    x0 = np.clip(boxes[:, 0], 0, width)
+    y0 = np.clip(boxes[:, 1], 0, height)
+    x1 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
+    y1 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
+    out = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.float32)
+    return out[(out[:, 2] > 0) & (out[:, 3] > 0)]
+
+
+class CXRDataset(Dataset):
+    """Rows of a manifest as `(image, target, meta)` items (see the module docstring).
+
+    Args:
+        manifest: rows to serve, in order (`path`, `patient_id`, `label`, `boxes`, ...).
+        class_names: `["Pneumonia"]` (binary: the `label` column) or finding columns.
+        transform: an albumentations Compose from `utils.transforms.build_transform`; it
+            must carry `bbox_params` when any row has boxes. None: image/255, no resize.
+        cache: an `ImageCache` built on exactly these rows (row i → cache[i]).
+    Example:
+        >>> ds = CXRDataset(manifest[manifest.split == "val"], ["Pneumonia"])  # doctest: +SKIP
+        >>> image, target, meta = ds[0]                                         # doctest: +SKIP
+    """
+
+    def __init__(self, manifest: pd.DataFrame, class_names: Sequence[str],
+                 transform: Callable | None = None, cache: Any = None):
+        self.manifest = manifest.reset_index(drop=True)
+        self.class_names = list(class_names)
+        self.transform, self.cache = transform, cache
+        self.paths = self.manifest["path"].astype(str).tolist()
+        self.patient_ids = self.manifest["patient_id"].astype(str).tolist()
+        self._targets = self._build_targets()
+        boxes = self.manifest["boxes"] if "boxes" in self.manifest else [[]] * len(self.paths)
+        self._boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]
+        frame = [self.manifest.get(c, pd.Series(0, index=self.manifest.index)) for c in
+                 ("height", "width")]
+        self._frames = np.stack([f.fillna(0).to_numpy(int) for f in frame], axis=1)
+        self._check(cache, transform)
+
+    def _build_targets(self) -> np.ndarray:
+        if self.class_names == BINARY_CLASSES:
+            return self.manifest[["label"]].to_numpy(np.float32)
+        missing = [c for c in self.class_names if c not in self.manifest.columns]
+        if missing:
+            raise ValueError(f"class_names {missing} are not manifest columns (columns: "
+                             f"{list(self.manifest.columns)}); multilabel needs dataset='nih'")
+        return self.manifest[self.class_names].to_numpy(np.float32)
+
+    def _check(self, cache: Any, transform: Callable | None) -> None:
+        if cache is not None and list(getattr(cache, "paths", self.paths)) != self.paths:
+            raise ValueError(f"the cache ({cache!r}) was built for other rows than this "
+                             f"manifest ({len(self.paths)} rows): build_cache(these rows)")
+        if transform is not None and not _has_bbox_params(transform) and \
+                any(len(b) for b in self._boxes):
+            raise ValueError("rows have boxes but the transform has no bbox_params, so the "
+                             "boxes could not follow the image: use build_transform(..., "
+                             "boxes=True), or clear the manifest's boxes column")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _read(self, i: int) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache[i]
+        from .images import read_image  # lazy: keeps `import utils.data.dataset` light
+
+        return read_image(self.paths[i])
+
+    def _boxes_for(self, i: int, height: int, width: int) -> np.ndarray:
+        """Row i's boxes scaled from their frame (manifest size, else the file's) to H×W."""
+        boxes = self._boxes[i]
+        if not len(boxes):
+            return boxes
+        fh, fw = self._frames[i]
+        if not (fh and fw):  # unknown frame: the boxes are in the file's own pixels
+            fh, fw = self.cache.original_size(i) if self.cache is not None else (height, width)
+        scale = np.array([width / fw, height / fh, width / fw, height / fh], np.float32)
+        return _clip_boxes(boxes * scale, width, height)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        image = self._read(i)
+        boxes = self._boxes_for(i, *image.shape[:2])
+        if self.transform is None:
+            tensor = _to_image_tensor(image)
+        elif _has_bbox_params(self.transform):
+            out = self.transform(image=image, bboxes=boxes, labels=list(range(len(boxes))))
+            tensor, boxes = _to_image_tensor(out["image"]), out["bboxes"]
+        else:
+            tensor = _to_image_tensor(self.transform(image=image)["image"])
+        meta = {"path": self.paths[i], "patient_id": self.patient_ids[i], "index": i,
+                "boxes": torch.as_tensor(np.asarray(boxes, np.float32)).reshape(-1, 4)}
+        return tensor, torch.from_numpy(self._targets[i].copy()), meta
+
+    @property
+    def labels(self) -> np.ndarray:
+        """N×K float32 targets, aligned with the rows (for samplers, pos_weight, metrics)."""
+        return self._targets
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        """Positive images per class."""
+        return {n: int(c) for n, c in zip(self.class_names, self._targets.sum(axis=0))}
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        source = ",".join(sorted(m["source"].astype(str).unique())) if "source" in m else "?"
+        synthetic = bool(m["synthetic"].any()) if "synthetic" in m else False
+        kind = "SYNTHETIC demo data" if synthetic else "real data"
+        lines = [f"CXRDataset(source={source}, {kind}, {len(m)} images, "
+                 f"{m['patient_id'].nunique()} patients, "
+                 f"transform={'none' if self.transform is None else 'yes'}, "
+                 f"cache={'no' if self.cache is None else 'yes'})"]
+        if "split" in m:
+            for split, rows in m.groupby(m["split"].replace("", "unsplit"), sort=True):
+                lines.append(f"  {split:<8} {len(rows):>7} images {rows['patient_id'].nunique():>7}"
+                             f" patients")
+        for name, count in self.class_counts.items():
+            lines.append(f"  {name:<19} {count:>7} positive ({count / max(len(m), 1):.1%})")
+        return "\n".join(lines)
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Stack images and targets; keep metas (boxes differ in count) as a list of dicts."""
+    images, targets, metas = zip(*batch)
+    return torch.stack(images), torch.stack(targets), list(metas)
+
+
+def class_names_for(cfg) -> list[str]:
+    """`["Pneumonia"]` for the binary task, the 14 `NIH_FINDINGS` for multilabel."""
+    return list(NIH_FINDINGS) if cfg.task == "multilabel" else list(BINARY_CLASSES)
+
+
+def load_manifest(cfg) -> pd.DataFrame:
+    """The run's manifest: source rows, patient-level splits, `max_images` per split.
+
+    Sets `attrs["synthetic"]`, `attrs["source"]`, `attrs["data_root"]`.
+    Example:
+        >>> manifest = load_manifest(make_config({"dataset": "kermany"}, "demo"))  # doctest: +SKIP
+    """
+    from .kermany import kermany_manifest
+    from .nih import nih_manifest
+    from .rsna import rsna_manifest
+
+    root, synthetic = resolve_data_root(cfg.data_root)
+    found = find_sources(root)
+    if cfg.dataset not in found:
+        raise not_found(root, cfg.dataset)
+    builders = {"kermany": kermany_manifest, "rsna": rsna_manifest, "nih": nih_manifest}
+    source = builders[cfg.dataset](found[cfg.dataset], on_bad_image=cfg.on_bad_image)
+    manifest = assign_splits(source, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    manifest = cap_per_split(manifest, cfg.max_images, cfg.seed)
+    check_no_patient_leak(manifest)
+    synthetic = bool(synthetic or is_synthetic(found[cfg.dataset]) or manifest["synthetic"].any())
+    manifest.attrs.update(source.attrs, synthetic=synthetic, source=cfg.dataset,
+                          data_root=str(root))
+    return manifest
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream (albumentations 2.0 does not).
+
+    Without this every worker starts from a copy of the same generator and, when workers
+    are re-forked each epoch, repeats the same augmentations epoch after epoch.
+    """
+    info = get_worker_info()
+    seed = info.seed % 2**32  # differs per worker and per epoch, derived from the loader seed
+    np.random.seed(seed)
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _cache_for(rows: pd.DataFrame, cfg) -> Any:
+    from .cache import build_cache
+
+    cache_dir = Path(os.environ.get("CXR_CACHE_DIR") or cfg.cache_dir)
+    cache_dir = cache_dir if cache_dir.is_absolute() else _REPO_ROOT / cache_dir
+    return build_cache(rows, cfg.image_size, cache_dir)  # decodes in parallel on every core
+
+
+def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, DataLoader]:
+    """train/val/test DataLoaders with the model's normalisation and the config's recipe.
+
+    Train: `cfg.augmentation` transform, `cfg.sampler` (else a seeded shuffle), drop_last.
+    Val/test: the `"none"` (resize) transform, in manifest order (predictions align with rows).
+
+    Args:
+        cfg: the RunConfig (image_size, batch_size, num_workers, cache, sampler, seed...).
+        manifest: from `load_manifest(cfg)`, with train/val/test splits.
+        model_name: a registry name; its `model_info` gives mean/std.
+    Example:
+        >>> loaders = make_loaders(cfg, load_manifest(cfg), cfg.model)  # doctest: +SKIP
+        >>> images, targets, metas = next(iter(loaders["train"]))        # doctest: +SKIP
+    """
+    from ..models import model_info
+    from ..runtime import pick_device
+    from ..samplers import make_sampler
+    from ..transforms import build_transform
+
+    info = model_info(model_name)
+    names = class_names_for(cfg)
+    cuda = pick_device(cfg.device).type == "cuda"
+    loaders: dict[str, DataLoader] = {}
+    for split in SPLITS:
+        rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        if rows.empty:
+            raise ValueError(f"the {split!r} split is empty ({len(manifest)} images in all): "
+                             f"raise max_images / the fractions, or check the data folder")
+        train = split == "train"
+        transform = build_transform(cfg.augmentation if train else "none", cfg.image_size,
+                                    info.mean, info.std)
+        if train and hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(cfg.seed)  # main-process loading is reproducible too
+        dataset = CXRDataset(rows, names, transform, _cache_for(rows, cfg) if cfg.cache else None)
+        sampler = make_sampler(cfg.sampler, dataset.labels, cfg.sampler_cap, cfg.seed) \
+            if train else None
+        loaders[split] = DataLoader(
+            dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None,
+            sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate,
+            pin_memory=cuda, persistent_workers=cfg.num_workers > 0,
+            drop_last=train and len(dataset) > cfg.batch_size,  # no 1-image BatchNorm batch
+            generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=_seed_worker)
+    return loaders
