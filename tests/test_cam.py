@@ -1,0 +1,273 @@
+"""Grad-CAM wrapper, token reshape, localisation scores, and a CAM that finds a learned blob."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from functools import partial
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from utils.cam import (CAM_METHODS, CamExplainer, _methods, box_mask, cam_iou, compute_cams,
+                       last_conv_layer, localisation_scores, overlay, pointing_hit,
+                       tokens_to_grid)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine, intra-op spinning only adds waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_cnn(num_classes: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+def _resnet18_1ch(num_classes: int = 1) -> nn.Module:
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    return model
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+def _check(cams: np.ndarray, n: int, size: int) -> None:
+    assert cams.shape == (n, size, size) and cams.dtype == np.float32
+    assert np.isfinite(cams).all() and cams.min() >= 0.0 and cams.max() <= 1.0
+
+
+# --- hooks and the context manager -------------------------------------------------------
+
+def test_hooks_are_released_on_exit_and_mode_restored():
+    torch.manual_seed(0)
+    model = _tiny_cnn().train()
+    before = _hook_count(model)
+    with CamExplainer(model, target_layer=model[4]) as cam:
+        assert _hook_count(model) > before
+        cam(torch.rand(2, 1, 32, 32))
+    assert _hook_count(model) == before
+    assert model.training, "the model's train mode must come back after the CAM"
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_hooks_are_released_when_the_block_raises_and_errors_propagate():
+    model = _tiny_cnn()
+    before = _hook_count(model)
+    # an IndexError, which pytorch-grad-cam's own __exit__ would swallow
+    with pytest.raises(IndexError):
+        with CamExplainer(model, target_layer=model[4]):
+            raise IndexError("boom")
+    assert _hook_count(model) == before
+
+
+def test_use_outside_with_block_and_unknown_method_are_clear_errors():
+    model = _tiny_cnn()
+    cam = CamExplainer(model, target_layer=model[4])
+    assert _hook_count(model) == 0  # no hooks before __enter__
+    with pytest.raises(RuntimeError, match="with"):
+        cam(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="method"):
+        CamExplainer(model, method="nope", target_layer=model[4])
+    with pytest.raises(ValueError, match="target_layer"):
+        CamExplainer(model)  # no .info and no layer given
+    assert set(CAM_METHODS) == set(_methods())
+
+
+# --- shapes and ranges for CNN, ViT, Mixer -----------------------------------------------
+
+def test_cnn_cams_shape_range_and_no_grad_context():
+    torch.manual_seed(0)
+    model = _resnet18_1ch()
+    with torch.no_grad():  # notebooks often sit in no_grad; the CAM must still work
+        cams = compute_cams(model, torch.rand(3, 1, 64, 64), target_layer=model.layer4)
+    _check(cams, 3, 64)
+    single = compute_cams(model, torch.rand(1, 64, 64), target_layer=last_conv_layer(model))
+    _check(single, 1, 64)
+    assert compute_cams(model, torch.rand(0, 1, 64, 64), target_layer=model.layer4).shape \
+        == (0, 64, 64)
+    model.requires_grad_(False)  # trainable_from="head" leaves a frozen backbone
+    frozen = compute_cams(model, torch.rand(2, 1, 64, 64), target_layer=model.layer4)
+    _check(frozen, 2, 64)
+    assert frozen.max() > 0, "a frozen backbone must still give gradients at the layer"
+
+
+@pytest.mark.parametrize("name,prefix", [("vit_tiny_patch16_224", 1), ("mixer_s16_224", 0)])
+def test_transformer_cams_with_token_reshape(name, prefix):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, img_size=64, in_chans=1, num_classes=1)
+    # as the registry does: the layer and the reshape travel on model.info
+    model.info = SimpleNamespace(cam_layer=lambda m: m.blocks[-1].norm1,
+                                 cam_reshape=partial(tokens_to_grid, num_prefix_tokens=prefix))
+    x = torch.rand(2, 1, 64, 64)
+    for method in ("gradcam", "eigencam"):
+        _check(compute_cams(model, x, method=method), 2, 64)
+    assert compute_cams(model, x, method="eigencam").max() > 0  # not a blank map
+
+
+def test_tokens_to_grid_drops_prefix_and_keeps_row_major_order():
+    side, channels = 4, 3
+    patches = torch.arange(side * side, dtype=torch.float32)[None, :, None].repeat(2, 1, channels)
+    tokens = torch.cat([torch.full((2, 1, channels), -1.0), patches], dim=1)  # class token
+    grid = tokens_to_grid(tokens, num_prefix_tokens=1)
+    assert grid.shape == (2, channels, side, side)
+    assert grid[1, 2, 2, 3] == 2 * side + 3 and (grid >= 0).all()
+    with pytest.raises(ValueError, match="square"):
+        tokens_to_grid(torch.zeros(1, 1 + 12, 8), 1)
+
+
+def test_multilabel_target_index_and_bounds():
+    torch.manual_seed(0)
+    model = _resnet18_1ch(num_classes=3)
+    x = torch.rand(3, 1, 64, 64)
+    with CamExplainer(model, target_layer=model.layer4) as cam:
+        per_class = [cam(x[:1], target_index=k)[0] for k in range(3)]
+        per_image = cam(x, target_index=[0, 1, 2])
+        with pytest.raises(ValueError, match="3 output logit"):
+            cam(x, target_index=3)
+    assert not np.allclose(per_class[0], per_class[1])
+    np.testing.assert_allclose(per_image[0], per_class[0], atol=1e-5)
+
+
+# --- localisation scores on hand-made CAMs ------------------------------------------------
+
+def test_pointing_hit_and_iou_known_answers():
+    cam = np.zeros((32, 32), np.float32)
+    cam[10, 20] = 1.0  # peak at row 10, column 20
+    assert pointing_hit(cam, [[15, 5, 10, 10]])            # x 15-25, y 5-15
+    assert not pointing_hit(cam, [[0, 0, 10, 10]])
+    assert pointing_hit(cam, [[0, 0, 4, 4], [18, 8, 4, 4]])  # any box
+    assert not pointing_hit(np.zeros((32, 32)), [[0, 0, 32, 32]])  # flat CAM points nowhere
+
+    square = np.zeros((32, 32))
+    square[0:10, 0:10] = 1.0
+    assert cam_iou(square, [[0, 0, 10, 10]]) == pytest.approx(1.0)
+    assert cam_iou(square, [[5, 0, 10, 10]]) == pytest.approx(50 / 150)
+    assert cam_iou(square, [[20, 20, 5, 5]]) == 0.0
+    graded = square * 0.4
+    graded[0:5, 0:5] = 1.0  # threshold 0.5 keeps only the 5×5 core
+    assert cam_iou(graded, [[0, 0, 10, 10]], threshold=0.5) == pytest.approx(25 / 100)
+    assert cam_iou(graded, [[0, 0, 10, 10]], threshold=0.3) == pytest.approx(1.0)
+
+
+def test_box_mask_uses_pixel_centres():
+    mask = box_mask((8, 8), [[1.0, 2.0, 3.0, 2.0]])
+    assert mask.sum() == 6 and mask[2:4, 1:4].all()
+    assert box_mask((8, 8), [[1.6, 0, 0.8, 1.0]]).sum() == 0  # covers no pixel centre
+    assert box_mask((8, 8), torch.tensor([[0.0, 0.0, 8.0, 8.0]])).all()
+
+
+def test_localisation_scores_aggregates_boxed_images_and_baseline():
+    hit = np.zeros((20, 20))
+    hit[2, 2] = 1
+    miss = np.zeros((20, 20))
+    miss[15, 15] = 1
+    cams = np.stack([hit, miss, hit])
+    boxes = [[[0, 0, 10, 10]], torch.tensor([[0.0, 0.0, 10.0, 5.0]]), []]  # last: no box
+    scores = localisation_scores(cams, boxes)
+    assert scores["n"] == 2 and scores["hit_rate"] == 0.5
+    assert scores["random_hit_rate"] == pytest.approx((100 / 400 + 50 / 400) / 2)
+    assert scores["mean_iou"] == pytest.approx((1 / 100 + 0) / 2)
+    empty = localisation_scores(cams[:1], [[]])
+    assert empty["n"] == 0 and math.isnan(empty["hit_rate"])
+    with pytest.raises(ValueError, match="box lists"):
+        localisation_scores(cams, boxes[:2])
+
+
+def test_overlay_rgb_uint8_and_heat_where_the_cam_is():
+    image = np.full((40, 40), 100, np.uint8)
+    cam = np.zeros((10, 10), np.float32)
+    cam[:5, :5] = 1.0  # resized to 40×40: the top-left quarter is hot
+    out = overlay(image, cam, alpha=0.5)
+    assert out.shape == (40, 40, 3) and out.dtype == np.uint8
+    hot, cold = out[5, 5].astype(int), out[35, 35].astype(int)
+    assert hot[0] > hot[2] and cold[2] > cold[0]  # jet: red where hot, blue where cold
+    gray = overlay(np.linspace(0, 1, 1600).reshape(40, 40), np.zeros((40, 40)), alpha=0.0)
+    assert (gray[..., 0] == gray[..., 2]).all()  # alpha 0: the grayscale image only
+    with pytest.raises(ValueError, match="colormap"):
+        overlay(image, cam, colormap="nope")
+
+
+# --- THE localisation check: Grad-CAM finds what the network learned ----------------------
+
+def _blob_images(n: int, rng: np.random.Generator, size: int = 64, r: int = 5):
+    """Noise; class 1 adds one bright Gaussian blob at a random place (box = ±r)."""
+    x = rng.normal(0.3, 0.1, (n, size, size)).astype(np.float32)
+    y = np.arange(n) % 2
+    yy, xx = np.mgrid[:size, :size]
+    boxes = []
+    for i in range(n):
+        if y[i]:
+            cx, cy = rng.uniform(r + 2, size - r - 2, 2)
+            x[i] += 0.6 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (r / 2) ** 2))
+        boxes.append([[cx - r, cy - r, 2 * r, 2 * r]] if y[i] else [])
+    return torch.from_numpy(x[:, None]), torch.from_numpy(y).float(), boxes
+
+
+def test_gradcam_points_at_the_learned_blob():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x_train, y_train, _ = _blob_images(256, rng)
+    x_test, y_test, boxes = _blob_images(64, rng)
+    model = _tiny_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(10):  # a few seconds on CPU; stops once the task is learned
+        for idx in torch.randperm(len(x_train)).split(32):
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                model(x_train[idx])[:, 0], y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if loss.item() < 0.05:
+            break
+    with torch.no_grad():
+        accuracy = ((model(x_test)[:, 0] > 0).float() == y_test).float().mean().item()
+    assert accuracy >= 0.9, f"the tiny CNN did not learn the blob task (accuracy {accuracy})"
+
+    pos = np.flatnonzero(y_test.numpy() == 1)
+    pos_boxes = [boxes[i] for i in pos]
+    layer = model[5]  # the last ReLU: Grad-CAM++ weights assume non-negative activations
+    for method in ("gradcam", "gradcam++"):
+        with CamExplainer(model, method=method, target_layer=layer) as cam:
+            scores = localisation_scores(cam(x_test[pos]), pos_boxes)
+        assert scores["n"] == len(pos)
+        assert scores["hit_rate"] >= 0.5, (method, scores)
+        assert scores["hit_rate"] >= 2 * scores["random_hit_rate"], (method, scores)
+        assert scores["mean_iou"] > 0.1, (method, scores)
+    # Grad-CAM of the negated logit explains "normal": it must not point at the blob
+    negative = localisation_scores(compute_cams(model, x_test[pos], positive=False,
+                                                target_layer=layer), pos_boxes)
+    assert negative["hit_rate"] <= 0.25, negative
+
+
+# --- every registry model ------------------------------------------------------------------
+
+_HAVE_MODELS = importlib.util.find_spec("utils.models") is not None
+if _HAVE_MODELS:
+    from utils.models import create_model, list_models
+_MODEL_NAMES = list_models() if _HAVE_MODELS else ["<utils.models missing>"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _MODEL_NAMES)
+def test_cam_for_every_registry_model(name):
+    if not _HAVE_MODELS:
+        pytest.skip("utils/models.py does not exist yet")
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=1, pretrained=False, image_size=64)
+    before = _hook_count(model)
+    _check(compute_cams(model, torch.rand(1, 1, 64, 64)), 1, 64)  # layer/reshape from .info
+    assert _hook_count(model) == before

@@ -1,0 +1,284 @@
+"""Grad-CAM (pytorch-grad-cam) and how well a CAM points at the annotated boxes.
+
+The CAM machinery is pytorch-grad-cam's; this module adds what the notebooks need around it:
+hooks that are always released (`with CamExplainer(model) as cam:`), targets for a single
+pneumonia logit (positive or negated) and for the 14 NIH logits, the ViT/Mixer token
+reshape, and a localisation score with its honest baseline (the hit rate of a random point).
+
+Boxes are `[x, y, w, h]` in the CAM's pixel grid (the transformed image the model saw). A
+pixel belongs to a box when its centre does, the same rule for pointing, IoU and baseline.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["CamExplainer", "CAM_METHODS", "compute_cams", "overlay", "tokens_to_grid",
+           "last_conv_layer", "box_mask", "pointing_hit", "cam_iou", "localisation_scores"]
+
+
+def _methods() -> dict[str, type]:
+    import pytorch_grad_cam as pgc
+
+    return {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
+            "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM, "eigencam": pgc.EigenCAM,
+            "eigengradcam": pgc.EigenGradCAM, "scorecam": pgc.ScoreCAM}
+
+
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam",
+                                "eigencam", "eigengradcam", "scorecam")
+
+
+class _LogitTarget:
+    """One logit of one image, negated for a negative-class explanation of a binary logit."""
+
+    def __init__(self, index: int, sign: float) -> None:
+        self.index, self.sign = index, sign
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if self.index >= output.shape[-1] or self.index < 0:
+            raise ValueError(f"target_index={self.index} but the model has "
+                             f"{output.shape[-1]} output logit(s)")
+        return self.sign * output[..., self.index]
+
+
+def tokens_to_grid(tokens: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """ViT/Mixer tokens `B×(P+N)×C` → `B×C×h×w` feature maps for pytorch-grad-cam.
+
+    Drops the `P` prefix tokens (ViT's class token; Mixer has none: P=0) and folds the N
+    patch tokens into a square grid (h = w = image_size / patch_size).
+
+    Example:
+        >>> tokens_to_grid(torch.zeros(2, 17, 192), 1).shape
+        torch.Size([2, 192, 4, 4])
+    """
+    patches = tokens[:, num_prefix_tokens:, :]
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid; "
+                         f"use square images or pass a model-specific `reshape`")
+    return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
+
+
+def last_conv_layer(model: nn.Module) -> nn.Module:
+    """The last `nn.Conv2d` of a CNN: the classic Grad-CAM layer, for models without `.info`."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer; pass target_layer=")
+    return convs[-1]
+
+
+class CamExplainer:
+    """Grad-CAM on a model, as a context manager that always removes its hooks.
+
+    The target layer and token reshape come from `model.info` (the registry's `ModelInfo`)
+    unless given. Hooks exist only inside the `with` block; on exit the model gets its
+    train/eval mode back and its parameter gradients cleared (Grad-CAM's backward fills them).
+
+    Args:
+        model: maps `B×1×H×W` to logits `B×K`.
+        method: one of `CAM_METHODS` (gradcam, gradcam++, eigencam, ...).
+        target_layer: layer to explain; default `model.info.cam_layer(model)`.
+        reshape: tokens → `B×C×h×w` for transformers; default `model.info.cam_reshape`.
+    Example:
+        >>> with CamExplainer(model) as cam:  # doctest: +SKIP
+        ...     maps = cam(images)            # N×H×W in [0, 1]
+    """
+
+    def __init__(self, model: nn.Module, method: str = "gradcam",
+                 target_layer: nn.Module | None = None,
+                 reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        methods = _methods()
+        if method not in methods:
+            raise ValueError(f"method={method!r} is not one of {list(methods)}")
+        info = getattr(model, "info", None)
+        if target_layer is None:
+            if info is None or getattr(info, "cam_layer", None) is None:
+                raise ValueError(f"{type(model).__name__} has no `.info.cam_layer` (registry "
+                                 "models do); pass target_layer=, e.g. last_conv_layer(model)")
+            target_layer = info.cam_layer(model)
+            reshape = reshape if reshape is not None else info.cam_reshape
+        self.model, self.method, self.target_layer = model, method, target_layer
+        self.reshape = reshape
+        self._cam_class = methods[method]
+        self._cam: Any = None
+        self._was_training = model.training
+
+    def __enter__(self) -> "CamExplainer":
+        self._was_training = self.model.training
+        self._cam = self._cam_class(model=self.model, target_layers=[self.target_layer],
+                                    reshape_transform=self.reshape)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Not BaseCAM.__exit__: it swallows IndexError; errors here must reach the user.
+        self.close()
+
+    def close(self) -> None:
+        """Remove the hooks and restore the model's mode (safe to call twice)."""
+        if self._cam is not None:
+            self._cam.activations_and_grads.release()
+            self._cam = None
+            self.model.train(self._was_training)
+            self.model.zero_grad(set_to_none=True)
+
+    def __call__(self, images: torch.Tensor | np.ndarray, target_index: int | Sequence[int] = 0,
+                 positive: bool = True, batch_size: int = 16) -> np.ndarray:
+        """CAMs `N×H×W` float32 in [0, 1] for `images` (`N×1×H×W` or `1×H×W`).
+
+        Args:
+            target_index: the logit to explain (0 for binary; a finding index for NIH), or
+                one index per image.
+            positive: False explains the negative class of a single binary logit (the
+                negated logit), e.g. why the model called an image normal.
+            batch_size: images per forward/backward pass (memory bound on a GPU).
+        """
+        if self._cam is None:
+            raise RuntimeError("CamExplainer is used outside its `with` block; write "
+                               "`with CamExplainer(model) as cam: cam(images)`")
+        x = torch.as_tensor(images, dtype=torch.float32)
+        x = x.unsqueeze(0) if x.ndim == 3 else x
+        if x.ndim != 4:
+            raise ValueError(f"images must be N×C×H×W or C×H×W, got shape {tuple(x.shape)}")
+        indices = ([int(target_index)] * len(x) if np.isscalar(target_index)
+                   else [int(i) for i in target_index])
+        if len(indices) != len(x):
+            raise ValueError(f"{len(indices)} target indices for {len(x)} images")
+        if len(x) == 0:
+            return np.zeros((0, *x.shape[-2:]), dtype=np.float32)
+        sign = 1.0 if positive else -1.0
+        out = []
+        with torch.enable_grad():  # callers often sit inside torch.no_grad()
+            for start in range(0, len(x), batch_size):
+                targets = [_LogitTarget(i, sign) for i in indices[start:start + batch_size]]
+                # an input that requires grad: a frozen backbone (trainable_from="head")
+                # still gets gradients at the target layer
+                batch = x[start:start + batch_size].clone().requires_grad_(True)
+                out.append(self._cam(input_tensor=batch, targets=targets))
+        cams = np.concatenate(out).astype(np.float32)
+        if not np.isfinite(cams).all():
+            raise FloatingPointError("non-finite CAM values: the model's activations or "
+                                     "gradients hold NaN/inf for these images")
+        return np.clip(cams, 0.0, 1.0)  # only float rounding is clipped
+
+
+def compute_cams(model: nn.Module, images: torch.Tensor | np.ndarray,
+                 target_index: int | Sequence[int] = 0, method: str = "gradcam",
+                 positive: bool = True, *, target_layer: nn.Module | None = None,
+                 reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 batch_size: int = 16) -> np.ndarray:
+    """CAMs `N×H×W` in [0, 1] in one call (hooks added and removed inside).
+
+    Arguments as in `CamExplainer` and its call.
+    Example:
+        >>> cams = compute_cams(model, batch_images)  # doctest: +SKIP
+    """
+    with CamExplainer(model, method=method, target_layer=target_layer, reshape=reshape) as cam:
+        return cam(images, target_index=target_index, positive=positive, batch_size=batch_size)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
+            colormap: str = "jet") -> np.ndarray:
+    """The CAM as a heat map over a grayscale image: `H×W×3` uint8 RGB.
+
+    Args:
+        image: `H×W` uint8, or float (min-max scaled to [0, 1] when outside it).
+        cam: `h×w` in [0, 1]; resized to the image when the sizes differ.
+        alpha: weight of the heat map (0 = image only).
+        colormap: an OpenCV colormap name (jet, turbo, inferno, ...).
+    """
+    import cv2
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    img = np.asarray(image)
+    img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
+    if img.ndim != 2:
+        raise ValueError(f"overlay expects a grayscale H×W image, got shape {img.shape}")
+    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+    if img.min() < 0 or img.max() > 1:  # normalised tensors: back to [0, 1] for display
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape != img.shape:
+        cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    code = getattr(cv2, f"COLORMAP_{colormap.upper()}", None)
+    if code is None:
+        raise ValueError(f"colormap={colormap!r} is not an OpenCV colormap (e.g. 'jet')")
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    return show_cam_on_image(rgb, np.clip(cam, 0, 1), use_rgb=True, colormap=code,
+                             image_weight=1.0 - alpha)
+
+
+def _boxes(boxes: Any) -> np.ndarray:
+    arr = np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=float)
+    if arr.size and (arr.ndim not in (1, 2) or arr.shape[-1] != 4):
+        raise ValueError(f"boxes must be [x, y, w, h] rows, got shape {arr.shape}")
+    return arr.reshape(-1, 4)
+
+
+def box_mask(shape: tuple[int, int], boxes: Any) -> np.ndarray:
+    """Boolean `H×W` mask of the union of `[x, y, w, h]` boxes (pixel centres inside)."""
+    h, w = shape
+    cy, cx = np.arange(h)[:, None] + 0.5, np.arange(w)[None, :] + 0.5
+    mask = np.zeros((h, w), dtype=bool)
+    for x, y, bw, bh in _boxes(boxes):
+        mask |= (cx >= x) & (cx < x + bw) & (cy >= y) & (cy < y + bh)
+    return mask
+
+
+def _is_flat(cam: np.ndarray) -> bool:
+    # A constant CAM (all zero when every gradient weight is negative) points nowhere:
+    # argmax would pick pixel (0, 0) by convention, a hit only by accident.
+    return not np.isfinite(cam).all() or float(cam.max() - cam.min()) <= 1e-8
+
+
+def pointing_hit(cam: np.ndarray, boxes: Any) -> bool:
+    """True when the CAM's maximum lies inside any box (a flat CAM is a miss)."""
+    cam = np.asarray(cam, dtype=float)
+    if _is_flat(cam):
+        return False
+    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return bool(box_mask(cam.shape, boxes)[r, c])
+
+
+def cam_iou(cam: np.ndarray, boxes: Any, threshold: float = 0.5) -> float:
+    """IoU between `cam >= threshold * max` and the union of the boxes (flat CAM: 0)."""
+    cam = np.asarray(cam, dtype=float)
+    target = box_mask(cam.shape, boxes)
+    if _is_flat(cam):
+        return 0.0
+    active = cam >= threshold * cam.max()
+    union = int((active | target).sum())
+    return float((active & target).sum() / union) if union else 0.0
+
+
+def localisation_scores(cams: np.ndarray | Iterable[np.ndarray], boxes_list: Sequence[Any],
+                        threshold: float = 0.5) -> dict[str, float]:
+    """Pointing-game hit rate and mean IoU over the images that have at least one box.
+
+    `random_hit_rate` is the mean fraction of the image the boxes cover: what a uniformly
+    random point would score, so a report can show the hit rate against its baseline.
+    With no boxed image the rates are NaN and `n` is 0.
+
+    Example:
+        >>> localisation_scores(cams, [m["boxes"] for m in metas])  # doctest: +SKIP
+        {'hit_rate': 0.62, 'mean_iou': 0.31, 'n': 40, 'random_hit_rate': 0.12}
+    """
+    cams = list(cams)
+    if len(cams) != len(boxes_list):
+        raise ValueError(f"{len(cams)} CAMs but {len(boxes_list)} box lists")
+    hits, ious, areas = [], [], []
+    for cam, boxes in zip(cams, boxes_list):
+        if len(_boxes(boxes)) == 0:
+            continue
+        cam = np.asarray(cam, dtype=float)
+        hits.append(pointing_hit(cam, boxes))
+        ious.append(cam_iou(cam, boxes, threshold))
+        areas.append(box_mask(cam.shape, boxes).mean())
+    if not hits:
+        nan = float("nan")
+        return {"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan}
+    return {"hit_rate": float(np.mean(hits)), "mean_iou": float(np.mean(ious)),
+            "n": len(hits), "random_hit_rate": float(np.mean(areas))}
