@@ -1,0 +1,1 @@
+"""Throughput benchmarks, printed as ratios against a baseline (see README.md)."""

@@ -1,0 +1,475 @@
+"""The model registry: every architecture the notebooks train, by name (timm's pattern).
+
+Adding a model is one decorated factory; tests parametrised over `list_models()` cover it.
+Every model maps a grayscale batch `B×1×H×W` to logits `B×num_classes` (no sigmoid: the
+losses and `evaluate` apply it) and carries `model.info`, its data settings (input size,
+normalisation) and Grad-CAM layer, so nothing downstream copies them by hand.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+__all__ = ["ModelInfo", "PretrainedWeightsError", "register_model", "list_models",
+           "model_info", "create_model", "count_parameters", "tokens_to_map",
+           "SimpleCNN", "BasicBlock", "ResNet18Scratch"]
+
+# 1-channel normalisation = the mean of the RGB statistics the weights were trained with
+# (summing the stem's RGB kernels assumes every channel saw the same normalised value).
+IMAGENET_GRAY = (0.449, 0.226)   # torchvision / efficientnet-pytorch ImageNet weights
+TIMM_GRAY = (0.5, 0.5)           # timm's augreg ViT and Mixer weights use mean = std = 0.5
+SCRATCH_GRAY = (0.5, 0.25)       # no pretrained statistics: centre [0, 1] pixels roughly
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for but could not be obtained (usually: offline)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registry entry's data settings and the handles that CAM and fine-tuning need.
+
+    `head` is the attribute holding the classifier: trained alone by `trainable_from="head"`
+    and re-initialised by `init_checkpoint` when the class count differs.
+    """
+    name: str
+    input_size: int
+    mean: float
+    std: float
+    cam_layer: Callable[[nn.Module], nn.Module]
+    cam_reshape: Callable[[torch.Tensor], torch.Tensor] | None
+    family: str
+    stages: tuple[str, ...]
+    head: str
+
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelInfo]] = {}
+
+
+def register_model(*, family: str, head: str, cam_layer: Callable[[nn.Module], nn.Module],
+                   stages: tuple[str, ...] = (), norm: tuple[float, float] = IMAGENET_GRAY,
+                   cam_reshape: Callable | None = None, input_size: int = 224) -> Callable:
+    """Decorator: register `fn(num_classes, pretrained, in_chans, dropout, image_size)`."""
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        info = ModelInfo(fn.__name__, input_size, norm[0], norm[1], cam_layer, cam_reshape,
+                         family, ("all", "head", *stages), head)
+        _REGISTRY[fn.__name__] = (fn, info)
+        return fn
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; choose one of {list_models()}")
+    return _REGISTRY[name][1]
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with `requires_grad`)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --- Grad-CAM handles (module-level functions, not lambdas, so ModelInfo pickles) --------
+
+def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """`B×N×C` transformer tokens → `B×C×h×w`, dropping the leading class token (ViT).
+
+    A square patch grid is assumed (our images are square): with N = prefix + s², the
+    prefix tokens are the ones beyond the largest square.
+    """
+    side = math.isqrt(tokens.shape[1])
+    grid = tokens[:, tokens.shape[1] - side * side:, :]
+    return grid.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+def _cam_features(m: nn.Module) -> nn.Module: return m.features[-1]   # last conv block / norm5
+def _cam_resnet(m: nn.Module) -> nn.Module: return m.layer4[-1]
+def _cam_effnet(m: nn.Module) -> nn.Module: return m._bn1             # last feature map
+def _cam_vit(m: nn.Module) -> nn.Module: return m.blocks[-1].norm1    # pytorch-grad-cam's choice
+def _cam_mixer(m: nn.Module) -> nn.Module: return m.blocks[-1]
+
+
+# --- helpers shared by the factories -------------------------------------------------
+
+def _set_in_chans(conv: nn.Conv2d, in_chans: int, pretrained: bool) -> None:
+    """Adapt a 3-channel stem in place: pretrained RGB kernels are summed (timm's
+    `adapt_input_conv`), so a gray image gets the response of its RGB replica."""
+    if conv.in_channels == in_chans:
+        return
+    if pretrained:
+        from timm.models import adapt_input_conv
+        weight = adapt_input_conv(in_chans, conv.weight.detach())
+    else:
+        weight = torch.empty(conv.out_channels, in_chans // conv.groups, *conv.kernel_size)
+        nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+    conv.in_channels = in_chans
+    conv.weight = nn.Parameter(weight)
+
+
+def _linear_head(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    # Always Sequential(Dropout, Linear) so state_dict keys do not depend on `dropout`.
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+
+
+def _hub_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Quick TCP probe; behind a proxy we cannot tell, so assume reachable."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return True
+    try:
+        socket.create_connection((urlparse(url).hostname, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hf_offline_if_unreachable() -> Iterator[None]:
+    """Offline, huggingface_hub retries 5 times with back-off (~50 s) before failing; in
+    offline mode it fails at once, or loads weights already in its cache."""
+    from huggingface_hub import constants
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or not _hub_reachable(constants.ENDPOINT)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+# --- the two from-scratch networks -----------------------------------------------------
+
+def _sep_conv(c_in: int, c_out: int) -> nn.Sequential:
+    """Keras' SeparableConv2D: a depthwise 3×3 then a pointwise 1×1, then ReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
+                         nn.Conv2d(c_in, c_out, 1), nn.ReLU(inplace=True))
+
+
+def _dense(c_in: int, c_out: int, p: float) -> list[nn.Module]:
+    return [nn.Linear(c_in, c_out), nn.ReLU(inplace=True), nn.BatchNorm1d(c_out), nn.Dropout(p)]
+
+
+class SimpleCNN(nn.Module):
+    """The study's Keras CNN: separable-conv blocks 16→32→64→128→256 (BN + max-pool), then
+    dense 512/128/64 with BN and dropout 0.7/0.5/0.3. A global average pool replaces Keras'
+    Flatten so any input size ≥ 32 px works."""
+
+    def __init__(self, num_classes: int = 1, in_chans: int = 1, last_dropout: float = 0.3):
+        super().__init__()
+        widths = [in_chans, 16, 32, 64, 128, 256]
+        self.features = nn.Sequential(*[
+            nn.Sequential(_sep_conv(a, b), _sep_conv(b, b), nn.BatchNorm2d(b), nn.MaxPool2d(2))
+            for a, b in zip(widths, widths[1:])])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(*_dense(256, 512, 0.7), *_dense(512, 128, 0.5),
+                                        *_dense(128, 64, last_dropout), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+class BasicBlock(nn.Module):
+    """ResNet's residual block: two 3×3 convs, and a 1×1 projection on the shortcut when the
+    shape changes. Learning the residual F(x) = H(x) - x keeps deep nets trainable."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18Scratch(nn.Module):
+    """ResNet-18 written by hand (the study's exercise): a 7×7 stem, four stages of two
+    `BasicBlock`s (64, 128, 256, 512 channels), global pool, (dropout,) linear. Parameter
+    names follow torchvision's, so its state_dict loads into this model and vice versa."""
+
+    def __init__(self, num_classes: int = 1, in_chans: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
+        self.layer2 = nn.Sequential(BasicBlock(64, 128, 2), BasicBlock(128, 128))
+        self.layer3 = nn.Sequential(BasicBlock(128, 256, 2), BasicBlock(256, 256))
+        self.layer4 = nn.Sequential(BasicBlock(256, 512, 2), BasicBlock(512, 512))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = _linear_head(512, num_classes, dropout)
+        for m in self.modules():  # He init, as torchvision does for ReLU nets
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+# --- the entries ---------------------------------------------------------------------
+
+@register_model(family="cnn", head="classifier", cam_layer=_cam_features, norm=SCRATCH_GRAY)
+def simple_cnn(num_classes: int, pretrained: bool, in_chans: int, dropout: float,
+               image_size: int | None) -> nn.Module:
+    """The study's Keras-style CNN (always random init)."""
+    _no_weights("simple_cnn", pretrained)
+    return SimpleCNN(num_classes, in_chans, last_dropout=dropout or 0.3)
+
+
+@register_model(family="resnet", head="fc", cam_layer=_cam_resnet, stages=("layer3", "layer4"),
+                norm=SCRATCH_GRAY)
+def resnet18_scratch(num_classes: int, pretrained: bool, in_chans: int, dropout: float,
+                     image_size: int | None) -> nn.Module:
+    """ResNet-18 written by hand from `BasicBlock` (the study's exercise)."""
+    _no_weights("resnet18_scratch", pretrained)
+    return ResNet18Scratch(num_classes, in_chans, dropout)
+
+
+def _torchvision(arch: str, num_classes: int, pretrained: bool, in_chans: int,
+                 dropout: float) -> nn.Module:
+    import torchvision
+    model = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None)
+    if arch.startswith("densenet"):
+        _set_in_chans(model.features.conv0, in_chans, pretrained)
+        model.classifier = _linear_head(model.classifier.in_features, num_classes, dropout)
+    else:
+        _set_in_chans(model.conv1, in_chans, pretrained)
+        model.fc = _linear_head(model.fc.in_features, num_classes, dropout)
+    return model
+
+
+@register_model(family="resnet", head="fc", cam_layer=_cam_resnet, stages=("layer3", "layer4"))
+def resnet18(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    return _torchvision("resnet18", num_classes, pretrained, in_chans, dropout)
+
+
+@register_model(family="resnet", head="fc", cam_layer=_cam_resnet, stages=("layer3", "layer4"))
+def resnet50(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    return _torchvision("resnet50", num_classes, pretrained, in_chans, dropout)
+
+
+_DENSENET = dict(family="densenet", head="classifier", cam_layer=_cam_features,
+                 stages=("denseblock3", "denseblock4"))
+
+
+@register_model(**_DENSENET)
+def densenet121(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    return _torchvision("densenet121", num_classes, pretrained, in_chans, dropout)
+
+
+@register_model(**_DENSENET)
+def chexnet(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    """CheXNet (Rajpurkar et al. 2017) = ImageNet DenseNet-121 with a sigmoid head: 1 output
+    for pneumonia, 14 for NIH. The sigmoid lives in the loss (BCE-with-logits) and in
+    `evaluate`, so the model itself returns logits like every other entry."""
+    return _torchvision("densenet121", num_classes, pretrained, in_chans, dropout)
+
+
+@register_model(family="efficientnet", head="_fc", cam_layer=_cam_effnet, stages=("blocks_last",))
+def efficientnet_b4(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    """efficientnet-pytorch B4 with the study's head 1792→512→classes (dropout 0.3).
+
+    B4's native resolution is 380; like every entry it defaults to 224 here. `image_size`
+    sets the static "same" padding of this implementation (other sizes still run)."""
+    from efficientnet_pytorch import EfficientNet
+    size = {"image_size": image_size or 224}
+    model = (EfficientNet.from_pretrained("efficientnet-b4", **size) if pretrained
+             else EfficientNet.from_name("efficientnet-b4", **size))
+    _set_in_chans(model._conv_stem, in_chans, pretrained)  # its own in_channels re-inits
+    model._fc = nn.Sequential(nn.Linear(model._fc.in_features, 512), nn.ReLU(inplace=True),
+                              nn.Dropout(dropout or 0.3), nn.Linear(512, num_classes))
+    return model
+
+
+def _timm(arch: str, num_classes: int, pretrained: bool, in_chans: int, dropout: float,
+          image_size: int | None) -> nn.Module:
+    import timm
+    size = image_size or 224
+    if size % 16:
+        raise ValueError(f"image_size={size} must be a multiple of 16 for {arch} (16-px patches)")
+    if pretrained and arch.startswith("mixer") and size != 224:
+        raise ValueError(f"{arch} pretrained weights need image_size=224: its token-mixing "
+                         f"MLPs are sized by the patch count (got {size}); or pretrained=False")
+    if pretrained and not timm.models.get_pretrained_cfg(arch).has_weights:
+        raise PretrainedWeightsError(f"timm has no pretrained weights for {arch}: pass "
+                                     f"pretrained=False or allow_random_init=True")
+    with _hf_offline_if_unreachable():
+        return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes,
+                                 in_chans=in_chans, img_size=size, drop_rate=dropout)
+
+
+_VIT = dict(family="vit", head="head", cam_layer=_cam_vit, cam_reshape=tokens_to_map,
+            stages=("last_blocks",), norm=TIMM_GRAY)
+_MIXER = dict(_VIT, family="mixer", cam_layer=_cam_mixer)
+
+
+@register_model(**_VIT)
+def vit(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    """ViT-B/16, the study's transformer."""
+    return _timm("vit_base_patch16_224", num_classes, pretrained, in_chans, dropout, image_size)
+
+
+@register_model(**_VIT)
+def vit_small(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    return _timm("vit_small_patch16_224", num_classes, pretrained, in_chans, dropout, image_size)
+
+
+@register_model(**_VIT)
+def vit_tiny(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    """ViT-Ti/16: small enough for the demo profile on a CPU."""
+    return _timm("vit_tiny_patch16_224", num_classes, pretrained, in_chans, dropout, image_size)
+
+
+@register_model(**_MIXER)
+def mixer(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    return _timm("mixer_b16_224", num_classes, pretrained, in_chans, dropout, image_size)
+
+
+@register_model(**_MIXER)
+def mixer_small(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    """Mixer-S/16 (timm ships no pretrained weights for it: pretrained=False only)."""
+    return _timm("mixer_s16_224", num_classes, pretrained, in_chans, dropout, image_size)
+
+
+def _no_weights(name: str, pretrained: bool) -> None:
+    if pretrained:
+        raise PretrainedWeightsError(f"{name} has no pretrained weights (it is trained from "
+                                     f"scratch): pass pretrained=False")
+
+
+# --- the factory ---------------------------------------------------------------------
+
+def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
+                 in_chans: int = 1, dropout: float = 0.0, trainable_from: str = "all",
+                 init_checkpoint: str = "", image_size: int | None = None,
+                 fallback: bool = False) -> nn.Module:
+    """Build a registry model mapping `B×in_chans×H×W` to logits `B×num_classes`.
+
+    Args:
+        name: one of `list_models()`.
+        num_classes: 1 for binary pneumonia, 14 for NIH multilabel.
+        pretrained: ImageNet weights from the torchvision/timm/efficientnet hubs.
+        in_chans: input channels; 1 (grayscale) sums the pretrained RGB stem kernels.
+        dropout: rate right before the final linear layer; 0 = the entry's default
+            (none for the pretrained backbones, 0.3 for simple_cnn and efficientnet_b4).
+        trainable_from: `all`, `head`, or a stage in `model_info(name).stages`: that stage
+            and everything after it train, everything before is frozen.
+        init_checkpoint: a checkpoint (`model_state`) or plain state_dict to start from; a
+            head with another class count is replaced (e.g. NIH 14 → Kermany 1).
+        image_size: input resolution (ViT/Mixer need it, a multiple of 16); default 224.
+        fallback: when pretrained weights cannot be downloaded, warn and use random init
+            instead of raising `PretrainedWeightsError` (RunConfig.allow_random_init).
+    Example:
+        >>> m = create_model("resnet18", num_classes=1, pretrained=False)
+        >>> m(torch.zeros(2, 1, 64, 64)).shape, m.info.mean
+        (torch.Size([2, 1]), 0.449)
+    """
+    info = model_info(name)
+    if trainable_from not in info.stages:
+        raise ValueError(f"trainable_from={trainable_from!r} is not a stage of {name}; "
+                         f"valid: {list(info.stages)}")
+    model = _build(name, num_classes, pretrained, in_chans, dropout, image_size, fallback)
+    model.info = info
+    if init_checkpoint:
+        _load_init_checkpoint(model, info, init_checkpoint)
+    _freeze_before(model, info, trainable_from)
+    return model
+
+
+def _build(name: str, num_classes: int, pretrained: bool, in_chans: int, dropout: float,
+           image_size: int | None, fallback: bool) -> nn.Module:
+    factory = _REGISTRY[name][0]
+    try:
+        return factory(num_classes, pretrained, in_chans, dropout, image_size)
+    except (OSError, PretrainedWeightsError) as err:  # URLError, HF hub and socket errors
+        if not pretrained:
+            raise
+        msg = str(err) if isinstance(err, PretrainedWeightsError) else (
+            f"could not download pretrained weights for {name} (offline?): pass "
+            f"pretrained=False (-p pretrained=false) or set allow_random_init=True "
+            f"(-p allow_random_init=true) to fall back to random weights, or place the "
+            f"weights in the torch/huggingface cache. Cause: {type(err).__name__}: {err}")
+        if not fallback:
+            raise PretrainedWeightsError(msg) from None
+        warnings.warn(f"{msg}\n-> using RANDOM initial weights for {name} "
+                      f"(allow_random_init)", stacklevel=3)
+        return factory(num_classes, False, in_chans, dropout, image_size)
+
+
+def _stage_prefix(model: nn.Module, info: ModelInfo, stage: str) -> str:
+    """Parameter-name prefix where a stage starts (named_parameters run input → output)."""
+    if stage == "head":
+        return info.head + "."
+    if stage == "blocks_last":     # EfficientNet: the last quarter of its MBConv blocks
+        n = len(model._blocks)
+        return f"_blocks.{n - max(1, n // 4)}."
+    if stage == "last_blocks":     # ViT / Mixer: the last 4 transformer/mixer blocks
+        return f"blocks.{max(0, len(model.blocks) - 4)}."
+    return f"features.{stage}." if info.family == "densenet" else f"{stage}."
+
+
+def _freeze_before(model: nn.Module, info: ModelInfo, stage: str) -> None:
+    """requires_grad=False for every parameter before `stage`; the head always trains.
+
+    Frozen BatchNorm layers still update running statistics in train mode (as in the study).
+    """
+    if stage == "all":
+        return
+    prefix, head, reached = _stage_prefix(model, info, stage), info.head + ".", False
+    for pname, param in model.named_parameters():
+        reached = reached or pname.startswith(prefix)
+        param.requires_grad = reached or pname.startswith(head)
+    if not reached:
+        raise ValueError(f"stage {stage!r} not found in {info.name} (no parameter starts "
+                         f"with {prefix!r})")
+
+
+def _load_init_checkpoint(model: nn.Module, info: ModelInfo, path: str) -> None:
+    """Load backbone weights; tensors whose shape differs must belong to the head."""
+    path_ = Path(path)
+    if not path_.is_file():
+        raise FileNotFoundError(f"init_checkpoint {path} does not exist: run the step that "
+                                f"writes it first, or pass init_checkpoint=''")
+    try:  # our checkpoints hold config dicts and RNG states, hence weights_only=False
+        ckpt = torch.load(path_, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise RuntimeError(f"corrupt or incomplete checkpoint {path}: delete it and re-run "
+                           f"({type(err).__name__}: {err})") from None
+    state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else ckpt
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    bad = [k for k in skipped if not k.startswith(info.head + ".")]
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if k not in skipped}, strict=False)
+    bad += [k for k in missing if not k.startswith(info.head + ".")] + list(unexpected)
+    if bad:
+        src = ckpt.get("model_name", "?") if isinstance(ckpt, dict) else "?"
+        raise ValueError(f"init_checkpoint {path} (model {src!r}) does not fit {info.name}: "
+                         f"mismatched keys {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    if skipped or missing:
+        print(f"init_checkpoint {path}: loaded the backbone; new head, skipped "
+              f"{sorted(set(skipped) | set(missing))} "
+              f"({[tuple(state[k].shape) for k in skipped]} -> "
+              f"{[tuple(own[k].shape) for k in skipped]})")
