@@ -32,10 +32,10 @@ def test_every_pipeline_runs_on_a_real_image(name, xray):
             assert 0 <= x and 0 <= y and x + w <= 96 + 1e-3 and y + h <= 96 + 1e-3
 
 
-def test_eval_is_a_plain_resize_and_normalise(xray):
+def test_eval_is_a_plain_area_resize_and_normalise(xray):
     transform = build_transform("none", 64, mean=0.449, std=0.226, boxes=False)
     first, second = transform(image=xray)["image"], transform(image=xray)["image"]
-    expected = (cv2.resize(xray, (64, 64), interpolation=cv2.INTER_LINEAR) / 255.0 - 0.449) / 0.226
+    expected = (cv2.resize(xray, (64, 64), interpolation=cv2.INTER_AREA) / 255.0 - 0.449) / 0.226
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     torch.testing.assert_close(first[0], torch.from_numpy(expected).float(), rtol=0, atol=1e-5)
 

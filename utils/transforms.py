@@ -15,9 +15,15 @@ from albumentations.pytorch import ToTensorV2
 __all__ = ["AUGMENTATIONS", "build_transform"]
 
 
+def _resize(size: int) -> A.Resize:
+    """Area interpolation when shrinking (no aliasing, and identical to the cache's
+    cv2.INTER_AREA, so cached and uncached eval tensors match), bilinear when enlarging."""
+    return A.Resize(size, size, interpolation=cv2.INTER_LINEAR, area_for_downscale="image")
+
+
 def _none(size: int) -> list[A.BasicTransform]:
     """Evaluation: only a resize to the model's square input."""
-    return [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
+    return [_resize(size)]
 
 
 # Horizontal flips are debated for chest X-rays: they put the heart on the wrong side
@@ -26,7 +32,7 @@ def _none(size: int) -> list[A.BasicTransform]:
 
 def _basic(size: int) -> list[A.BasicTransform]:
     """Study v1: resize, horizontal flip, small rotation (±10°) and shift (±10%)."""
-    return [A.Resize(size, size), A.HorizontalFlip(p=0.5),
+    return [_resize(size), A.HorizontalFlip(p=0.5),
             A.Affine(rotate=(-10, 10), translate_percent=(-0.1, 0.1), p=0.5,
                      border_mode=cv2.BORDER_CONSTANT, fill=0)]
 
@@ -40,7 +46,7 @@ def _strong(size: int) -> list[A.BasicTransform]:
 def _v3(size: int) -> list[A.BasicTransform]:
     """Study v3: resize, brightness/contrast ±20% (its ColorJitter on a gray image),
     rotation ±15°, flip."""
-    return [A.Resize(size, size),
+    return [_resize(size),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.0, hue=0.0, p=0.8),
             A.Affine(rotate=(-15, 15), p=0.5, border_mode=cv2.BORDER_CONSTANT, fill=0),
             A.HorizontalFlip(p=0.5)]
