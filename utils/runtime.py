@@ -6,7 +6,12 @@ import platform
 import random
 import sys
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["pick_device", "seed_everything", "environment", "in_colab"]
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pickle
 import random
 import sys
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +32,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import CheckpointError, load_checkpoint, load_model, plain, update_checkpoint
 from .config import RunConfig
 from .evaluate import autocast, summary_scores
 from .fileio import atomic_torch_save
 from .runtime import pick_device, seed_everything
 
-__all__ = ["fit", "History", "CheckpointError", "load_checkpoint", "load_model",
-           "update_checkpoint", "RESUME_KEYS"]
+__all__ = ["fit", "History", "RESUME_KEYS",
+           # re-exported: checkpoints are read back where they are written
+           "CheckpointError", "load_checkpoint", "load_model", "update_checkpoint"]
 
 # A saved run is resumed only if these settings are unchanged: they shape the trajectory.
 RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images",
@@ -50,10 +50,6 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "sampler_cap", "augmentation", "early_stopping", "monitor", "grad_clip",
                "max_steps_per_epoch", "seed")
 _HIGHER_IS_BETTER = {"val_auroc": True, "val_f1": True, "val_loss": False}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or not one of ours."""
 
 
 @dataclass
@@ -153,15 +149,6 @@ def _set_rng_state(state: dict[str, Any], generators: list[torch.Generator]) -> 
         gen.set_state(saved)
 
 
-def _plain(obj: Any) -> Any:
-    """Builtins only, so checkpoints load with `weights_only=True`."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return obj.tolist()
-    return str(obj) if isinstance(obj, Path) else obj
 
 
 def _improved(score: float, hist: History) -> bool:
@@ -250,14 +237,14 @@ def _payload(model, loop: _Loop, hist, epoch, num_classes, meta, gens) -> dict:
     info, cfg = getattr(model, "info", None), loop.cfg
     names = meta.get("class_names") or (["Pneumonia"] if num_classes == 1 else
                                         [f"class_{k}" for k in range(num_classes)])
-    return {**_plain(meta), "model_name": getattr(info, "name", cfg.model),
+    return {**plain(meta), "model_name": getattr(info, "name", cfg.model),
             "model_state": model.state_dict(), "optimizer_state": loop.opt.state_dict(),
             "scheduler_state": loop.sched.state_dict() if loop.sched is not None else None,
             "scaler_state": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
             "epoch": epoch, "history": hist.to_dict(), "best_score": hist.best_score,
             "config": cfg.to_dict(), "num_classes": num_classes, "class_names": list(names),
-            "input_size": cfg.image_size, "mean": _plain(getattr(info, "mean", None)),
-            "std": _plain(getattr(info, "std", None)), "rng_state": _rng_state(gens)}
+            "input_size": cfg.image_size, "mean": plain(getattr(info, "mean", None)),
+            "std": plain(getattr(info, "std", None)), "rng_state": _rng_state(gens)}
 
 
 def _resume(last: Path, model, loop: _Loop, gens) -> History | None:
@@ -339,6 +326,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
     for epoch in range(len(hist.epochs) + 1, cfg.epochs + 1):
         if hist.stopped_early:
             break
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # per-epoch draws survive a resume
         lr, t0 = loop.opt.param_groups[0]["lr"], time.perf_counter()
         train_loss, n_img = _train_epoch(loop, train_loader, f"epoch {epoch}/{cfg.epochs}")
         t_train = time.perf_counter() - t0
@@ -371,57 +360,3 @@ def _print_epoch(row: dict, epochs: int, improved: bool) -> None:
           f"val_loss {row['val_loss']:.4f}  val_auroc {row['val_auroc']:.4f}  "
           f"val_f1 {row['val_f1']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  "
           f"{row['images_per_second']:.0f} img/s" + ("  *best" if improved else ""), flush=True)
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `fit`, with an error that names the file and the fix.
-
-    Raises:
-        FileNotFoundError: no such file. CheckpointError: truncated, corrupt or not ours.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (run the training step "
-                                f"first, or check checkpoint_dir and step)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"corrupt or incomplete checkpoint {path}: delete it and "
-                                  f"re-run") from exc
-        raise CheckpointError(f"{path} holds objects other than tensors and plain values; "
-                              f"only if you trust it, use torch.load(weights_only=False)") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"corrupt or incomplete checkpoint {path}: delete it and "
-                              f"re-run ({type(exc).__name__})") from exc
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
-        raise CheckpointError(f"{path} is not a cxr-pneumonia checkpoint (no model_state)")
-    return ckpt
-
-
-def load_model(path: str | Path, device=None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the registry model a checkpoint names and load its weights (eval mode).
-
-    Example:
-        >>> model, ckpt = load_model("checkpoints/demo/best.pt")  # doctest: +SKIP
-    """
-    from .models import create_model  # lazy: train must not need every model family
-
-    ckpt = load_checkpoint(path)
-    model = create_model(ckpt["model_name"], ckpt["num_classes"], pretrained=False,
-                         image_size=ckpt["input_size"],
-                         dropout=ckpt.get("config", {}).get("dropout", 0.0))
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit {ckpt['model_name']!r} "
-                              f"as the registry builds it now: {exc}") from exc
-    device = torch.device(device) if device is not None else pick_device("auto")
-    return model.to(device).eval(), ckpt
-
-
-def update_checkpoint(path: str | Path, **fields: Any) -> Path:
-    """Add or replace fields (e.g. the validation-chosen `threshold`), atomically."""
-    ckpt = load_checkpoint(path)
-    ckpt.update(_plain(fields))
-    return atomic_torch_save(ckpt, path)
