@@ -138,6 +138,17 @@ def test_rgb_jpeg_and_draft_mode_downsizing(tmp_path):
     assert read_image(tmp_path / "big.jpg", max_side=5000).shape == (1500, 2000)
 
 
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+def test_huge_image_reads_without_bomb_warning(tmp_path):
+    big = np.zeros((10_000, 10_240), np.uint8)  # 102 Mpx: above PIL's default 89 Mpx limit
+    big[2000:8000, 3000:7000] = 200
+    Image.fromarray(big).save(tmp_path / "huge.jpg", quality=80)
+    del big
+    assert image_size(tmp_path / "huge.jpg") == (10_000, 10_240)
+    img = read_image(tmp_path / "huge.jpg", max_side=512)
+    assert img.shape == (500, 512) and abs(int(img[250, 256]) - 200) < 8 and img[10, 10] < 8
+
+
 def test_decompression_limit_is_raised_and_still_enforced(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= 20_000 ** 2
     Image.fromarray(_ramp()).save(tmp_path / "x.png")
@@ -168,6 +179,7 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached")  # pydicom on the cut DICOM
 @pytest.mark.parametrize("kind", ["empty", "text", "trunc_jpeg", "trunc_png", "text_dcm",
                                   "no_pixels", "trunc_dcm"])
 def test_bad_files_raise_bad_image_error_naming_the_file(tmp_path, kind):

@@ -65,9 +65,25 @@ def setup(namespace: Mapping[str, Any], *, verbose: bool = True) -> tuple[RunCon
     seed_everything(cfg.seed)
     ctx = RunContext(device=pick_device(cfg.device), data_root=Path(data_root),
                      synthetic=synthetic, repo_root=REPO_ROOT, environment=environment())
+    _inline_figures()
     if verbose:
         _print_banner(cfg, ctx)
     return cfg, ctx
+
+
+def _inline_figures() -> None:
+    """Show returned matplotlib Figures as images inside Jupyter/papermill kernels.
+
+    utils.plots builds figures without pyplot (so nothing is shown twice), and IPython only
+    registers its PNG formatter for them once the inline backend is on.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "run_line_magic"):
+        shell.run_line_magic("matplotlib", "inline")
 
 
 def _print_banner(cfg: RunConfig, ctx: RunContext) -> None:

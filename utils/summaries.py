@@ -28,15 +28,13 @@ def metrics_table(results: dict[str, Any], split: str = "test") -> pd.DataFrame:
 
 
 def per_finding_table(results: dict[str, Any]) -> pd.DataFrame:
-    """Per-finding AUROC/AUPRC of a multi-label (NIH) run, best first, with the macro mean."""
-    per = results.get("per_finding") or {}
-    table = pd.DataFrame(per.get("table", per)).T if not isinstance(per, list) else pd.DataFrame(per)
+    """Per-finding AUROC/AUPRC of a multi-label (NIH) run, best first; macro means in attrs."""
+    table = pd.DataFrame(results.get("per_finding") or [])
     if table.empty:
         return table
-    if "finding" in table.columns:
-        table = table.set_index("finding")
-    table = table.apply(pd.to_numeric, errors="coerce")
-    return table.sort_values(table.columns[0], ascending=False).round(3)
+    table = table.set_index("finding").sort_values("auroc", ascending=False).round(3)
+    table.attrs["macro"] = results.get("per_finding_macro") or {}
+    return table
 
 
 def _with_ci(runs: pd.DataFrame, metric: str) -> pd.Series:
@@ -74,8 +72,9 @@ def roc_by_dataset(runs: pd.DataFrame, reports_dir: str | Path) -> list:
     for dataset, group in runs.groupby("dataset"):
         curves = {}
         for step in group["step"]:
-            pred = load_predictions(step, reports_dir)
-            if pred is None or pred.empty:
+            try:
+                pred = load_predictions(step, reports_dir)
+            except FileNotFoundError:  # a run from before predictions were saved
                 continue
             test = pred[pred["split"] == "test"]
             curves[step] = (test["target"].to_numpy(), test["prob"].to_numpy())

@@ -17,6 +17,7 @@ workers it is exact only when the dataset seeds NumPy per worker (`worker_init_f
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import random
@@ -192,10 +193,9 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
     loss_sum = torch.zeros((), device=loop.device)  # summed on device: one host sync per epoch
     n_images, cap = 0, cfg.max_steps_per_epoch
     total = min(len(loader), cap) if cap else len(loader)
-    for step, (images, targets, _) in enumerate(tqdm(loader, total=total, desc=desc,
-                                                     disable=loop.quiet, leave=False)):
-        if cap and step >= cap:
-            break
+    batches = itertools.islice(loader, cap) if cap else loader  # never reads a batch past the cap
+    for images, targets, _ in tqdm(batches, total=total, desc=desc, disable=loop.quiet,
+                                   leave=False):
         images, targets = loop.to_device(images, targets)
         loss = loop.loss_fn(loop.logits(images), targets)
         opt.zero_grad(set_to_none=True)

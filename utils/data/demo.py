@@ -39,7 +39,7 @@ __all__ = ["make_demo", "ensure_demo", "render_chest", "DEMO_VERSION", "MARKER",
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 1  # bump when the pictures or layouts change: ensure_demo then regenerates
+DEMO_VERSION = 2  # bump when the pictures or layouts change: ensure_demo then regenerates
 MARKER = "SYNTHETIC_DEMO_DATA.txt"
 DEFAULT_DEMO_ROOT = Path(__file__).resolve().parents[2] / "data" / "demo"
 KERMANY, RSNA, NIH = "chest_xray", "rsna-pneumonia-detection-challenge", "nih"
@@ -290,7 +290,7 @@ def _write_rsna(folder: Path, seed: int, image_px: int, scale: float) -> int:
             sign = [{"heart": 1.4}, {"effusion": int(img_rng.choice([-1, 1]))}, {}][pick]
         img, found = render_chest(img_rng, image_px, image_px, **sign)
         _write_dicom(folder / "stage_2_train_images" / f"{pid}.dcm", img, pid, img_rng,
-                     monochrome1=i % 4 == 1, jpeg=i % 2 == 0)
+                     monochrome1=i % 4 in (1, 2), jpeg=i % 2 == 0)
         rows = [[pid, *b, 1] for b in found["opacity"]] or [[pid] + [np.nan] * 4 + [0]]
         labels += rows
         classes += [[pid, cls]] * len(rows)  # Kaggle repeats the class per label row

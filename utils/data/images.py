@@ -116,7 +116,10 @@ def _read_pil(path: Path, max_side: int | None) -> np.ndarray:
         raise BadImageError(path, "is not an image file PIL can read (wrong extension, an "
                                   "HTML error page or another file type?)",
                             "replace it with the real image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(path, f"is too large to decode safely ({exc})",
+                            "downsize it with an image tool first") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, f"could not be decoded, the file is truncated or "
                                   f"corrupt ({exc})", "download or copy it again") from None
 
