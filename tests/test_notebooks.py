@@ -78,10 +78,3 @@ def test_run_all_smoke_profile_executes_every_notebook(tmp_path: Path) -> None:
         assert len(results["test"]["auroc_ci"]) == 2
         assert (ckpts / step / "best.pt").exists()
     assert "synthetic" in index.lower()
-
-
-def test_package_exports_resolve() -> None:
-    import utils
-
-    for name in utils.__all__:
-        assert getattr(utils, name) is not None, name
