@@ -18,13 +18,7 @@ from utils.cam import (CAM_METHODS, CamExplainer, _methods, box_mask, cam_iou, c
                        tokens_to_grid)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, intra-op spinning only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_cnn(num_classes: int = 1) -> nn.Sequential:

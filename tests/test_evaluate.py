@@ -17,12 +17,7 @@ import utils.evaluate as ev
 from utils.config import make_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def noisy(n: int, seed: int = 0, prevalence: float = 0.6):

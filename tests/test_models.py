@@ -17,13 +17,12 @@ SIZE = 32  # smallest size every entry accepts (5 poolings; 2×2 ViT/Mixer patch
 _CACHE: dict[str, nn.Module] = {}
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 oversubscribed cores: one intra-op thread is several times faster than two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _clear_cache():
     yield
-    torch.set_num_threads(before)
     _CACHE.clear()
 
 

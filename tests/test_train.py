@@ -23,13 +23,7 @@ from utils.train import (CheckpointError, History, fit, load_checkpoint, load_mo
                          update_checkpoint)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when tests share the CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Toy(Dataset):
