@@ -2,13 +2,14 @@
 `utils.train.fit` on generated tensors, in seconds.
 
 Also a script, for tests that must kill a training *process*:
-    python tests/helpers_train.py CKPT_DIR OUT.pt [--epochs 6] [--sleep 0.01]
+    python tests/helpers_train.py CKPT_DIR OUT.pt [--epochs 6] [--sleep 0.01] [--wait-for F]
 trains (resuming from CKPT_DIR/last.pt when present) and saves the final weights and the
 history to OUT.pt.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import random
 import sys
 import time
@@ -114,8 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds per item")
+    parser.add_argument("--wait-for", default="", metavar="FILE",
+                        help="import everything, then start only once FILE exists (lets a "
+                             "test overlap this process's start-up with other work)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # same kernels in every process: bit-identical results
+    for module in ("utils.models", "utils.train"):  # the slow imports happen before the gate
+        importlib.import_module(module)
+
+    deadline = time.monotonic() + 300
+    while args.wait_for and not Path(args.wait_for).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {args.wait_for}")
+        time.sleep(0.02)
     cfg = tiny_config(epochs=args.epochs, max_steps_per_epoch=0)
     model, hist = train_tiny(cfg, args.ckpt_dir, sleep=args.sleep, restore_best=False)
     torch.save({"state": model.state_dict(), "history": hist.to_dict()}, args.out)

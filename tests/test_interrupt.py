@@ -26,10 +26,10 @@ METRICS = ("epoch", "train_loss", "val_loss", "val_auroc", "val_f1", "lr", "trai
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CXR_QUIET": "1"}
 
 
-def _start(ckpt_dir: Path, out: Path) -> subprocess.Popen:
+def _start(ckpt_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
     # --sleep: ~0.25 s more per epoch, so the kill lands mid-run (sleeping changes no number)
     return subprocess.Popen([sys.executable, str(HELPER), str(ckpt_dir), str(out),
-                             "--epochs", "6", "--sleep", "0.005"], cwd=ROOT, env=ENV,
+                             "--epochs", "6", "--sleep", "0.005", *extra], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -59,23 +59,30 @@ def _kill_after_epoch(proc: subprocess.Popen, last: Path, epoch: int, timeout: f
 
 @pytest.mark.slow
 def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path):
-    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full_dir, cut_dir, go = tmp_path / "full", tmp_path / "cut", tmp_path / "go"
     full = _start(full_dir, tmp_path / "full.pt")  # runs alongside the one we kill
     cut = _start(cut_dir, tmp_path / "cut.pt")
-    killed_at = _kill_after_epoch(cut, cut_dir / "last.pt", 2, timeout=50)
-    assert cut.returncode == -signal.SIGKILL
-    assert 2 <= killed_at < 6, "killed after the last epoch: nothing left to resume"
-    assert not (tmp_path / "cut.pt").exists()
-    # what the kill left is complete, and no half-written file sits beside it
-    assert load_checkpoint(cut_dir / "last.pt")["epoch"] == killed_at
-    assert not list(cut_dir.glob(".last.pt.*")) and not list(cut_dir.glob(".best.pt.*"))
-
-    resumed = subprocess.run([sys.executable, str(HELPER), str(cut_dir), str(tmp_path / "cut.pt"),
-                              "--epochs", "6", "--sleep", "0.005"], cwd=ROOT, env=ENV,
-                             capture_output=True, text=True, timeout=60)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"at epoch {killed_at}/6" in resumed.stdout  # it resumed, not restarted
-    assert full.wait(timeout=60) == 0, full.communicate()[0]
+    # the same command again, in a fresh interpreter: it imports now (seconds of start-up
+    # overlapped with the first run) but reads cut_dir only once `go` exists, after the kill
+    again = _start(cut_dir, tmp_path / "cut.pt", "--wait-for", str(go))
+    try:
+        killed_at = _kill_after_epoch(cut, cut_dir / "last.pt", 2, timeout=50)
+        assert cut.returncode == -signal.SIGKILL
+        assert 2 <= killed_at < 6, "killed after the last epoch: nothing left to resume"
+        assert not (tmp_path / "cut.pt").exists()
+        # what the kill left is complete, and no half-written file sits beside it
+        assert load_checkpoint(cut_dir / "last.pt")["epoch"] == killed_at
+        assert not list(cut_dir.glob(".last.pt.*")) and not list(cut_dir.glob(".best.pt.*"))
+        go.touch()
+        output = again.communicate(timeout=60)[0]
+        assert again.returncode == 0, output
+        assert f"at epoch {killed_at}/6" in output  # it resumed, not restarted
+        assert full.wait(timeout=60) == 0, full.communicate()[0]
+    finally:
+        for proc in (full, cut, again):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     a = torch.load(tmp_path / "full.pt", weights_only=True)
     b = torch.load(tmp_path / "cut.pt", weights_only=True)

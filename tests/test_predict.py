@@ -31,16 +31,11 @@ BAD = {"empty.png", "truncated.jpg", "truncated.png", "text.png", "nopixels.dcm"
        "palette.dcm"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: threads only spin when tests share the CPUs
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, one_torch_thread) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), threshold=0.4)
 
 
@@ -75,6 +70,7 @@ def folder(tmp_path_factory) -> Path:
     (root / "dicom").mkdir()
     (root / "dicom" / "m1.dcm").symlink_to(shared_path("dicom", "cr_chest_monochrome1_jpeg.dcm"))
     shutil.copy(m2, root / "dicom" / "scan0001")  # DICOM without an extension
+    shutil.copy(m2, root / "dicom" / "1.2.840.113619.5")  # a UID for a name
     gen = root / "generated"
     gen.mkdir()
     ramp = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 20).astype(np.uint16)
@@ -103,7 +99,7 @@ def folder(tmp_path_factory) -> Path:
 
 def _expected_names(folder: Path) -> set[str]:
     real = {p.name for p in folder.iterdir() if p.is_symlink()}
-    return real | {"m1.dcm", "scan0001", "i16.png", "huge.png"} | BAD
+    return real | {"m1.dcm", "scan0001", "1.2.840.113619.5", "i16.png", "huge.png"} | BAD
 
 
 def test_folder_one_row_per_file_errors_only_for_bad_ones(checkpoint, folder, tmp_path, capsys):
@@ -187,22 +183,36 @@ def test_cam_overlays_one_per_readable_image(checkpoint, folder, tmp_path):
     (src / "a").mkdir(parents=True)
     (src / "b").mkdir()
     wide = np.tile(np.arange(300, dtype=np.uint8), (100, 1))  # 300×100: aspect must survive
-    for name in ("a/x.png", "b/x.png", "a/y.png", "a/y.jpg"):
-        Image.fromarray(wide).save(src / name)
+    for k, name in enumerate(("a/y.png", "a/x.png", "b/x.png", "a/y.jpg")):
+        Image.fromarray(np.roll(wide, 37 * k, axis=1)).save(src / name)  # all different
     (src / "a" / "bad.png").write_bytes(b"")
+    (src / "b" / "link.png").symlink_to(src / "a" / "x.png")  # named as linked, not as target
     cams = src / "cams"  # inside the input folder: its PNGs must never be predicted on
     for _ in range(2):
         code = main(["--checkpoint", str(checkpoint), "--images", str(src), "--out",
                      str(tmp_path / "p.csv"), "--cam", str(cams)])
         assert code == 1
     table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
-    assert len(table) == 5
+    assert len(table) == 6
     written = sorted(p.name for p in cams.iterdir())
     assert written == sorted(Path(c).name for c in table["cam"] if c)
-    assert written == ["a__x_cam.png", "a__y.jpg_cam.png", "a__y.png_cam.png", "b__x_cam.png"]
+    assert written == ["a__x_cam.png", "a__y.jpg_cam.png", "a__y.png_cam.png", "b__link_cam.png",
+                       "b__x_cam.png"]
     with Image.open(cams / "a__x_cam.png") as im:
-        assert im.size == (300, 100) and im.mode == "RGB"
-        assert np.asarray(im).std() > 1  # a heat map, not a blank
+        assert im.size == (300, 100) and im.mode == "RGB"  # the image's own size and aspect
+        written_x = np.asarray(im)
+    # the same pixels as utils.cam on the model input, laid over the image itself
+    from utils.cam import CamExplainer, overlay
+    from utils.checkpoint import load_model
+    from utils.data.images import read_image
+    from utils.transforms import build_transform
+
+    model, ckpt = load_model(checkpoint, device="cpu")
+    tensor = build_transform("none", 32, ckpt["mean"], ckpt["std"], boxes=False)(
+        image=read_image(src / "a" / "x.png"))["image"]
+    with CamExplainer(model) as cam:
+        heat = cam(tensor[None])[0]
+    assert np.abs(written_x.astype(int) - overlay(read_image(src / "a" / "x.png"), heat)).max() <= 1
     assert table.loc[table["path"].str.endswith("bad.png"), "cam"].item() == ""
 
 
@@ -227,6 +237,9 @@ def test_find_images_walks_folders_and_keeps_explicit_files(folder, tmp_path):
     names = [p.name for p in found]
     assert "scan0001" in names and names.count("i16.png") == 1
     assert not {"notes.txt", ".hidden.png", ".huge.png.abc123.tmp"} & set(names)
+    (tmp_path / "link.dcm").symlink_to(folder / "dicom" / "scan0001")
+    both = find_images([folder / "dicom", tmp_path / "link.dcm", folder / "dicom" / "m1.dcm"])
+    assert [p.name for p in both] == ["1.2.840.113619.5", "m1.dcm", "scan0001", "link.dcm"]  # links count, repeats not
     odd = tmp_path / "image.weird"
     odd.write_bytes(b"x")
     assert find_images([odd]) == [odd]  # given by name: read (and fail) rather than ignored
@@ -236,7 +249,9 @@ def test_find_images_walks_folders_and_keeps_explicit_files(folder, tmp_path):
 
 def test_usage_errors_exit_2_without_a_csv(checkpoint, tmp_path, capsys):
     (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "cut.pt").write_bytes(checkpoint.read_bytes()[:5000])  # interrupted copy
     cases = [["--checkpoint", str(tmp_path / "missing.pt"), "--images", str(tmp_path)],
+             ["--checkpoint", str(tmp_path / "cut.pt"), "--images", str(checkpoint)],
              ["--checkpoint", str(checkpoint), "--images", str(tmp_path / "empty_dir")],
              ["--checkpoint", str(checkpoint), "--images", str(tmp_path / "nope")]]
     for argv in cases:
@@ -245,4 +260,5 @@ def test_usage_errors_exit_2_without_a_csv(checkpoint, tmp_path, capsys):
         assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "missing.pt not found" in err and "no image files" in err and "nope" in err
+    assert "corrupt or incomplete checkpoint" in err and "cut.pt" in err
     assert not (tmp_path / "p.csv").exists()

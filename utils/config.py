@@ -105,8 +105,14 @@ class RunConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1]")
         if self.image_size % 16 and self.model.startswith(("vit", "mixer")):
+            lo = self.image_size // 16 * 16
             raise ConfigError(f"image_size={self.image_size} must be a multiple of 16 "
-                              f"for {self.model} (16-pixel patches)")
+                              f"for {self.model} (16-pixel patches), e.g. "
+                              f"{' or '.join(str(v) for v in (lo, lo + 16) if v >= 16)}")
+        # their pooling stages shrink a smaller input to 0×0 (a cryptic error mid-forward)
+        if self.image_size < 32 and self.model in ("simple_cnn", "densenet121", "chexnet"):
+            raise ConfigError(f"image_size={self.image_size} must be >= 32 for {self.model} "
+                              f"(its poolings reduce a smaller image to nothing)")
         if self.task == "multilabel" and self.dataset != "nih":
             raise ConfigError("task='multilabel' needs dataset='nih' (the 14-finding labels)")
         return self

@@ -7,8 +7,8 @@ DICOM magic bytes for files without one). One CSV row per input file, in input o
 `path, probability, prediction, error` (+ `cam` with `--cam`, + one `p_<finding>` column
 per finding for a multilabel NIH checkpoint). A file that cannot be read gets its error in
 its row and the run goes on. The exit code is the number of failed files, capped at 100,
-so scripts can tell a clean run (0) from a partial one; usage errors (no checkpoint, no
-images) exit 2 without writing a CSV, as argparse does.
+so scripts can tell a clean run (0) from a partial one; usage errors (no or a corrupt
+checkpoint, no images) exit 2 without writing a CSV, as argparse does.
 
 Example:
     python -m utils.predict --checkpoint checkpoints/02_resnet/best.pt \\
@@ -23,8 +23,9 @@ import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,20 +42,33 @@ _COLUMNS = ["path", "probability", "prediction", "error"]
 
 
 def _wanted(path: Path) -> bool:
-    """An image file found while walking a folder: by extension, else by DICOM magic."""
+    """An image file met while walking a folder: by extension, else by the DICOM magic
+    (DICOM files often have no extension, or a UID-like one such as `.1249`)."""
     from .data.images import is_dicom
 
-    if path.name.startswith("."):  # hidden files, macOS `._x.jpg`, our atomic temp files
-        return False
-    return path.suffix.lower() in IMAGE_EXTENSIONS or (path.suffix == "" and is_dicom(path))
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(path)
+
+
+def _walk(folder: Path, skip: Path | None) -> list[Path]:
+    """Image files below `folder`, sorted; hidden files and folders (`.git`, macOS `._x`,
+    our own atomic-write temp files) and anything under `skip` are left out."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if skip and Path(os.path.abspath(path)).is_relative_to(skip):
+            continue
+        if path.is_file() and _wanted(path):
+            found.append(path)
+    return found
 
 
 def find_images(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None
                 ) -> list[Path]:
     """Files given directly (whatever their extension) plus image files under given folders.
 
-    Folders are walked recursively in sorted order, skipping hidden entries; duplicates
-    (a file given twice, or also found in a folder) are listed once.
+    Folders are walked recursively in sorted order; a file given twice (or also found in a
+    folder) is listed once; two links to one file are two inputs.
 
     Args:
         inputs: files and/or folders.
@@ -62,20 +76,17 @@ def find_images(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike 
     Raises:
         FileNotFoundError: an input that does not exist (named).
     """
-    skip = Path(exclude).resolve() if exclude else None
+    skip = Path(os.path.abspath(exclude)) if exclude else None
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and _wanted(p)
-                            and not any(part.startswith(".") for part in
-                                        p.relative_to(item).parts[:-1])
-                            and not (skip and p.resolve().is_relative_to(skip)))
+            files += _walk(item, skip)
         elif item.exists():
             files.append(item)
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
-    seen: set[Path] = set()
-    return [p for p in files if not (p.resolve() in seen or seen.add(p.resolve()))]
+    seen: set[str] = set()
+    return [p for p in files if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
 
 
 @dataclass
@@ -97,7 +108,8 @@ class _Spec:
                                                  [f"class_{k}" for k in range(num)]))
         column = names.index("Pneumonia") if num > 1 and "Pneumonia" in names else 0
         if ckpt.get("threshold") is None:
-            note = "0.5 by default: this checkpoint has no validation-chosen threshold (evaluate the run first)"
+            note = ("0.5 by default: this checkpoint has no validation-chosen threshold "
+                    "(evaluate the run first)")
             warnings.warn(f"threshold {note}", stacklevel=3)
             threshold = 0.5
         else:
@@ -137,7 +149,7 @@ def _cam_names(files: list[Path]) -> list[str]:
     """Overlay file names that cannot collide: the path below the files' common folder."""
     if not files:
         return []
-    absolute = [p.resolve() for p in files]
+    absolute = [Path(os.path.abspath(p)) for p in files]  # links keep their own names
     common = Path(os.path.commonpath([p.parent for p in absolute]))
     rel = [p.relative_to(common) for p in absolute]
     stems = ["__".join(r.parts[:-1] + (r.stem,)) for r in rel]
@@ -191,35 +203,45 @@ def predict_files(checkpoint: str | os.PathLike, files: Sequence[str | os.PathLi
     model, ckpt = load_model(checkpoint, device=dev)
     spec = _Spec.of(ckpt)
     files = [Path(f) for f in files]
-    cams = [Path(cam_dir) / n for n in _cam_names(files)] if cam_dir else []
+    cams = [Path(cam_dir) / n for n in _cam_names(files)] if cam_dir else [None] * len(files)
     if cam_dir:
         from .cam import CamExplainer
 
         CamExplainer(model)  # fails now, not after the first batch, if no CAM layer is known
     rows: list[dict[str, Any]] = []
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool, \
+    with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool, \
             tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            loaded = list(pool.map(lambda p: _load(p, spec, bool(cam_dir)), chunk))
-            ok = [i for i, (tensor, _, _) in enumerate(loaded) if tensor is not None]
-            probs = np.zeros((0, len(spec.names)))
+        load = partial(_load, spec=spec, keep_preview=bool(cam_dir))
+        for start, chunk, loaded in _prefetched(files, pool, load, batch_size):
+            ok = [i for i, item in enumerate(loaded) if item[0] is not None]
+            probs: dict[int, np.ndarray] = {}
             if ok:
                 batch = torch.stack([loaded[i][0] for i in ok]).to(dev)
-                probs = tta_probabilities(model, batch, tta=tta).float().cpu().numpy()
+                out = tta_probabilities(model, batch, tta=tta).float().cpu().numpy()
+                probs = dict(zip(ok, out))
                 if cam_dir:
                     _write_cams(model, batch, [loaded[i][1] for i in ok],
                                 [cams[start + i] for i in ok], spec.column)
-            by_index = dict(zip(ok, probs))
-            for i, (path, (_, _, error)) in enumerate(zip(chunk, loaded)):
-                rows.append(_row(path, by_index.get(i), error, spec,
-                                 cams[start + i] if cam_dir and i in by_index else None))
+            rows += [_row(path, probs.get(i), loaded[i][2], spec,
+                          cams[start + i] if i in probs else None)
+                     for i, path in enumerate(chunk)]
             bar.update(len(chunk))
     table = pd.DataFrame(rows, columns=_columns(spec, bool(cam_dir)))
     table.attrs.update(threshold=spec.threshold, threshold_note=spec.threshold_note,
                        failed=int((table["error"] != "").sum()))
     return table
+
+
+def _prefetched(files: list[Path], pool: ThreadPoolExecutor, load: Callable,
+                batch_size: int) -> Iterator[tuple[int, list[Path], list]]:
+    """`(start, files, loaded)` per batch; the next batch decodes while this one is used,
+    and no more than two batches are held in memory."""
+    chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    pending = [pool.submit(load, p) for p in chunks[0]] if chunks else []
+    for k, chunk in enumerate(chunks):
+        current = pending
+        pending = [pool.submit(load, p) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
+        yield k * batch_size, chunk, [f.result() for f in current]
 
 
 def _columns(spec: _Spec, cam: bool) -> list[str]:
@@ -265,8 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         parser.error(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))} or DICOM) found "
                      f"in {' '.join(args.images)}")
-    table = predict_files(args.checkpoint, files, tta=args.tta, batch_size=args.batch_size,
-                          cam_dir=args.cam, device=args.device, workers=args.workers)
+    from .checkpoint import CheckpointError
+
+    try:
+        table = predict_files(args.checkpoint, files, tta=args.tta, batch_size=args.batch_size,
+                              cam_dir=args.cam, device=args.device, workers=args.workers)
+    except CheckpointError as exc:  # corrupt, or not ours: a usage error, not a file failure
+        parser.error(str(exc))
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
     _summary(table, args.out)
@@ -278,7 +305,7 @@ def _summary(table: pd.DataFrame, out: str, listed: int = 10) -> None:
     failed = table[table["error"] != ""]
     print(f"{len(table)} files: {len(table) - len(failed)} predicted, {len(failed)} failed; "
           f"threshold {table.attrs['threshold']:.3f} ({table.attrs['threshold_note']}) "
-          f"→ {out}", flush=True)
+          f"-> {out}", flush=True)
     for row in failed.head(listed).itertuples():
         print(f"  failed: {row.error}" if row.path in row.error else
               f"  failed: {row.path}: {row.error}", file=sys.stderr)
