@@ -2,11 +2,9 @@
 
 Training data: a Kermany-layout folder of real images (shared kermany224) with a zero-byte
 and a truncated JPEG among them. The policy `on_bad_image` should act at manifest time:
-`error` names the offenders, `skip` drops them and lists them in `attrs["skipped"]`. The
-sources only check *missing* files so far, so those two tests are strict xfails (they turn
-into failures the day the check lands: remove the marks then). The safety nets that exist
-today (the cache build lists every unreadable file; the dataset names the file) are tested
-as they are.
+`error` names the offenders, `skip` drops them and lists them in `attrs["skipped"]`
+(`utils.data.dataset.check_images`). The later safety nets (the cache build lists every
+unreadable file; the dataset names the file) are tested too.
 """
 from __future__ import annotations
 
@@ -17,11 +15,6 @@ import torch
 
 from conftest import shared_path
 from utils.config import ConfigError, make_config
-
-MANIFEST_CHECK = pytest.mark.xfail(
-    strict=True, reason="utils/data sources check missing files only, not unreadable ones "
-                        "(proposed: utils.data.images.check_image over the manifest)")
-
 
 @pytest.fixture
 def kermany_with_bad(tmp_path) -> tuple[Path, list[Path]]:
@@ -45,7 +38,6 @@ def _cfg(root: Path, policy: str):
                         "model": "simple_cnn", "cache": False}, profile="smoke")
 
 
-@MANIFEST_CHECK
 def test_error_policy_refuses_unreadable_files_naming_them(kermany_with_bad):
     from utils.data.dataset import load_manifest
 
@@ -57,7 +49,6 @@ def test_error_policy_refuses_unreadable_files_naming_them(kermany_with_bad):
     assert "on_bad_image" in str(exc.value)  # and says how to go on anyway
 
 
-@MANIFEST_CHECK
 def test_skip_policy_drops_unreadable_files_and_lists_them(kermany_with_bad):
     from utils.data.dataset import load_manifest
 
@@ -69,12 +60,12 @@ def test_skip_policy_drops_unreadable_files_and_lists_them(kermany_with_bad):
     assert sorted(manifest.attrs["skipped"]) == sorted(map(str, bad))
 
 
-def test_today_cache_build_lists_every_unreadable_file(kermany_with_bad, tmp_path):
+def test_cache_build_lists_every_unreadable_file(kermany_with_bad, tmp_path):
     from utils.data.cache import CacheError, build_cache
     from utils.data.kermany import kermany_manifest
 
     root, bad = kermany_with_bad
-    manifest = kermany_manifest(root)  # accepted today: only existence is checked
+    manifest = kermany_manifest(root)  # the source parser checks existence only
     assert set(map(str, bad)) <= set(manifest["path"])
     with pytest.raises(CacheError) as exc:
         build_cache(manifest, 32, tmp_path / "cache", workers=1, progress=False)
@@ -84,7 +75,7 @@ def test_today_cache_build_lists_every_unreadable_file(kermany_with_bad, tmp_pat
     assert not any((tmp_path / "cache").iterdir())  # nothing left that a later run could trust
 
 
-def test_today_uncached_loading_names_the_bad_file(kermany_with_bad):
+def test_uncached_loading_names_the_bad_file(kermany_with_bad):
     from utils.data.dataset import CXRDataset
     from utils.data.images import BadImageError
     from utils.data.kermany import kermany_manifest

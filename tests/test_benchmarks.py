@@ -21,12 +21,8 @@ from utils.data.dataset import collate
 RATIO = re.compile(r"^ratio: \d+\.\d\d$")
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    """train_step --threads sets a process-wide value; give the other tests theirs back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+# tiny tensors; also restores the thread count that `train_step --threads 1` sets
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def last_line(text: str) -> str:
@@ -88,8 +84,9 @@ FAKE_RUN_ALL = """
     (reports / "argv.json").write_text(json.dumps({"argv": args,
                                                    "cache": os.environ.get("CXR_CACHE_DIR"),
                                                    "python": sys.executable}))
-    steps = {"00_eda": {"status": "ok", "duration_s": 1.5},
-             "02_chexnet": {"status": "failed", "duration_s": 2.5, "error": "ValueError: x"}}
+    steps = {"00_eda": {"status": "ok", "duration_s": 1.5, "started": "2026-01-01T10:00:09"},
+             "02_chexnet": {"status": "failed", "duration_s": 2.5, "error": "ValueError: x",
+                            "started": "2026-01-01T10:00:01"}}
     (reports / ".run_state.json").write_text(json.dumps({"version": 1, "steps": steps}))
     sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
 """
@@ -113,6 +110,7 @@ def test_run_all_demo_reads_state_and_prints_ratio(tmp_path, fake_run_all, capsy
     assert RATIO.match(last_line(out)), out
     assert re.search(r"^00_eda\s+ok\s+1\.5", out, re.M)
     assert re.search(r"^02_chexnet\s+failed\s+2\.5 .*ValueError: x", out, re.M)
+    assert out.index("02_chexnet") < out.index("00_eda")  # run order (started), not name order
     assert "sum of steps 4.0 s" in out and "ensure_demo" not in out  # --data-root given
     sent = json.loads((reports / "argv.json").read_text())
     argv = sent["argv"]

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from .config import RunConfig
+from .fileio import atomic_write_text
 from .notebook import RunContext
 
 __all__ = ["Experiment", "prepare_data", "build_model", "train", "evaluate_and_record",
@@ -85,6 +86,11 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
                                 data_sizes=sizes, history=exp.history.to_dict(),
                                 evaluation=exp.evaluation, environment=ctx.environment,
                                 synthetic=ctx.synthetic)
+    skipped = exp.manifest.attrs.get("skipped", [])
+    exp.results["data"]["skipped"] = len(skipped)
+    if skipped:  # on_bad_image="skip": the left-out files are listed beside the results
+        atomic_write_text(Path(cfg.reports_dir) / "results" / f"{cfg.step}_skipped.txt",
+                          "\n".join(map(str, skipped)) + "\n")
     write_results(exp.results, cfg.reports_dir)
     write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir)
     return exp.results

@@ -27,8 +27,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..fileio import atomic_path
 
-__all__ = ["BadImageError", "read_image", "read_dicom", "image_size", "dicom_to_png",
-           "is_dicom", "MAX_PIXELS"]
+__all__ = ["BadImageError", "read_image", "read_dicom", "image_size", "check_image",
+           "dicom_to_png", "is_dicom", "MAX_PIXELS"]
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,51 @@ def _apply_voi(arr: np.ndarray, ds) -> tuple[np.ndarray, float, float] | None:
             lo, hi = apply_windowing(np.array([-1e300, 1e300]), ds)
         return apply_windowing(arr, ds), float(lo), float(hi)
     return None
+
+
+def check_image(path: str | os.PathLike) -> None:
+    """Cheap structural check, run over a whole manifest before training: raise
+    `BadImageError` for empty files, files that are not images, JPEGs without their end
+    marker and PNGs without their IEND chunk (truncated copies), and DICOMs without pixels.
+
+    It reads the header and the last bytes only, so it costs milliseconds per file; a
+    full decode (`read_image`) still guards everything else.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+            fh.seek(max(0, size - 1024))
+            tail = fh.read()
+    except OSError as exc:
+        raise BadImageError(path, f"cannot be opened ({exc.strerror or exc})",
+                            "check the path and permissions") from exc
+    if size == 0:
+        raise BadImageError(path, "the file is empty (0 bytes), probably an interrupted "
+                                  "download or copy")
+    truncated = "is truncated (its end marker is missing), probably an interrupted copy"
+    if head[:3] == b"\xff\xd8\xff":
+        if b"\xff\xd9" not in tail:
+            raise BadImageError(path, f"JPEG {truncated}")
+    elif head[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in tail[-32:]:
+            raise BadImageError(path, f"PNG {truncated}")
+    elif is_dicom(path):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, defer_size="1 KB")
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+            raise BadImageError(path, f"is not a readable DICOM ({exc})") from exc
+        if "PixelData" not in ds:
+            raise BadImageError(path, "is a DICOM without pixel data")
+    else:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for non-images
+            raise BadImageError(path, f"is not an image file PIL can read ({exc})") from exc
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
