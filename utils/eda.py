@@ -67,7 +67,7 @@ def sample_images(manifest: pd.DataFrame, per_class: int = 4, seed: int = 0,
             group = with_box if len(with_box) else group
         for _, row in group.sample(min(per_class, len(group)), random_state=seed).iterrows():
             images.append(read_image(row["path"]))
-            titles.append(f"{'pneumonia' if label else 'normal'} · {row['patient_id']}")
+            titles.append(f"{'pneumonia' if label else 'normal'} · {str(row['patient_id'])[:12]}")
             boxes.append(list(row["boxes"]))
     return images, titles, boxes
 
