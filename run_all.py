@@ -71,7 +71,7 @@ def _model_steps() -> list[Step]:
             Step("05_vit", "05_vit.ipynb", profile_params={p: {"model": "vit_tiny"}
                                                            for p in _SMALL}),
             Step("06_mlp_mixer", "06_mlp_mixer.ipynb",
-                 profile_params={p: {"model": "mixer_small"} for p in _SMALL})]
+                 profile_params={p: {"model": "mixer_tiny"} for p in _SMALL})]
 
 
 MODEL_STEPS = tuple(s.name for s in _model_steps())

@@ -37,7 +37,7 @@ def _fourteen(name: str) -> nn.Module:
 def test_registry_lists_every_study_model():
     expected = {"simple_cnn", "resnet18_scratch", "resnet18", "resnet50", "densenet121",
                 "chexnet", "efficientnet_b4", "vit", "vit_small", "vit_tiny", "mixer",
-                "mixer_small"}
+                "mixer_small", "mixer_tiny"}
     assert set(list_models()) == expected
     with pytest.raises(KeyError, match="choose one of"):
         model_info("resnet19")

@@ -66,7 +66,7 @@ def test_default_plan_names_params_and_dependencies():
              for p in PROFILES}
     assert model == {"demo": "vit_tiny", "smoke": "vit_tiny", "full": None}
     assert run_all.resolve_params(plan["06_mlp_mixer"], base, "demo", {}, {})["model"] \
-        == "mixer_small"
+        == "mixer_tiny"
     assert all(run_all.resolve_params(plan["04_efficientnet_b4"], base, p, {}, {})["model"]
                == "efficientnet_b4" for p in PROFILES)
     assert plan["07_comparison"].after == plan["08_gradcam_gallery"].after == tuple(MODEL_STEPS)

@@ -271,6 +271,20 @@ def mixer_small(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Mo
     return _timm("mixer_s16_224", num_classes, pretrained, in_chans, dropout, image_size)
 
 
+@register_model(**_MIXER)
+def mixer_tiny(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
+    """A 4-block, 256-wide Mixer/16 built with timm's MlpMixer, for the demo profile on a
+    CPU (Mixer-S/16 is 18M parameters); no pretrained weights exist for this size."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    _no_weights("mixer_tiny", pretrained)
+    size = image_size or 224
+    if size % 16:
+        raise ValueError(f"image_size={size} must be a multiple of 16 for mixer_tiny")
+    return MlpMixer(num_classes=num_classes, img_size=size, in_chans=in_chans, patch_size=16,
+                    num_blocks=4, embed_dim=256, drop_rate=dropout)
+
+
 def _no_weights(name: str, pretrained: bool) -> None:
     if pretrained:
         raise PretrainedWeightsError(f"{name} has no pretrained weights (it is trained from "
