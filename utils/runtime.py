@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+from importlib import metadata
 import random
 import sys
 
@@ -61,9 +62,13 @@ def environment() -> dict[str, str]:
         "colab": str(in_colab()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     }
-    for mod in ("torchvision", "timm", "albumentations", "pydicom", "sklearn"):
+    # package metadata, not imports: importing timm/torchvision/sklearn only to read their
+    # versions cost ~6 s in every notebook's setup cell
+    for key, dist in (("torchvision", "torchvision"), ("timm", "timm"),
+                      ("albumentations", "albumentations"), ("pydicom", "pydicom"),
+                      ("sklearn", "scikit-learn")):
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is just reported
-            info[mod] = "missing"
+            info[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[key] = "missing"
     return info
