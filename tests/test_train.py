@@ -313,3 +313,19 @@ def test_learns_pneumoniamnist_in_one_epoch():
                loss_fn=nn.BCEWithLogitsLoss())
     assert hist.epochs[0]["val_auroc"] >= 0.90, hist.epochs
     assert hist.epochs[0]["train_images"] == 4708
+
+
+def test_recalibrate_batchnorm_sets_running_stats_to_the_data():
+    from utils.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(1))
+    x = torch.randn(64, 1, 8, 8) * 3 + 5
+    loader = [(x[i:i + 16], torch.zeros(16, 1), [{}] * 16) for i in range(0, 64, 16)]
+    model(x[:2])  # materialise the lazy layer
+    assert recalibrate_batchnorm(model, loader, batches=4)
+    with torch.no_grad():
+        conv_out = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert not model.training
+    assert not recalibrate_batchnorm(nn.Linear(2, 1), loader)

@@ -73,14 +73,18 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     from .evaluate import evaluate_run
     from .models import count_parameters
     from .results import build_results, write_predictions, write_results
-    from .train import load_model, update_checkpoint
+    from .train import load_model, recalibrate_batchnorm, update_checkpoint
 
     cfg = exp.cfg
     best = exp.checkpoint / "best.pt"
     exp.model, _ = load_model(best, device=ctx.device)
+    fields = {}
+    if cfg.trainable_from == "all" and recalibrate_batchnorm(exp.model, exp.loaders["train"]):
+        # BN statistics recomputed for the final weights; the checkpoint keeps them
+        fields["model_state"] = exp.model.state_dict()
     exp.evaluation = evaluate_run(exp.model, exp.loaders, cfg, device=ctx.device)
     update_checkpoint(best, threshold=exp.evaluation["threshold"]["value"],
-                      threshold_policy=cfg.threshold_policy)
+                      threshold_policy=cfg.threshold_policy, **fields)
     sizes = exp.manifest.groupby("split").size().to_dict()
     exp.results = build_results(cfg, model_name=cfg.model, n_params=count_parameters(exp.model),
                                 data_sizes=sizes, history=exp.history.to_dict(),
