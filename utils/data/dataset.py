@@ -301,6 +301,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, Data
             raise ValueError(f"the {split!r} split is empty ({len(manifest)} images in all): "
                              f"raise max_images / the fractions, or check the data folder")
         train = split == "train"
+        workers = min(cfg.num_workers, os.cpu_count() or 1)  # more workers than cores only thrash
         transform = build_transform(cfg.augmentation if train else "none", cfg.image_size,
                                     info.mean, info.std)
         if train and hasattr(transform, "set_random_seed"):
@@ -310,8 +311,8 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, Data
             if train else None
         loaders[split] = DataLoader(
             dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None,
-            sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate,
-            pin_memory=cuda, persistent_workers=cfg.num_workers > 0,
+            sampler=sampler, num_workers=workers, collate_fn=collate,
+            pin_memory=cuda, persistent_workers=workers > 0,
             drop_last=train and len(dataset) > cfg.batch_size,  # no 1-image BatchNorm batch
             generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=_seed_worker)
     return loaders
