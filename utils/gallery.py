@@ -74,8 +74,8 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     cases = pick_cases(pred.probs[:, 0], pred.targets[:, 0], threshold, per_group)
     mean, std = float(ckpt["mean"]), float(ckpt["std"])
     out: dict[str, Any] = {"images": [], "titles": [], "boxes": [], "cams": []}
-    positives = [i for i in np.flatnonzero(pred.targets[:, 0] == 1)
-                 if len(test.dataset[int(i)][2]["boxes"])][:max_localisation]
+    has_box = test.dataset.manifest["boxes"].map(len).to_numpy() > 0  # no decode needed
+    positives = np.flatnonzero((pred.targets[:, 0] == 1) & has_box)[:max_localisation]
     with CamExplainer(model.to(ctx.device)) as cam:
         for group, indices in cases.items():
             for i in indices:
