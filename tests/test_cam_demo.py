@@ -1,0 +1,91 @@
+"""Grad-CAM end to end on the generated demo data: a small CNN trained through the project's
+own pipeline (manifest → loaders with boxes → fit) points at the lesion boxes far more often
+than a uniformly random point would, and more often than the same network untrained.
+
+Why a purpose-built small CNN rather than a registry model: at the demo's 64 px, every
+registry network's last stage sees the whole image (ResNet-18's layer4 receptive field is
+~435 px), so its map can encode "a lesion is somewhere" at any position; measured on the demo,
+resnet18 from scratch at 128 px scored test AUROC 0.93-0.97 while its Grad-CAM maxima sat in
+the image corners (hit rate 0.00-0.09 against 0.05 random), though hiding the lesions lowered
+its scores. A CNN whose target layer sees ~38 px can only raise the logit where the opacity
+is, which makes this a test of the CAM plumbing: box transforms, layer hooks, upsampling,
+pointing game. Measured over four demo seeds at 64 px: hit rate 0.44-0.77 against
+0.04-0.05 for a random point (0.53-0.80 at 96-128 px); the same network untrained: 0.00-0.26.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from utils.cam import CamExplainer, localisation_scores
+from utils.config import make_config
+from utils.data.dataset import load_manifest, make_loaders
+from utils.data.demo import make_demo
+from utils.evaluate import binary_metrics, predict
+from utils.losses import build_loss
+from utils.train import fit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SIZE = 64
+
+
+def _local_cnn() -> nn.Sequential:
+    """conv-BN-ReLU blocks 16→32→64 (each halving), one more 64-channel block (the CAM
+    layer, 8×8 at 64 px, receptive field 38 px), global average pool, one logit."""
+    def block(c_in: int, c_out: int, pool: bool = True) -> nn.Sequential:
+        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                  nn.ReLU(inplace=True)]
+        return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
+
+    return nn.Sequential(block(1, 16), block(16, 32), block(32, 64), block(64, 64, pool=False),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
+
+
+@pytest.fixture(scope="module")
+def demo_loaders(tmp_path_factory):
+    os.environ.setdefault("CXR_QUIET", "1")
+    root = make_demo(tmp_path_factory.mktemp("demo"), seed=0, image_px=SIZE)
+    cfg = make_config({"dataset": "kermany", "data_root": str(root), "model": "simple_cnn",
+                       "image_size": SIZE, "epochs": 20, "lr": 3e-3, "batch_size": 32,
+                       "augmentation": "none", "cache": False, "num_workers": 0,
+                       "device": "cpu", "seed": 0}, profile="demo")
+    return cfg, make_loaders(cfg, load_manifest(cfg), cfg.model)
+
+
+def _boxed_test_images(loader) -> tuple[torch.Tensor, list[list[list[float]]]]:
+    ds = loader.dataset
+    items = [item for item in (ds[i] for i in range(len(ds))) if len(item[2]["boxes"])]
+    return torch.stack([it[0] for it in items]), [it[2]["boxes"].tolist() for it in items]
+
+
+def _scores(model: nn.Module, images: torch.Tensor, boxes, method: str) -> dict[str, float]:
+    with CamExplainer(model, method=method, target_layer=model[3]) as cam:
+        return localisation_scores(cam(images, batch_size=32), boxes)
+
+
+def test_gradcam_of_a_trained_small_cnn_points_at_the_demo_lesions(demo_loaders):
+    cfg, loaders = demo_loaders
+    images, boxes = _boxed_test_images(loaders["test"])
+    assert len(boxes) >= 40, "the demo test split should hold dozens of boxed positives"
+    torch.manual_seed(0)
+    model = _local_cnn()
+    untrained = _scores(model.eval(), images, boxes, "gradcam")
+
+    fit(model, loaders["train"], loaders["val"], cfg,
+        loss_fn=build_loss(cfg, loaders["train"].dataset.labels))
+    pred = predict(model, loaders["test"])
+    auroc = binary_metrics(pred.targets[:, 0], pred.probs[:, 0], 0.5)["auroc"]
+    assert auroc > 0.85, f"the small CNN did not learn the demo task (test AUROC {auroc:.3f})"
+
+    baseline = untrained["random_hit_rate"]
+    assert 0.02 < baseline < 0.15, baseline  # lesion boxes cover a few % of the image
+    for method in ("gradcam", "layercam"):
+        trained = _scores(model, images, boxes, method)
+        assert trained["hit_rate"] >= max(0.3, 4 * baseline), (method, trained, baseline)
+        assert trained["hit_rate"] > untrained["hit_rate"] + 0.15, (method, trained, untrained)
+        assert trained["mean_iou"] > 0.1, (method, trained)
+    assert np.isfinite(untrained["hit_rate"])
