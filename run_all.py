@@ -185,7 +185,7 @@ def resolve_data(value: str) -> tuple[Path, bool]:
     except ImportError as exc:
         raise UsageError(f"cannot import utils/data/discover.py ({exc})") from exc
     try:
-        root, synthetic = resolve_data_root(value)
+        root, synthetic = resolve_data_root(value, announce=False)  # our banner says it
     except Exception as exc:  # noqa: BLE001 - any failure to find data is a setup error
         raise UsageError(f"data root {value or '(auto)'}: {type(exc).__name__}: {exc}") from exc
     return Path(root), bool(synthetic)

@@ -5,6 +5,7 @@ import re
 import shutil
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import cv2
@@ -318,6 +319,9 @@ def test_resolve_data_root(tmp_path, monkeypatch):
     message = re.escape(f"using the generated SYNTHETIC demo data in {demo}")
     with pytest.warns(UserWarning, match=message):
         assert resolve_data_root("") == (demo, True)
+    with warnings.catch_warnings():  # run_all.py prints its own banner instead
+        warnings.simplefilter("error")
+        assert resolve_data_root("", announce=False) == (demo, True)
     # a Kaggle mount with a source wins over the demo
     mount = tmp_path / "kaggle" / "input"
     kermany_tree(mount / "chest-xray-pneumonia" / "chest_xray", SMALL_KERMANY)

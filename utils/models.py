@@ -13,13 +13,13 @@ import socket
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from .transfer import freeze_before, load_init_weights
 from .nets import BasicBlock, ResNet18Scratch, SimpleCNN, linear_head as _linear_head
 
 __all__ = ["ModelInfo", "PretrainedWeightsError", "register_model", "list_models",
@@ -325,10 +325,10 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
     model = _build(name, num_classes, pretrained, in_chans, dropout, image_size, fallback)
     model.info = info
     if init_checkpoint:
-        _load_init_checkpoint(model, info, init_checkpoint)
+        load_init_weights(model, info.head, info.name, init_checkpoint)
     elif not pretrained:
         _cumulative_batchnorm(model)
-    _freeze_before(model, info, trainable_from)
+    freeze_before(model, trainable_from, _stage_prefix(model, info, trainable_from), info.head)
     return model
 
 
@@ -368,6 +368,8 @@ def _build(name: str, num_classes: int, pretrained: bool, in_chans: int, dropout
 
 def _stage_prefix(model: nn.Module, info: ModelInfo, stage: str) -> str:
     """Parameter-name prefix where a stage starts (named_parameters run input → output)."""
+    if stage == "all":
+        return ""
     if stage == "head":
         return info.head + "."
     if stage == "blocks_last":     # EfficientNet: the last quarter of its MBConv blocks
@@ -376,49 +378,3 @@ def _stage_prefix(model: nn.Module, info: ModelInfo, stage: str) -> str:
     if stage == "last_blocks":     # ViT / Mixer: the last 4 transformer/mixer blocks
         return f"blocks.{max(0, len(model.blocks) - 4)}."
     return f"features.{stage}." if info.family == "densenet" else f"{stage}."
-
-
-def _freeze_before(model: nn.Module, info: ModelInfo, stage: str) -> None:
-    """requires_grad=False for every parameter before `stage`; the head always trains.
-
-    Frozen BatchNorm layers still update running statistics in train mode (as in the study).
-    """
-    if stage == "all":
-        return
-    prefix, head, reached = _stage_prefix(model, info, stage), info.head + ".", False
-    for pname, param in model.named_parameters():
-        reached = reached or pname.startswith(prefix)
-        param.requires_grad = reached or pname.startswith(head)
-    if not reached:
-        raise ValueError(f"stage {stage!r} not found in {info.name} (no parameter starts "
-                         f"with {prefix!r})")
-
-
-def _load_init_checkpoint(model: nn.Module, info: ModelInfo, path: str) -> None:
-    """Load backbone weights; tensors whose shape differs must belong to the head."""
-    path_ = Path(path)
-    if not path_.is_file():
-        raise FileNotFoundError(f"init_checkpoint {path} does not exist: run the step that "
-                                f"writes it first, or pass init_checkpoint=''")
-    try:  # our checkpoints hold config dicts and RNG states, hence weights_only=False
-        ckpt = torch.load(path_, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise RuntimeError(f"corrupt or incomplete checkpoint {path}: delete it and re-run "
-                           f"({type(err).__name__}: {err})") from None
-    state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else ckpt
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    bad = [k for k in skipped if not k.startswith(info.head + ".")]
-    missing, unexpected = model.load_state_dict(
-        {k: v for k, v in state.items() if k not in skipped}, strict=False)
-    bad += [k for k in missing if not k.startswith(info.head + ".")] + list(unexpected)
-    if bad:
-        src = ckpt.get("model_name", "?") if isinstance(ckpt, dict) else "?"
-        raise ValueError(f"init_checkpoint {path} (model {src!r}) does not fit {info.name}: "
-                         f"mismatched keys {bad[:5]}{' ...' if len(bad) > 5 else ''}")
-    if skipped or missing:
-        print(f"init_checkpoint {path}: loaded the backbone; new head, skipped "
-              f"{sorted(set(skipped) | set(missing))} "
-              f"({[tuple(state[k].shape) for k in skipped]} -> "
-              f"{[tuple(own[k].shape) for k in skipped]})")

@@ -105,7 +105,7 @@ def _candidates(value: str) -> list[tuple[str, Path]]:
     return [("Kaggle mounts", KAGGLE_INPUT), ("downloads", _REPO_ROOT / "data")]
 
 
-def resolve_data_root(value: str = "") -> tuple[Path, bool]:
+def resolve_data_root(value: str = "", announce: bool = True) -> tuple[Path, bool]:
     """The data root to use and whether it is the SYNTHETIC demo set.
 
     Order: an explicit `value`, else env `CXR_DATA_ROOT`, else `/kaggle/input` (then the
@@ -114,6 +114,8 @@ def resolve_data_root(value: str = "") -> tuple[Path, bool]:
 
     Args:
         value: `RunConfig.data_root`; "" means auto.
+        announce: print and warn when falling back to the demo (a caller with its own
+            banner, like run_all.py, passes False so the notice is said once).
     Example:
         >>> root, synthetic = resolve_data_root("")  # doctest: +SKIP
     """
@@ -133,8 +135,9 @@ def resolve_data_root(value: str = "") -> tuple[Path, bool]:
     looked = ", ".join(["CXR_DATA_ROOT (unset)"] + [str(p) for _, p in candidates])
     message = (f"no Kaggle data found (looked in {looked}): using the generated SYNTHETIC "
                f"demo data in {demo}")
-    print(message)
-    warnings.warn(message, stacklevel=2)
+    if announce:
+        print(message)
+        warnings.warn(message, stacklevel=2)
     return demo, True
 
 
