@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from utils.config import ConfigError, RunConfig, make_config
+from utils.recipes import ABLATION_VARIANTS as _RECIPES
 from utils.report_index import (build_rows, code_digest, fingerprint, load_state,
                                  render_notebook_html, save_state, summary_table, upstream_facts,
                                  write_index)
@@ -57,8 +58,7 @@ class Step:
     requires: tuple[str, ...] = ()
 
 
-ABLATION_VARIANTS = ("cnn", "resnet18_scratch_noreg", "resnet18_scratch", "v1", "v2", "v3",
-                     "final")
+ABLATION_VARIANTS = tuple(_RECIPES)  # one 03 step per variant, in the study's order
 _SMALL = ("demo", "smoke")   # CPU-sized profiles get the small transformer variants
 
 
@@ -184,10 +184,15 @@ def resolve_data(value: str) -> tuple[Path, bool]:
         from utils.data.discover import resolve_data_root
     except ImportError as exc:
         raise UsageError(f"cannot import utils/data/discover.py ({exc})") from exc
+    demo_log = logging.getLogger("utils.data.demo")
+    level = demo_log.level
+    demo_log.setLevel(logging.WARNING)  # prepare()'s banner says "synthetic", once
     try:
-        root, synthetic = resolve_data_root(value, announce=False)  # our banner says it
+        root, synthetic = resolve_data_root(value, announce=False)
     except Exception as exc:  # noqa: BLE001 - any failure to find data is a setup error
         raise UsageError(f"data root {value or '(auto)'}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        demo_log.setLevel(level)
     return Path(root), bool(synthetic)
 
 
