@@ -6,6 +6,7 @@ import math
 from functools import partial
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import timm
@@ -14,7 +15,7 @@ import torchvision
 from torch import nn
 
 from utils.cam import (CAM_METHODS, CamExplainer, _methods, box_mask, cam_iou, compute_cams,
-                       last_conv_layer, localisation_scores, overlay, pointing_hit,
+                       last_conv_layer, localisation_scores, overlay, peak_point, pointing_hit,
                        tokens_to_grid)
 
 
@@ -145,6 +146,12 @@ def test_pointing_hit_and_iou_known_answers():
     assert not pointing_hit(cam, [[0, 0, 10, 10]])
     assert pointing_hit(cam, [[0, 0, 4, 4], [18, 8, 4, 4]])  # any box
     assert not pointing_hit(np.zeros((32, 32)), [[0, 0, 32, 32]])  # flat CAM points nowhere
+
+    # an upsampled 2×2 map: its peak cell is a flat corner square; the peak is its middle
+    coarse = cv2.resize(np.array([[1.0, 0.2], [0.3, 0.1]], np.float32), (32, 32))
+    assert coarse[0, 0] == coarse[5, 5] == coarse.max()     # a plateau, not one pixel
+    assert peak_point(coarse) == (3, 3)                      # rows/cols 0-7 tie: middle ~3.5
+    assert pointing_hit(coarse, [[2, 2, 4, 4]]) and not pointing_hit(coarse, [[0, 0, 2, 2]])
 
     square = np.zeros((32, 32))
     square[0:10, 0:10] = 1.0

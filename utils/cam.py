@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["CamExplainer", "CAM_METHODS", "compute_cams", "overlay", "tokens_to_grid",
-           "last_conv_layer", "box_mask", "pointing_hit", "cam_iou", "localisation_scores"]
+           "last_conv_layer", "box_mask", "peak_point", "pointing_hit", "cam_iou", "localisation_scores"]
 
 
 def _methods() -> dict[str, type]:
@@ -234,12 +234,27 @@ def _is_flat(cam: np.ndarray) -> bool:
     return not np.isfinite(cam).all() or float(cam.max() - cam.min()) <= 1e-8
 
 
+def peak_point(cam: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the CAM's maximum; on a plateau, the maximal pixel nearest its centroid.
+
+    Upsampling a coarse map (pytorch-grad-cam resizes bilinearly) makes flat maxima: a 2×2
+    map's peak cell becomes a whole corner square. `argmax` would take that square's first
+    pixel, the image's very corner; the middle of the peak is what the map points at.
+    """
+    cam = np.asarray(cam, dtype=float)
+    rows, cols = np.nonzero(cam >= cam.max() - 1e-6)
+    if len(rows) == 1:
+        return int(rows[0]), int(cols[0])
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return int(rows[nearest]), int(cols[nearest])
+
+
 def pointing_hit(cam: np.ndarray, boxes: Any) -> bool:
-    """True when the CAM's maximum lies inside any box (a flat CAM is a miss)."""
+    """True when the CAM's peak (`peak_point`) lies inside any box (a flat CAM is a miss)."""
     cam = np.asarray(cam, dtype=float)
     if _is_flat(cam):
         return False
-    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    r, c = peak_point(cam)
     return bool(box_mask(cam.shape, boxes)[r, c])
 
 
