@@ -83,7 +83,8 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
                 out["images"].append(_to_uint8(image, mean, std))
                 out["cams"].append(cam(image.to(ctx.device))[0])
                 out["boxes"].append(meta["boxes"].tolist())
-                out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}")
+                flat = " (flat CAM)" if np.ptp(out["cams"][-1]) <= 1e-8 else ""
+                out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}{flat}")
         items = [test.dataset[int(i)] for i in positives]
         cams = cam(torch.stack([it[0] for it in items]).to(ctx.device)) if items else []
         scores = localisation_scores(cams, [it[2]["boxes"].tolist() for it in items])
