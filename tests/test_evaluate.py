@@ -246,3 +246,38 @@ def test_evaluate_run_multilabel_uses_pneumonia_column():
     assert out["test"]["auroc"] == pytest.approx(skm.roc_auc_score(test.targets[:, 1],
                                                                    test.probs[:, 1]))
     assert all(math.isnan(v) for v in out["test"]["auroc_ci"])  # bootstrap=0: no CI
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_amp_dtype_ignores_emulated_bf16(monkeypatch, native, expected):
+    """A T4/V100 (bf16 only emulated) gets fp16 + a GradScaler, not slow emulated bf16."""
+    from utils.evaluate import amp_dtype
+
+    calls = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        calls.append(including_emulation)
+        return True if including_emulation else native  # torch's default would say yes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert amp_dtype() == expected and calls == [False]
+
+
+def test_bootstrap_by_patient_resamples_whole_patients():
+    y, p = noisy(200, seed=5)
+    # each "patient" holds 5 identical films: 40 independent units, not 200
+    y5, p5 = np.repeat(y[:40], 5), np.repeat(p[:40], 5)
+    patients = np.repeat([f"p{i}" for i in range(40)], 5)
+    by_image = ev.bootstrap_ci(y5, p5, 0.5, n_boot=1000, seed=0)
+    by_patient = ev.bootstrap_ci(y5, p5, 0.5, n_boot=1000, seed=0, groups=patients)
+    single = ev.bootstrap_ci(y[:40], p[:40], 0.5, n_boot=1000, seed=0)
+    width = lambda ci: ci["auroc"][1] - ci["auroc"][0]  # noqa: E731
+    assert width(by_patient) > 1.6 * width(by_image)       # copies do not add information
+    assert width(by_patient) == pytest.approx(width(single), rel=0.25)
+    # one film per patient, or ids unknown: the same draws as resampling images
+    assert ev.bootstrap_ci(y, p, 0.5, n_boot=200, groups=[f"q{i}" for i in range(200)]) == \
+        ev.bootstrap_ci(y, p, 0.5, n_boot=200) == ev.bootstrap_ci(y, p, 0.5, n_boot=200,
+                                                                  groups=[""] * 200)
+    with pytest.raises(ValueError, match="group ids"):
+        ev.bootstrap_ci(y, p, 0.5, groups=["a"] * 3)

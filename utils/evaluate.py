@@ -11,7 +11,7 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from sklearn import metrics as skm
 
 from .runtime import pick_device
 
-__all__ = ["Predictions", "predict", "tta_probabilities", "autocast", "binary_metrics", "multilabel_metrics",
+__all__ = ["Predictions", "predict", "tta_probabilities", "amp_dtype", "autocast", "binary_metrics", "multilabel_metrics",
            "summary_scores", "choose_threshold", "bootstrap_ci", "calibration",
            "evaluate_run", "THRESHOLD_POLICIES"]
 
@@ -42,13 +42,20 @@ class Predictions:
         return len(self.probs)
 
 
+def amp_dtype() -> torch.dtype:
+    """bf16 on GPUs that run it natively (Ampere and later), else fp16 (T4, V100: a
+    GradScaler is needed). `including_emulation=False`: torch's default also says yes to
+    emulated bf16 on older GPUs, which is slow and would switch the scaler off there."""
+    native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
+
+
 def autocast(device: torch.device | str, enabled: bool = True):
-    """Mixed precision on CUDA only: bf16 where supported, else fp16; a no-op elsewhere."""
+    """Mixed precision on CUDA only (`amp_dtype()`); a no-op elsewhere."""
     device = torch.device(device)
     if not (enabled and device.type == "cuda"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=amp_dtype())
 
 
 def _tta_views(images: torch.Tensor) -> list[torch.Tensor]:
@@ -234,27 +241,45 @@ def _weighted_scores(y: np.ndarray, p: np.ndarray, W: np.ndarray,
                 "auprc": np.where(pos[:, 0] > 0, auprc, np.nan)}
 
 
-def bootstrap_ci(y: Any, p: Any, threshold: float, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap CIs (resampling images) for every scalar of `binary_metrics`.
+def _group_index(groups: Sequence[Any] | None, n: int) -> np.ndarray:
+    """Cluster index per image: its patient, or itself when no patient id is known."""
+    if groups is None or len(groups) == 0:
+        return np.arange(n)
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group ids for {n} predictions")
+    first: dict[str, int] = {}  # numbered by first appearance: unique ids give arange(n)
+    return np.array([first.setdefault(str(g) or f"\0image{i}", len(first))
+                     for i, g in enumerate(groups)])
 
-    Resamples with a single class have no AUROC/AUPRC and are left out of those two.
+
+def bootstrap_ci(y: Any, p: Any, threshold: float, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05,
+                 groups: Sequence[Any] | None = None) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CIs for every scalar of `binary_metrics`.
+
+    With `groups` (one patient id per image) whole patients are resampled, each image
+    weighted by its patient's draw count: films of one patient are correlated, so
+    resampling images alone gives intervals that are too narrow. Without groups (or for
+    empty ids) images are resampled. Resamples with a single class have no AUROC/AUPRC and
+    are left out of those two.
     Example:
-        >>> bootstrap_ci(y_test, p_test, 0.5, n_boot=1000)["auroc"]  # doctest: +SKIP
+        >>> bootstrap_ci(y_test, p_test, 0.5, groups=pred.patient_ids)["auroc"]  # doctest: +SKIP
         (0.91, 0.95)
     """
     y, p = _flat(y), _flat(p)
     n = len(y)
     if n == 0 or n_boot <= 0:
         raise ValueError(f"bootstrap_ci needs data and n_boot > 0 (got n={n}, n_boot={n_boot})")
+    index = _group_index(groups, n)
+    g = int(index.max()) + 1
     rng = np.random.default_rng(seed)
     chunk = max(1, 4_000_000 // n)  # bound memory: R×N weights per chunk
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, n_boot, chunk):
         rows = min(chunk, n_boot - start)
-        draws = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
-        W = np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n).astype(float)
-        parts.append(_weighted_scores(y, p, W, threshold))
+        draws = rng.integers(0, g, size=(rows, g)) + g * np.arange(rows)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=rows * g).reshape(rows, g)
+        parts.append(_weighted_scores(y, p, counts[:, index].astype(float), threshold))
     out = {}
     for name in parts[0]:
         values = np.concatenate([part[name] for part in parts])
@@ -318,8 +343,8 @@ def evaluate_run(model: torch.nn.Module, loaders: dict, cfg, device=None) -> dic
     threshold = choose_threshold(yv, pv, cfg.threshold_policy, value=cfg.threshold,
                                  target_sensitivity=cfg.target_sensitivity)
     test = binary_metrics(yt, pt, threshold["value"])
-    cis = bootstrap_ci(yt, pt, threshold["value"], n_boot=cfg.bootstrap, seed=cfg.seed) \
-        if cfg.bootstrap > 0 else {}
+    cis = bootstrap_ci(yt, pt, threshold["value"], n_boot=cfg.bootstrap, seed=cfg.seed,
+                       groups=preds["test"].patient_ids) if cfg.bootstrap > 0 else {}
     for name in ("accuracy", "precision", "recall", "sensitivity", "specificity", "f1",
                  "auroc", "auprc"):
         test[f"{name}_ci"] = list(cis.get(name, (math.nan, math.nan)))
@@ -328,4 +353,4 @@ def evaluate_run(model: torch.nn.Module, loaders: dict, cfg, device=None) -> dic
             "per_finding": multilabel_metrics(preds["test"].targets, preds["test"].probs,
                                               names) if K > 1 else None,
             "class_names": names, "target": names[col], "tta": cfg.tta,
-            "bootstrap": cfg.bootstrap, "predictions": preds}
+            "bootstrap": cfg.bootstrap, "bootstrap_unit": "patient", "predictions": preds}

@@ -93,6 +93,8 @@ def build_results(cfg, *, model_name: str, n_params: int, data_sizes: dict,
         "class_names": evaluation.get("class_names"),
         "target": evaluation.get("target"),
         "tta": evaluation.get("tta", cfg.tta),
+        "bootstrap": {"resamples": evaluation.get("bootstrap", cfg.bootstrap),
+                      "unit": evaluation.get("bootstrap_unit", "image")},
         "environment": dict(environment or {}),
     }
     clash = sorted(set(extra or {}) & set(results))

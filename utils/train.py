@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model, plain, update_checkpoint
 from .config import RunConfig
-from .evaluate import autocast, summary_scores
+from .evaluate import amp_dtype, autocast, summary_scores
 from .fileio import atomic_torch_save
 from .runtime import pick_device, seed_everything
 
@@ -278,8 +278,7 @@ def _build_loop(model, cfg: RunConfig, loss_fn, device, steps: int) -> _Loop:
     opt = _optimizer(model, cfg)
     return _Loop(net=torch.compile(model) if cfg.compile else model, loss_fn=loss_fn.to(device),
                  opt=opt, sched=_scheduler(opt, cfg, steps),
-                 scaler=torch.amp.GradScaler("cuda", enabled=amp and
-                                             not torch.cuda.is_bf16_supported()),
+                 scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype() == torch.float16),
                  cfg=cfg, device=device, amp=amp, channels_last=channels_last, quiet=_quiet())
 
 
