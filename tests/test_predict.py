@@ -178,6 +178,27 @@ def test_threshold_comes_from_the_checkpoint(checkpoint, folder, tmp_path):
     assert table.attrs["threshold"] == 0.5 and "evaluate the run" in table.attrs["threshold_note"]
 
 
+def test_tta_follows_the_threshold_by_default(checkpoint, folder, tmp_path):
+    """A threshold chosen on TTA-averaged probabilities is applied to TTA probabilities."""
+    import warnings
+
+    files = [p for p in find_images([folder]) if p.name not in BAD | {"huge.png"}][:6]
+    copy = tmp_path / "best.pt"
+    shutil.copy(checkpoint, copy)
+    plain = predict_files(copy, files, progress=False)["probability"].to_numpy()
+    with pytest.warns(UserWarning, match="chosen on probabilities without TTA"):
+        with_tta = predict_files(copy, files, progress=False, tta=True)
+    assert not np.allclose(with_tta["probability"].to_numpy(), plain)  # TTA moves them
+    update_checkpoint(copy, threshold_tta=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        default = predict_files(copy, files, progress=False)
+    np.testing.assert_allclose(default["probability"], with_tta["probability"], atol=1e-6)
+    assert "with TTA" in default.attrs["threshold_note"]
+    with pytest.warns(UserWarning, match="chosen on probabilities with TTA"):
+        predict_files(copy, files, progress=False, tta=False)
+
+
 def test_cam_overlays_one_per_readable_image(checkpoint, folder, tmp_path):
     src = tmp_path / "in"
     (src / "a").mkdir(parents=True)

@@ -97,6 +97,7 @@ class _Spec:
     column: int            # the output scored against the threshold (Pneumonia)
     threshold: float
     threshold_note: str
+    tta: bool              # whether the threshold was chosen on TTA-averaged probabilities
     transform: Callable
 
     @classmethod
@@ -115,9 +116,10 @@ class _Spec:
         else:
             threshold = float(ckpt["threshold"])
             note = f"validation-chosen, {ckpt.get('threshold_policy', 'policy not recorded')}"
+        tta = bool(ckpt.get("threshold_tta", (ckpt.get("config") or {}).get("tta", False)))
         transform = build_transform("none", int(ckpt["input_size"]), float(ckpt["mean"]),
                                     float(ckpt["std"]), boxes=False)
-        return cls(names, column, threshold, note, transform)
+        return cls(names, column, threshold, note + (", with TTA" if tta else ""), tta, transform)
 
     def label(self, p: float) -> str:
         positive = self.names[self.column]
@@ -173,7 +175,7 @@ def _write_cams(model, batch: torch.Tensor, previews: list, targets: list[Path],
 
 
 def predict_files(checkpoint: str | os.PathLike, files: Sequence[str | os.PathLike], *,
-                  tta: bool = False, batch_size: int = 16,
+                  tta: bool | None = None, batch_size: int = 16,
                   cam_dir: str | os.PathLike | None = None, device: str = "auto",
                   workers: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Probabilities, labels at the checkpoint's threshold, and errors: one row per file.
@@ -181,7 +183,9 @@ def predict_files(checkpoint: str | os.PathLike, files: Sequence[str | os.PathLi
     Args:
         checkpoint: a `best.pt` written by `fit` (and given its threshold by evaluation).
         files: image files, e.g. from `find_images`; rows keep this order.
-        tta: average over flips/rotations (`utils.evaluate.tta_probabilities`).
+        tta: average over flips/rotations (`utils.evaluate.tta_probabilities`); default:
+            as when the checkpoint's threshold was chosen (TTA shifts the probabilities, so
+            the other choice gets a warning).
         batch_size: images per forward pass.
         cam_dir: write one Grad-CAM overlay PNG per readable image here (`cam` column).
         device: auto | cpu | cuda | mps.
@@ -202,6 +206,13 @@ def predict_files(checkpoint: str | os.PathLike, files: Sequence[str | os.PathLi
     dev = pick_device(device)
     model, ckpt = load_model(checkpoint, device=dev)
     spec = _Spec.of(ckpt)
+    if tta is None:
+        tta = spec.tta
+    elif tta != spec.tta:
+        warnings.warn(f"the threshold {spec.threshold:.3f} was chosen on probabilities "
+                      f"{'with' if spec.tta else 'without'} TTA, these are "
+                      f"{'with' if tta else 'without'}: labels may shift; leave tta unset "
+                      f"(or pass --{'' if spec.tta else 'no-'}tta) to match", stacklevel=2)
     files = [Path(f) for f in files]
     cams = [Path(cam_dir) / n for n in _cam_names(files)] if cam_dir else [None] * len(files)
     if cam_dir:
@@ -270,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default %(default)s)")
     parser.add_argument("--cam", default=None, metavar="DIR", help="write Grad-CAM overlays here")
-    parser.add_argument("--tta", action="store_true", help="average flips/rotations")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average flips/rotations (default: as the checkpoint's "
+                             "threshold was chosen)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--workers", type=int, default=None, help="decoding threads")
