@@ -210,3 +210,16 @@ def test_workers_get_their_own_augmentation_streams(boxed):
     assert not torch.equal(first[0], first[1])
     again = [batch[0] for batch in loader]  # same loader seed → new epoch, new draws
     assert not torch.equal(first[0], again[0])
+
+
+def test_manifest_fingerprint_sees_files_labels_and_splits_not_order():
+    from utils.data.dataset import manifest_fingerprint
+
+    m = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"], "label": [0, 1, 0, 1],
+                      "split": ["train", "train", "val", "test"], "patient_id": list("pqrs")})
+    base = manifest_fingerprint(m)
+    assert manifest_fingerprint(m.iloc[::-1]) == base                 # row order is not data
+    assert manifest_fingerprint(m.assign(patient_id="x")) == base     # nor unused columns
+    assert manifest_fingerprint(m.assign(label=[1, 1, 0, 1])) != base
+    assert manifest_fingerprint(m.assign(split=["train", "val", "val", "test"])) != base
+    assert manifest_fingerprint(pd.concat([m, m.iloc[:1].assign(path="e.png")])) != base

@@ -138,6 +138,20 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, kind):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_new_data_under_the_same_config_starts_fresh(tmp_path):
+    """The config cannot show that the files changed (e.g. full NIH downloaded where the
+    sample was); the caller's data fingerprint in `meta` must match to resume."""
+    cfg = cfg_for(epochs=2)
+    _, h1 = run(cfg, tmp_path, meta={"data_fingerprint": "aaaa"})
+    loss = KillAfter()
+    _, same = run(cfg, tmp_path, loss=loss, meta={"data_fingerprint": "aaaa"})
+    assert loss.calls == 0 and same.resumed_from == 2
+    with pytest.warns(UserWarning, match="data_fingerprint: 'aaaa' -> 'bbbb'"):
+        _, fresh = run(cfg, tmp_path, meta={"data_fingerprint": "bbbb"})
+    assert fresh.resumed_from == 0 and len(fresh.epochs) == 2
+    assert load_checkpoint(tmp_path / "last.pt")["data_fingerprint"] == "bbbb"
+
+
 def test_resume_without_rng_restore_would_differ(tmp_path):
     """Guards the resume test: the data order and noise do depend on the saved RNG state."""
     cfg = cfg_for(epochs=2, resume=False)

@@ -39,7 +39,7 @@ from .evaluate import amp_dtype, autocast, summary_scores
 from .fileio import atomic_torch_save
 from .runtime import pick_device, seed_everything
 
-__all__ = ["fit", "History", "RESUME_KEYS", "recalibrate_batchnorm",
+__all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_batchnorm",
            # re-exported: checkpoints are read back where they are written
            "CheckpointError", "load_checkpoint", "load_model", "update_checkpoint"]
 
@@ -50,6 +50,8 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "scheduler", "loss", "pos_weight", "focal_gamma", "focal_alpha", "sampler",
                "sampler_cap", "augmentation", "early_stopping", "monitor", "grad_clip",
                "max_steps_per_epoch", "seed")
+# `meta` fields that identify the inputs beyond the config (set by utils.experiment.train)
+RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint")
 _HIGHER_IS_BETTER = {"val_auroc": True, "val_f1": True, "val_loss": False}
 
 
@@ -247,10 +249,13 @@ def _payload(model, loop: _Loop, hist, epoch, num_classes, meta, gens) -> dict:
             "std": plain(getattr(info, "std", None)), "rng_state": _rng_state(gens)}
 
 
-def _resume(last: Path, model, loop: _Loop, gens) -> History | None:
+def _resume(last: Path, model, loop: _Loop, gens, meta: dict) -> History | None:
     ckpt, cfg = load_checkpoint(last), loop.cfg
     changed = [f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}"
                for k in RESUME_KEYS if ckpt["config"].get(k) != getattr(cfg, k)]
+    # what the caller says identifies the data (and the starting weights) must match too
+    changed += [f"{k}: {ckpt.get(k)!r} -> {meta[k]!r}" for k in RESUME_META_KEYS
+                if k in meta and ckpt.get(k) != meta[k]]
     if changed:
         warnings.warn(f"{last} was trained with other settings ({'; '.join(changed)}); "
                       f"starting fresh and overwriting it", stacklevel=3)
@@ -304,7 +309,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
     Args:
         ckpt_dir: where `last.pt` (every epoch) and `best.pt` (on improvement of
             `cfg.monitor`) go; `None` = no checkpoints and no resume.
-        meta: extra checkpoint fields (e.g. `class_names`, `synthetic`).
+        meta: extra checkpoint fields (e.g. `class_names`, `synthetic`); its
+            `RESUME_META_KEYS` (a data fingerprint...) must match `last.pt`'s to resume.
         device: defaults to `pick_device(cfg.device)`.
         restore_best: leave the best epoch's weights in `model` at the end.
     Example:
@@ -320,7 +326,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
     gens = _generators(train_loader, val_loader)
     hist = None
     if ckpt_dir is not None and cfg.resume and (ckpt_dir / "last.pt").exists():
-        hist = _resume(ckpt_dir / "last.pt", model, loop, gens)
+        hist = _resume(ckpt_dir / "last.pt", model, loop, gens, meta)
     hist, best_state = hist or History(monitor=cfg.monitor), None
     for epoch in range(len(hist.epochs) + 1, cfg.epochs + 1):
         if hist.stopped_early:

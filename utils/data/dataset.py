@@ -8,6 +8,7 @@ file, or the pre-resized cache) before the transform sees them.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ from .nih import NIH_FINDINGS
 from .splits import SPLITS, assign_splits, cap_per_split, check_no_patient_leak
 
 __all__ = ["CXRDataset", "collate", "class_names_for", "load_manifest", "make_loaders",
-           "BINARY_CLASSES"]
+           "manifest_fingerprint", "BINARY_CLASSES"]
 
 BINARY_CLASSES = ["Pneumonia"]
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +174,19 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any
 def class_names_for(cfg) -> list[str]:
     """`["Pneumonia"]` for the binary task, the 14 `NIH_FINDINGS` for multilabel."""
     return list(NIH_FINDINGS) if cfg.task == "multilabel" else list(BINARY_CLASSES)
+
+
+def manifest_fingerprint(manifest: pd.DataFrame) -> str:
+    """A short hash of which files, labels and splits a run trains and validates on.
+
+    Stored in checkpoints so a resume notices new data under the same root (e.g. the full
+    NIH set downloaded where the sample was), which the config alone cannot show.
+    """
+    columns = [c for c in ("path", "split", "label", *NIH_FINDINGS) if c in manifest.columns]
+    rows = manifest[manifest["split"].isin(["train", "val"])] if "split" in manifest else manifest
+    rows = rows[columns].sort_values(columns[:1]) if columns else rows
+    digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_manifest(cfg) -> pd.DataFrame:
