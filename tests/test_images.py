@@ -288,3 +288,26 @@ def test_dicom_to_png_converts_lists_errors_and_resumes(tmp_path):
     assert sorted(third.status) == ["converted", "converted", "error"]
     with pytest.raises(FileNotFoundError, match="no .dcm"):
         dicom_to_png(tmp_path / "png", tmp_path / "out")
+
+
+def test_dicom_to_png_on_a_read_only_target_fails_once_naming_the_fix(tmp_path, monkeypatch):
+    import errno
+
+    import utils.data.images as images
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(shared_path("dicom", M1), src / "a.dcm")
+    decoded = []
+    monkeypatch.setattr(images, "read_dicom", lambda p, **kw: decoded.append(p))
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):  # the tests run as root: chmod would not stop us
+        if "kaggle_input" in str(self):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(PermissionError, match="read-only.*writable dst_dir"):
+        dicom_to_png(src, tmp_path / "kaggle_input" / "png")
+    assert decoded == []  # refused before decoding any file

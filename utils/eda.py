@@ -5,6 +5,7 @@ manifest, never walk folders again).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -121,15 +122,22 @@ def dicom_before_after(sources: dict[str, Path], n: int = 4) -> dict[str, list]:
     return {"images": images, "titles": titles}
 
 
-def convert_rsna(sources: dict[str, Path]) -> pd.DataFrame:
-    """Convert RSNA DICOMs to PNGs beside them (`stage_2_train_images_png/`), resumably."""
+def convert_rsna(sources: dict[str, Path], dst_dir: str | Path | None = None) -> pd.DataFrame:
+    """Convert RSNA DICOMs to PNGs, resumably: into `dst_dir`, else beside them
+    (`stage_2_train_images_png/`), else, on a read-only mount such as Kaggle's
+    /kaggle/input, into the repo's `data/rsna_png/`."""
     if "rsna" not in sources:
         print("rsna: not found; nothing to convert.")
         return pd.DataFrame({"status": pd.Series(dtype=str)})
     from .data.images import dicom_to_png
 
     root = Path(sources["rsna"])
-    return dicom_to_png(root / "stage_2_train_images", root / "stage_2_train_images_png")
+    if dst_dir is None:
+        dst_dir = root / "stage_2_train_images_png"
+        if not os.access(root, os.W_OK):
+            dst_dir = Path(__file__).resolve().parents[1] / "data" / "rsna_png"
+            print(f"{root} is read-only: writing the PNGs to {dst_dir}")
+    return dicom_to_png(root / "stage_2_train_images", dst_dir)
 
 
 def augmentation_examples(manifest: pd.DataFrame, names: list[str], repeats: int,

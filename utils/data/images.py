@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -322,6 +323,19 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
                                   f"{exc})", "download or copy it again") from None
 
 
+def _require_writable(folder: Path) -> None:
+    """Fail once, before decoding thousands of files, when PNGs cannot be written here."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise PermissionError(
+            f"{folder}: cannot write the PNGs here ({exc.strerror or exc}). Kaggle's "
+            f"/kaggle/input mounts are read-only: pass a writable dst_dir, e.g. "
+            f"/kaggle/working/rsna_png") from None
+
+
 def dicom_to_png(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *,
                  overwrite: bool = False, workers: int | None = None) -> pd.DataFrame:
     """Convert every `.dcm`/`.dicom` under `src_dir` to an 8-bit PNG under `dst_dir`.
@@ -349,6 +363,7 @@ def dicom_to_png(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *,
     sources = sorted(p for p in src_dir.rglob("*") if p.suffix.lower() in DICOM_SUFFIXES)
     if not sources:
         raise FileNotFoundError(f"{src_dir}: no .dcm/.dicom files found below this folder")
+    _require_writable(dst_dir)
     jobs = [(s, dst_dir / s.relative_to(src_dir).with_suffix(".png")) for s in sources]
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
 
