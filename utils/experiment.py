@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -34,11 +34,21 @@ class Experiment:
     checkpoint: Path | None = None
 
 
-def prepare_data(cfg: RunConfig) -> Experiment:
-    """Manifest with patient-level splits, and the train/val/test loaders."""
+def prepare_data(cfg: RunConfig,
+                 exclude: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Experiment:
+    """Manifest with patient-level splits, and the train/val/test loaders.
+
+    `exclude` drops rows after the splits are drawn (e.g. NIH patients behind another run's
+    RSNA test images, `utils.data.overlap`), so the rows that remain keep their split.
+    """
     from .data.dataset import class_names_for, load_manifest, make_loaders
 
     manifest = load_manifest(cfg)
+    if exclude is not None:
+        before = dict(zip(manifest["path"], manifest["split"]))
+        manifest = exclude(manifest)
+        if any(before.get(p) != s for p, s in zip(manifest["path"], manifest["split"])):
+            raise ValueError("exclude= may only drop rows: it added rows or changed splits")
     loaders = make_loaders(cfg, manifest, cfg.model)
     return Experiment(cfg=cfg, manifest=manifest, loaders=loaders,
                       class_names=class_names_for(cfg))
@@ -56,16 +66,32 @@ def build_model(cfg: RunConfig, num_classes: int):
 
 def train(exp: Experiment, ctx: RunContext):
     """Fit with the configured loss; checkpoints go to checkpoints/<run name>/."""
+    from .data.dataset import manifest_fingerprint
     from .losses import build_loss
     from .train import fit
 
     cfg = exp.cfg
     loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
     exp.checkpoint = Path(cfg.checkpoint_dir) / cfg.step
+    meta = {"class_names": exp.class_names, "synthetic": ctx.synthetic,
+            "data_fingerprint": manifest_fingerprint(exp.manifest),
+            "init_fingerprint": _init_fingerprint(cfg.init_checkpoint)}
     exp.history = fit(exp.model, exp.loaders["train"], exp.loaders["val"], cfg,
-                      loss_fn=loss_fn, ckpt_dir=exp.checkpoint, device=ctx.device,
-                      meta={"class_names": exp.class_names, "synthetic": ctx.synthetic})
+                      loss_fn=loss_fn, ckpt_dir=exp.checkpoint, device=ctx.device, meta=meta)
     return exp.history
+
+
+def _init_fingerprint(path: str) -> str:
+    """Which training run the starting weights came from (its data, best score, epochs):
+    a re-trained part A must not be silently skipped by part B's resume. Not the file's
+    bytes: evaluation rewrites them (threshold, BN statistics) without re-training."""
+    if not path:
+        return ""
+    from .train import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    return (f"{ckpt.get('data_fingerprint', '?')}:{ckpt.get('best_score')}:"
+            f"{len((ckpt.get('history') or {}).get('epochs', []))}")
 
 
 def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
@@ -84,7 +110,7 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         fields["model_state"] = exp.model.state_dict()
     exp.evaluation = evaluate_run(exp.model, exp.loaders, cfg, device=ctx.device)
     update_checkpoint(best, threshold=exp.evaluation["threshold"]["value"],
-                      threshold_policy=cfg.threshold_policy, **fields)
+                      threshold_policy=cfg.threshold_policy, threshold_tta=cfg.tta, **fields)
     sizes = exp.manifest.groupby("split").size().to_dict()
     exp.results = build_results(cfg, model_name=cfg.model, n_params=count_parameters(exp.model),
                                 data_sizes=sizes, history=exp.history.to_dict(),
@@ -92,6 +118,9 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
                                 synthetic=ctx.synthetic)
     skipped = exp.manifest.attrs.get("skipped", [])
     exp.results["data"]["skipped"] = len(skipped)
+    if "dropped_for_rsna_overlap" in exp.manifest.attrs:  # 02 part A: the leak-free NIH set
+        exp.results["data"]["dropped_for_rsna_overlap"] = len(
+            exp.manifest.attrs["dropped_for_rsna_overlap"])
     if skipped:  # on_bad_image="skip": the left-out files are listed beside the results
         atomic_write_text(Path(cfg.reports_dir) / "results" / f"{cfg.step}_skipped.txt",
                           "\n".join(map(str, skipped)) + "\n")

@@ -9,7 +9,11 @@
   MONOCHROME1, some JPEG baseline like the real files), `stage_2_train_labels.csv`,
   `stage_2_detailed_class_info.csv` (one row per label row, duplicates included, as on Kaggle);
 - `nih/images_00N/images/<patient>_<follow-up>.png`, `Data_Entry_2017.csv`,
-  `BBox_List_2017.csv`, `train_val_list.txt`, `test_list.txt` (headers copied from the real files).
+  `BBox_List_2017.csv`, `train_val_list.txt`, `test_list.txt` (headers copied from the real files);
+- `rsna-pneumonia-detection-challenge/pneumonia-challenge-dataset-mappings_2018.json`: RSNA's
+  patientId → NIH `Image Index` file (the real one is on the RSNA challenge page, not Kaggle),
+  linking a seeded ~27 % of the NIH images (the real share: 30k of 112k) to RSNA patients, so
+  notebook 02's removal of RSNA holdout patients from NIH training runs on the demo too.
 
 Every dataset folder holds `SYNTHETIC_DEMO_DATA.txt`, which discovery and reports use to label
 results "synthetic demo data". The pictures come from `utils.data.phantom.render_chest`
@@ -38,7 +42,7 @@ __all__ = ["make_demo", "ensure_demo", "render_chest", "DEMO_VERSION", "MARKER",
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 2  # bump when the pictures or layouts change: ensure_demo then regenerates
+DEMO_VERSION = 3  # bump when the pictures or layouts change: ensure_demo then regenerates
 MARKER = "SYNTHETIC_DEMO_DATA.txt"
 DEFAULT_DEMO_ROOT = Path(__file__).resolve().parents[2] / "data" / "demo"
 KERMANY, RSNA, NIH = "chest_xray", "rsna-pneumonia-detection-challenge", "nih"
@@ -242,6 +246,25 @@ def _write_nih(folder: Path, seed: int, image_px: int, scale: float) -> int:
     return n
 
 
+def _write_mapping(root: Path, seed: int) -> int:
+    """RSNA's NIH mapping JSON for the demo: distinct RSNA ids → distinct NIH images."""
+    from pydicom.uid import generate_uid
+
+    from .overlap import MAPPING_NAME
+
+    rsna_ids = sorted(pd.read_csv(root / RSNA / "stage_2_train_labels.csv")["patientId"].unique())
+    entry = pd.read_csv(root / NIH / "Data_Entry_2017.csv", usecols=[0, 1])
+    rng = _rng(seed, 4, 0)
+    n = min(len(rsna_ids), round(0.27 * len(entry)))
+    pids = rng.permutation(rsna_ids)[:n].tolist()
+    rows = entry.iloc[np.sort(rng.permutation(len(entry))[:n])]
+    mapping = [{"subset_img_id": pid, "img_id": name, "orig_labels": labels.split("|"),
+                "SOPInstanceUID": generate_uid(entropy_srcs=[pid, "instance"])}  # as the DICOM
+               for pid, (name, labels) in zip(pids, rows.itertuples(index=False))]
+    (root / RSNA / MAPPING_NAME).write_text(json.dumps(mapping, indent=1) + "\n")
+    return n
+
+
 # --- the set --------------------------------------------------------------------------
 
 _WRITERS = {KERMANY: _write_kermany, RSNA: _write_rsna, NIH: _write_nih}
@@ -274,6 +297,7 @@ def make_demo(root: str | os.PathLike, seed: int = 0, image_px: int = 256,
             f"of the Kaggle '{name}' data so the notebooks run offline.\n"
             f"Results computed on it say nothing about real chest X-rays.\n")
         counts[name] = writer(folder, seed, image_px, scale)
+    counts["rsna_nih_mapping"] = _write_mapping(root, seed)
     info = {"version": DEMO_VERSION, "seed": seed, "image_px": image_px, "scale": scale,
             "counts": counts, "seconds": round(time.perf_counter() - start, 1)}
     atomic_write_text(root / ".complete", json.dumps(info, indent=2, sort_keys=True))

@@ -1,0 +1,123 @@
+"""RSNA Pneumonia ⊂ NIH ChestX-ray14: keep part B's RSNA val/test patients out of NIH training.
+
+The RSNA Pneumonia Detection Challenge images are NIH ChestX-ray14 films, relabelled. A model
+pre-trained on NIH and then measured on an RSNA test split has seen those very films (and
+other films of the same people) unless they are removed from the NIH side first. RSNA
+published the correspondence as `pneumonia-challenge-dataset-mappings_2018.json` on the
+challenge page (it is not on Kaggle): a list of objects with `subset_img_id` (the RSNA
+patientId, the DICOM's file stem) and `img_id` (the NIH `Image Index`), plus
+`SOPInstanceUID` and `orig_labels`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from .discover import find_sources
+
+__all__ = ["MAPPING_NAME", "MAPPING_URL", "find_rsna_nih_mapping", "load_rsna_nih_mapping",
+           "drop_rsna_holdout_patients", "missing_mapping_message", "holdout_exclusion"]
+
+MAPPING_NAME = "pneumonia-challenge-dataset-mappings_2018.json"
+MAPPING_URL = ("https://www.rsna.org/artificial-intelligence/ai-image-challenge/"
+               "rsna-pneumonia-detection-challenge-2018")
+_KEYS = ("subset_img_id", "img_id")
+_HOLDOUT = ("val", "test")
+
+
+def find_rsna_nih_mapping(root: str | os.PathLike) -> Path | None:
+    """The mapping JSON in the data root or a folder just below it (`rsna-pneumonia-detection-
+    challenge/`, `nih/`, a Kaggle dataset of one's own), else where RSNA or NIH were found.
+
+    Example:
+        >>> find_rsna_nih_mapping("/kaggle/input")   # doctest: +SKIP
+    """
+    root = Path(root).expanduser()
+    near = [root / MAPPING_NAME, *sorted(root.glob(f"*/{MAPPING_NAME}"))]
+    found = find_sources(root) if not any(p.is_file() for p in near) else {}
+    deep = [found[k] / MAPPING_NAME for k in ("rsna", "nih") if k in found]
+    return next((p for p in near + deep if p.is_file()), None)
+
+
+def load_rsna_nih_mapping(path: str | os.PathLike) -> pd.DataFrame:
+    """`rsna_patient_id`, `nih_image` (the NIH `Image Index`, `.png` added if absent)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); download {MAPPING_NAME} again "
+                         f"from {MAPPING_URL}") from exc
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise ValueError(f"{path}: expected a JSON list of objects with keys {list(_KEYS)} "
+                         f"(RSNA's {MAPPING_NAME}), got {type(raw).__name__}")
+    missing = sorted({k for r in raw for k in _KEYS if k not in r})
+    if missing:
+        raise ValueError(f"{path}: entries lack key(s) {missing}; expected {list(_KEYS)} "
+                         f"as in RSNA's {MAPPING_NAME}")
+    images = [os.path.basename(str(r["img_id"])) for r in raw]
+    return pd.DataFrame({"rsna_patient_id": [str(r["subset_img_id"]) for r in raw],
+                         "nih_image": [n if n.endswith(".png") else n + ".png" for n in images]})
+
+
+def drop_rsna_holdout_patients(nih_manifest: pd.DataFrame, rsna_manifest: pd.DataFrame,
+                               mapping: pd.DataFrame) -> pd.DataFrame:
+    """NIH rows minus every image of each NIH patient behind an RSNA val/test image.
+
+    Patient-level: another film of the same person is as much a leak as the film itself.
+    NIH patients are taken from the manifest rows whose file name is a mapped image, and
+    from the mapped name's `<patient>_<follow-up>.png` prefix (the mapped film itself may
+    be capped out of the manifest while the patient's other films remain). The remaining
+    rows keep their splits; `attrs["dropped_for_rsna_overlap"]` lists the dropped file names
+    and `attrs["dropped_patients_for_rsna_overlap"]` their patients.
+    """
+    holdout = set(rsna_manifest.loc[rsna_manifest["split"].isin(_HOLDOUT), "patient_id"]
+                  .astype(str))
+    mapped = set(mapping.loc[mapping["rsna_patient_id"].isin(holdout), "nih_image"])
+    names = nih_manifest["path"].map(os.path.basename)
+    patient_ids = nih_manifest["patient_id"].astype(str)
+    patients = set(patient_ids[names.isin(mapped)])
+    prefixes = (n.split("_")[0] for n in mapped)
+    patients |= {str(int(p)) for p in prefixes if p.isdigit()}  # as nih_labels writes them
+    drop = patient_ids.isin(patients)
+    out = nih_manifest[~drop].reset_index(drop=True)
+    out.attrs.update(nih_manifest.attrs, dropped_for_rsna_overlap=sorted(names[drop]),
+                     dropped_patients_for_rsna_overlap=sorted(set(patient_ids[drop])))
+    return out
+
+
+def missing_mapping_message(root: str | os.PathLike) -> str:
+    """What to say when the mapping is absent: part B's RSNA numbers are not leak-free."""
+    return (f"{MAPPING_NAME} not found under {root}: part A's NIH training may contain part "
+            f"B's RSNA validation/test images (RSNA's images are NIH ChestX-ray14 films), so "
+            f"part B's RSNA test numbers are NOT leak-free from part A. Fix: download the JSON "
+            f"from the RSNA Pneumonia Detection Challenge page ({MAPPING_URL}) into the data "
+            f"root and re-run.")
+
+
+def holdout_exclusion(cfg: Any, data_root: str | os.PathLike
+                      ) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
+    """For 02 part A: the `prepare_data(exclude=)` that keeps part B's RSNA val/test patients
+    out of NIH training, or None when part B is not RSNA (Kermany does not overlap NIH).
+
+    Part B's splits come from `load_manifest(cfg)`: the same config, so the same seeded
+    patient splits part B will draw. Without the mapping file this says loudly (print and
+    warning) that part B's numbers are not leak-free, and returns None.
+    """
+    if cfg.dataset != "rsna":
+        return None
+    from .dataset import load_manifest
+
+    path = find_rsna_nih_mapping(data_root)
+    if path is None:
+        message = missing_mapping_message(data_root)
+        print("!" * 88 + f"\n{message}\n" + "!" * 88)
+        warnings.warn(message, stacklevel=2)
+        return None
+    print(f"RSNA→NIH mapping: {path}")
+    return functools.partial(drop_rsna_holdout_patients, rsna_manifest=load_manifest(cfg),
+                             mapping=load_rsna_nih_mapping(path))
