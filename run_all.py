@@ -8,8 +8,9 @@
 Each step runs notebooks/<notebook> into reports/<step>.ipynb and reports/<step>.html;
 reports/index.html links them all with the headline numbers of reports/results/<step>.json.
 A step is skipped when its fingerprint (notebook bytes, parameters, utils/ source, the state
-and results of the steps it reads) equals that of its last successful run and its report
-exists, so a re-run after an interruption continues where it stopped.
+and results of the steps it reads, the datasets and label/mapping files in the data root)
+equals that of its last successful run and its report exists, so a re-run after an
+interruption continues where it stopped.
 Exit status: 0 every step ok or unchanged, 1 a step failed, 2 usage error (nothing ran).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Iterator
 
 from utils.config import ConfigError, RunConfig, make_config
 from utils.recipes import ABLATION_VARIANTS as _RECIPES
-from utils.report_index import (build_rows, code_digest, fingerprint, load_state,
+from utils.report_index import (build_rows, code_digest, data_facts, fingerprint, load_state,
                                  render_notebook_html, save_state, summary_table, upstream_facts,
                                  write_index)
 
@@ -279,6 +280,7 @@ class Run:
     started: str = ""
     state: dict[str, Any] = field(default_factory=dict)
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: list = field(default_factory=list)   # data_facts: a new dataset or mapping re-runs
 
     @property
     def state_path(self) -> Path:
@@ -292,7 +294,7 @@ class Run:
 
     def fingerprint(self, step: Step) -> str:
         return fingerprint(self.notebooks / step.notebook, self.params[step.name], self.code,
-                           upstream_facts(step.after, self.state, self.reports))
+                           upstream_facts(step.after, self.state, self.reports), self.data)
 
     def why_run(self, step: Step, fp: str) -> str:
         """Why the step must run ("" = unchanged: same fingerprint, ok, report present)."""
@@ -335,7 +337,7 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
     return Run(plan, steps, params, notebooks, reports, profile, data_root, synthetic,
                args.force, args.timeout, code_digest(CODE_DIR),
                datetime.now().isoformat(sep=" ", timespec="seconds"),
-               load_state(reports / ".run_state.json"))
+               load_state(reports / ".run_state.json"), data=data_facts(data_root))
 
 
 def print_plan(run: Run) -> None:

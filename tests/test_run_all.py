@@ -20,7 +20,7 @@ import pytest
 import run_all
 from run_all import Step, main
 from utils.config import PROFILES
-from utils.report_index import (StepRow, code_digest, fingerprint, load_state,
+from utils.report_index import (StepRow, code_digest, data_facts, fingerprint, load_state,
                                 read_results_summary, render_index)
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -176,6 +176,26 @@ def test_fingerprint_tracks_what_changes_the_results(tmp_path):
     assert fingerprint(nb, params, code_digest(code), {}) != base
     nb.write_text('{"cells": []}')
     assert fingerprint(nb, params, code_digest(code), {}) != base
+
+
+def test_data_facts_see_new_labels_and_mapping_but_not_images_or_outputs(tmp_path):
+    """Downloading the full NIH labels or RSNA's mapping must re-run the steps; new image
+    files, and folders a run writes (DICOM → PNG), must not."""
+    root = tmp_path / "data"
+    rsna = root / "rsna-pneumonia-detection-challenge"
+    (rsna / "stage_2_train_images").mkdir(parents=True)
+    (rsna / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\n")
+    facts = data_facts(root)
+    assert [f[0] for f in facts] == ["rsna", "root"]
+    nb, params = tmp_path / "n.ipynb", {"step": "s"}
+    nb.write_text("{}")
+    base = fingerprint(nb, params, "c", {}, facts)
+    assert fingerprint(nb, params, "c", {}) != base  # the facts are part of it
+    (rsna / "stage_2_train_images" / "x.dcm").write_bytes(b"0")
+    (rsna / "stage_2_train_images_png").mkdir()
+    assert fingerprint(nb, params, "c", {}, data_facts(root)) == base
+    (rsna / "pneumonia-challenge-dataset-mappings_2018.json").write_text("[]")
+    assert fingerprint(nb, params, "c", {}, data_facts(root)) != base
 
 
 def test_unreadable_state_is_a_lost_cache(tmp_path, caplog):

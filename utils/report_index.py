@@ -13,6 +13,7 @@ import hashlib
 import html
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .fileio import atomic_write_json, atomic_write_text
 
 __all__ = ["StepRow", "METRICS", "read_results_summary", "render_index", "write_index",
            "build_rows", "summary_table", "render_notebook_html", "load_state", "save_state",
-           "code_digest", "fingerprint", "upstream_facts"]
+           "code_digest", "data_facts", "fingerprint", "upstream_facts"]
 log = logging.getLogger(__name__)
 
 # (column title, key under "test" in the results JSON); sensitivity is the recall
@@ -243,10 +244,32 @@ def upstream_facts(after: tuple[str, ...], state: dict[str, dict],
     return facts
 
 
+def data_facts(root: str | Path) -> list:
+    """What the data root holds, cheaply: every source `find_sources` sees, and the files
+    directly in it and in the root (name, size, mtime), i.e. the label CSVs and RSNA's NIH
+    mapping. Adding a dataset, the mapping, or the full NIH labels where the sample was
+    changes it; image folders are not walked (tens of thousands of files), and folders a
+    run writes into the data root (DICOM→PNG) are not files, so they do not count.
+    """
+    from .data.discover import find_sources
+
+    root = Path(root)
+    facts = []
+    for name, folder in [*sorted(find_sources(root).items()), ("root", root)]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        files = [[e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in entries
+                 if e.is_file()]
+        facts.append([name, str(folder), files])
+    return facts
+
+
 def fingerprint(notebook: Path, params: dict[str, Any], code: str,
-                upstream: dict[str, list]) -> str:
+                upstream: dict[str, list], data: list | None = None) -> str:
     """sha256 of the notebook's bytes, its parameters (minus output folders; `data_root`
-    kept), the code digest and `upstream_facts`.
+    kept), the code digest, `upstream_facts` and `data_facts` (when given).
 
     Example:
         >>> fp = fingerprint(Path("notebooks/05_vit.ipynb"), {"epochs": 2},
@@ -255,4 +278,6 @@ def fingerprint(notebook: Path, params: dict[str, Any], code: str,
     kept = {k: v for k, v in params.items() if k not in PATH_PARAMS}
     parts = [_sha(Path(notebook).read_bytes()), json.dumps(kept, sort_keys=True, default=str),
              code, json.dumps(upstream, sort_keys=True)]
+    if data is not None:
+        parts.append(json.dumps(data, sort_keys=True, default=str))
     return _sha("\n".join(parts).encode())
