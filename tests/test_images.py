@@ -311,3 +311,7 @@ def test_dicom_to_png_on_a_read_only_target_fails_once_naming_the_fix(tmp_path, 
     with pytest.raises(PermissionError, match="read-only.*writable dst_dir"):
         dicom_to_png(src, tmp_path / "kaggle_input" / "png")
     assert decoded == []  # refused before decoding any file
+    done = tmp_path / "done_kaggle_input"  # a finished conversion on a read-only mount
+    real_mkdir(done)
+    (done / "a.png").write_bytes(b"png")
+    assert dicom_to_png(src, done).status.tolist() == ["skipped"]

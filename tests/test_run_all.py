@@ -194,7 +194,9 @@ def test_data_facts_see_new_labels_and_mapping_but_not_images_or_outputs(tmp_pat
     (rsna / "stage_2_train_images" / "x.dcm").write_bytes(b"0")
     (rsna / "stage_2_train_images_png").mkdir()
     assert fingerprint(nb, params, "c", {}, data_facts(root)) == base
-    (rsna / "pneumonia-challenge-dataset-mappings_2018.json").write_text("[]")
+    own = root / "my-mapping"  # on Kaggle: a dataset of one's own beside the read-only ones
+    own.mkdir()
+    (own / "pneumonia-challenge-dataset-mappings_2018.json").write_text("[]")
     assert fingerprint(nb, params, "c", {}, data_facts(root)) != base
 
 

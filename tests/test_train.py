@@ -152,6 +152,25 @@ def test_new_data_under_the_same_config_starts_fresh(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["data_fingerprint"] == "bbbb"
 
 
+def test_checkpoint_from_before_the_fingerprints_resumes_with_a_warning(tmp_path):
+    cfg = cfg_for(epochs=2)
+    run(cfg, tmp_path)  # no meta: like a last.pt written by an older version
+    loss = KillAfter()
+    with pytest.warns(UserWarning, match="does not record.*data_fingerprint"):
+        _, h = run(cfg, tmp_path, loss=loss, meta={"data_fingerprint": "aaaa"})
+    assert loss.calls == 0 and h.resumed_from == 2
+
+
+def test_init_fingerprint_of_a_checkpoint_and_of_a_plain_state_dict(tmp_path):
+    from utils.experiment import _init_fingerprint
+
+    assert _init_fingerprint("") == ""
+    run(cfg_for(epochs=1), tmp_path / "a", meta={"data_fingerprint": "abcd"})
+    assert _init_fingerprint(str(tmp_path / "a" / "best.pt")).startswith("abcd:")
+    torch.save(TinyNet().state_dict(), tmp_path / "plain.pt")  # create_model accepts these
+    assert _init_fingerprint(str(tmp_path / "plain.pt")).startswith("file:")
+
+
 def test_resume_without_rng_restore_would_differ(tmp_path):
     """Guards the resume test: the data order and noise do depend on the saved RNG state."""
     cfg = cfg_for(epochs=2, resume=False)

@@ -353,4 +353,5 @@ def evaluate_run(model: torch.nn.Module, loaders: dict, cfg, device=None) -> dic
             "per_finding": multilabel_metrics(preds["test"].targets, preds["test"].probs,
                                               names) if K > 1 else None,
             "class_names": names, "target": names[col], "tta": cfg.tta,
-            "bootstrap": cfg.bootstrap, "bootstrap_unit": "patient", "predictions": preds}
+            "bootstrap": cfg.bootstrap, "predictions": preds,
+            "bootstrap_unit": "patient" if any(preds["test"].patient_ids) else "image"}

@@ -87,9 +87,13 @@ def _init_fingerprint(path: str) -> str:
     bytes: evaluation rewrites them (threshold, BN statistics) without re-training."""
     if not path:
         return ""
-    from .train import load_checkpoint
+    from .train import CheckpointError, load_checkpoint
 
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError:  # a plain state_dict (create_model accepts one): its file facts
+        st = Path(path).stat()
+        return f"file:{st.st_size}:{st.st_mtime_ns}"
     return (f"{ckpt.get('data_fingerprint', '?')}:{ckpt.get('best_score')}:"
             f"{len((ckpt.get('history') or {}).get('epochs', []))}")
 

@@ -263,6 +263,13 @@ def data_facts(root: str | Path) -> list:
         files = [[e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in entries
                  if e.is_file()]
         facts.append([name, str(folder), files])
+    from .data.overlap import find_rsna_nih_mapping  # may sit in a folder of its own
+
+    mapping = find_rsna_nih_mapping(root)
+    if mapping is not None:
+        st = mapping.stat()
+        facts.append(["rsna_nih_mapping", str(mapping), [[mapping.name, st.st_size,
+                                                          st.st_mtime_ns]]])
     return facts
 
 

@@ -253,9 +253,15 @@ def _resume(last: Path, model, loop: _Loop, gens, meta: dict) -> History | None:
     ckpt, cfg = load_checkpoint(last), loop.cfg
     changed = [f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}"
                for k in RESUME_KEYS if ckpt["config"].get(k) != getattr(cfg, k)]
-    # what the caller says identifies the data (and the starting weights) must match too
-    changed += [f"{k}: {ckpt.get(k)!r} -> {meta[k]!r}" for k in RESUME_META_KEYS
-                if k in meta and ckpt.get(k) != meta[k]]
+    # what the caller says identifies the data (and the starting weights) must match too;
+    # a checkpoint from before these fields existed resumes, with a warning
+    changed += [f"{k}: {ckpt[k]!r} -> {meta[k]!r}" for k in RESUME_META_KEYS
+                if k in meta and k in ckpt and ckpt[k] != meta[k]]
+    unknown = [k for k in RESUME_META_KEYS if k in meta and k not in ckpt]
+    if unknown and not changed:
+        warnings.warn(f"{last} does not record {unknown} (written by an older version): "
+                      f"resuming on trust; delete it to start fresh if the data changed",
+                      stacklevel=3)
     if changed:
         warnings.warn(f"{last} was trained with other settings ({'; '.join(changed)}); "
                       f"starting fresh and overwriting it", stacklevel=3)

@@ -363,8 +363,9 @@ def dicom_to_png(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *,
     sources = sorted(p for p in src_dir.rglob("*") if p.suffix.lower() in DICOM_SUFFIXES)
     if not sources:
         raise FileNotFoundError(f"{src_dir}: no .dcm/.dicom files found below this folder")
-    _require_writable(dst_dir)
     jobs = [(s, dst_dir / s.relative_to(src_dir).with_suffix(".png")) for s in sources]
+    if overwrite or not all(dst.exists() for _, dst in jobs):  # a finished set needs no writes
+        _require_writable(dst_dir)
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
 
     def convert(job: tuple[Path, Path]) -> dict:
