@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 __all__ = ["CamExplainer", "CAM_METHODS", "compute_cams", "overlay", "tokens_to_grid",
-           "last_conv_layer", "box_mask", "peak_point", "pointing_hit", "cam_iou", "localisation_scores"]
+           "last_conv_layer", "box_mask", "is_flat", "peak_point", "pointing_hit", "cam_iou",
+           "localisation_scores"]
 
 
 def _methods() -> dict[str, type]:
@@ -228,7 +229,8 @@ def box_mask(shape: tuple[int, int], boxes: Any) -> np.ndarray:
     return mask
 
 
-def _is_flat(cam: np.ndarray) -> bool:
+def is_flat(cam: np.ndarray) -> bool:
+    """True for a CAM that points nowhere (constant, or non-finite)."""
     # A constant CAM (all zero when every gradient weight is negative) points nowhere:
     # argmax would pick pixel (0, 0) by convention, a hit only by accident.
     return not np.isfinite(cam).all() or float(cam.max() - cam.min()) <= 1e-8
@@ -252,7 +254,7 @@ def peak_point(cam: np.ndarray) -> tuple[int, int]:
 def pointing_hit(cam: np.ndarray, boxes: Any) -> bool:
     """True when the CAM's peak (`peak_point`) lies inside any box (a flat CAM is a miss)."""
     cam = np.asarray(cam, dtype=float)
-    if _is_flat(cam):
+    if is_flat(cam):
         return False
     r, c = peak_point(cam)
     return bool(box_mask(cam.shape, boxes)[r, c])
@@ -262,7 +264,7 @@ def cam_iou(cam: np.ndarray, boxes: Any, threshold: float = 0.5) -> float:
     """IoU between `cam >= threshold * max` and the union of the boxes (flat CAM: 0)."""
     cam = np.asarray(cam, dtype=float)
     target = box_mask(cam.shape, boxes)
-    if _is_flat(cam):
+    if is_flat(cam):
         return 0.0
     active = cam >= threshold * cam.max()
     union = int((active | target).sum())

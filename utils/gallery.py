@@ -61,7 +61,7 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     Predictions are recomputed on the test split with the best checkpoint, and cases are
     picked at the checkpoint's validation-chosen threshold.
     """
-    from .cam import CamExplainer, localisation_scores
+    from .cam import CamExplainer, is_flat, localisation_scores
     from .data.dataset import load_manifest, make_loaders
     from .evaluate import predict
     from .train import load_model
@@ -83,7 +83,7 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
                 out["images"].append(_to_uint8(image, mean, std))
                 out["cams"].append(cam(image.to(ctx.device))[0])
                 out["boxes"].append(meta["boxes"].tolist())
-                flat = " (flat CAM)" if np.ptp(out["cams"][-1]) <= 1e-8 else ""
+                flat = " (flat CAM)" if is_flat(out["cams"][-1]) else ""
                 out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}{flat}")
         items = [test.dataset[int(i)] for i in positives]
         cams = cam(torch.stack([it[0] for it in items]).to(ctx.device)) if items else []
