@@ -31,7 +31,9 @@ class RunConfig:
     profile: str = "auto"          # auto | demo | smoke | full ("auto": full if real data found)
     variant: str = ""              # ablation variant (03_resnet_ablation): cnn, v1, v2, v3, final...
     # --- data --------------------------------------------------------------------------
-    dataset: str = "kermany"       # kermany | rsna | nih
+    dataset: str = "kermany"       # kermany | rsna | nih: the step's own dataset
+    datasets: str = ""             # common ground: "" = just `dataset`; "all" = every binary
+                                   # pneumonia source found; or a list such as "kermany,rsna"
     data_root: str = ""            # "" = auto: CXR_DATA_ROOT, Kaggle mounts, else generated demo
     task: str = "binary"           # binary (pneumonia) | multilabel (NIH 14 findings)
     image_size: int = 224
@@ -69,7 +71,9 @@ class RunConfig:
     channels_last: bool = True
     compile: bool = False          # torch.compile
     max_steps_per_epoch: int = 0   # 0 = full epochs (smoke uses a few batches)
-    seed: int = 42
+    seed: int = 42                 # training seed (init, data order, augmentation)
+    seeds: int = 1                 # train this many seeds: seed, seed+1, ... (full profile: 3)
+    split_seed: int = 42           # patient splits and max_images caps: one test set for all seeds
     device: str = "auto"           # auto | cpu | cuda | mps
     resume: bool = True            # continue from checkpoints/<step>/last.pt when present
     # --- evaluation --------------------------------------------------------------------
@@ -88,6 +92,12 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def dataset_list(self) -> list[str]:
+        """The `datasets` field as names (`[dataset]` when empty; `["all"]` stays symbolic:
+        `utils.runs.datasets_for` resolves it against the data root)."""
+        names = [d.strip() for d in self.datasets.split(",") if d.strip()]
+        return names or [self.dataset]
 
     def validate(self) -> "RunConfig":
         """Reject impossible values before any work starts, naming the value and range."""
@@ -113,6 +123,10 @@ class RunConfig:
         if self.image_size < 32 and self.model in ("simple_cnn", "densenet121", "chexnet"):
             raise ConfigError(f"image_size={self.image_size} must be >= 32 for {self.model} "
                               f"(its poolings reduce a smaller image to nothing)")
+        unknown = [d for d in self.dataset_list() if d not in _CHOICES["dataset"]]
+        if unknown and self.datasets != "all":
+            raise ConfigError(f"datasets={self.datasets!r}: {unknown} are not sources; use "
+                              f"'', 'all' or names from {sorted(_CHOICES['dataset'])}")
         if self.task == "multilabel" and self.dataset != "nih":
             raise ConfigError("task='multilabel' needs dataset='nih' (the 14-finding labels)")
         return self
@@ -135,7 +149,7 @@ _CHOICES: dict[str, set] = {
 _MINIMUMS: dict[str, float] = {
     "image_size": 16, "batch_size": 1, "epochs": 1, "max_images": 0, "num_workers": 0,
     "lr": 1e-12, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
-    "sampler_cap": 0, "early_stopping": 0, "grad_clip": 0.0, "max_steps_per_epoch": 0,
+    "sampler_cap": 0, "early_stopping": 0, "seeds": 1, "grad_clip": 0.0, "max_steps_per_epoch": 0,
     "bootstrap": 0,
 }
 
@@ -144,7 +158,7 @@ _MINIMUMS: dict[str, float] = {
 PROFILES: dict[str, dict[str, Any]] = {
     # the seeds' settings on the Kaggle data, for one GPU
     "full": {"image_size": 224, "epochs": 20, "batch_size": 32, "max_images": 0,
-             "num_workers": 4, "cache": True, "bootstrap": 1000},
+             "num_workers": 4, "cache": True, "bootstrap": 1000, "seeds": 3},
     # synthetic data the project generates; tiny sizes; minutes on a laptop CPU
     "demo": {"image_size": 64, "epochs": 4, "batch_size": 32, "max_images": 0,
              "num_workers": 0, "cache": True, "bootstrap": 200, "pretrained": False,

@@ -120,8 +120,11 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
                                 data_sizes=sizes, history=exp.history.to_dict(),
                                 evaluation=exp.evaluation, environment=ctx.environment,
                                 synthetic=ctx.synthetic)
+    from .data.dataset import test_fingerprint
+
     skipped = exp.manifest.attrs.get("skipped", [])
     exp.results["data"]["skipped"] = len(skipped)
+    exp.results["data"]["test_fingerprint"] = test_fingerprint(exp.manifest)
     if "dropped_for_rsna_overlap" in exp.manifest.attrs:  # 02 part A: the leak-free NIH set
         exp.results["data"]["dropped_for_rsna_overlap"] = len(
             exp.manifest.attrs["dropped_for_rsna_overlap"])
@@ -129,7 +132,8 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         atomic_write_text(Path(cfg.reports_dir) / "results" / f"{cfg.step}_skipped.txt",
                           "\n".join(map(str, skipped)) + "\n")
     write_results(exp.results, cfg.reports_dir)
-    write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir)
+    write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir,
+                      dataset=cfg.dataset)
     return exp.results
 
 

@@ -22,10 +22,12 @@ __all__ = ["build_results", "write_results", "load_results", "write_predictions"
            "load_predictions", "METRICS", "RESULT_COLUMNS"]
 
 METRICS = ("auroc", "auprc", "f1", "accuracy", "precision", "recall", "specificity")
-RESULT_COLUMNS = (["step", "dataset", "model", "synthetic", "params", "train_seconds",
-                   "images_per_second"]
+RESULT_COLUMNS = (["step", "plan_step", "dataset", "seed", "seed_index", "model", "synthetic",
+                   "params", "train_seconds", "images_per_second"]
                   + [c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
-                  + ["threshold", "threshold_policy", "variant"])
+                  + ["threshold", "threshold_policy", "variant", "test_fingerprint"])
+_TEXT_COLUMNS = ("step", "plan_step", "dataset", "model", "synthetic", "threshold_policy",
+                 "variant", "test_fingerprint")
 
 
 def _clean(obj: Any) -> Any:
@@ -69,9 +71,13 @@ def build_results(cfg, *, model_name: str, n_params: int, data_sizes: dict,
         ...                     evaluation=ev, environment=environment(), synthetic=True)
         >>> res["test"]["auroc"], res["test"]["auroc_ci"]
     """
+    from .runs import parse_run_name
+
     history = history.to_dict() if hasattr(history, "to_dict") else dict(history)
+    plan_step, _, seed_index = parse_run_name(cfg.step)
     results = {
-        "step": cfg.step, "variant": cfg.variant,
+        "step": cfg.step, "plan_step": plan_step, "seed": cfg.seed, "seed_index": seed_index,
+        "variant": cfg.variant,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
         "model": {"name": model_name, "params": int(n_params)},
@@ -116,7 +122,10 @@ def write_results(results: dict[str, Any], reports_dir: str | Path = "reports") 
 
 def _row(res: dict[str, Any]) -> dict[str, Any]:
     test, thr = res.get("test") or {}, res.get("threshold") or {}
-    row = {"step": res.get("step"), "dataset": (res.get("data") or {}).get("dataset"),
+    row = {"step": res.get("step"), "plan_step": res.get("plan_step", res.get("step")),
+           "seed": res.get("seed"), "seed_index": res.get("seed_index", 0),
+           "test_fingerprint": (res.get("data") or {}).get("test_fingerprint"),
+           "dataset": (res.get("data") or {}).get("dataset"),
            "model": (res.get("model") or {}).get("name"),
            "synthetic": (res.get("data") or {}).get("synthetic"),
            "params": (res.get("model") or {}).get("params"),
@@ -146,15 +155,17 @@ def load_results(reports_dir: str | Path = "reports") -> pd.DataFrame:
             warnings.warn(f"skipping unreadable results file {path}: {exc}; delete it or "
                           f"re-run its step", stacklevel=2)
             continue
+        if "test" not in res:  # not a training run (e.g. 07_comparison's own summary)
+            continue
         rows.append(_row(res))
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    numeric = [c for c in RESULT_COLUMNS if c not in
-               ("step", "dataset", "model", "synthetic", "threshold_policy", "variant")]
+    numeric = [c for c in RESULT_COLUMNS if c not in _TEXT_COLUMNS]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     return df.sort_values("step", ignore_index=True)
 
 
-def _frame(split: str, preds: Any, class_names: list[str] | None) -> pd.DataFrame:
+def _frame(split: str, preds: Any, class_names: list[str] | None,
+           dataset: str = "") -> pd.DataFrame:
     def get(key: str) -> Any:  # `Predictions` objects or plain dicts
         return preds.get(key) if isinstance(preds, Mapping) else getattr(preds, key, None)
 
@@ -172,7 +183,7 @@ def _frame(split: str, preds: Any, class_names: list[str] | None) -> pd.DataFram
     j = names.index("Pneumonia") if k > 1 and "Pneumonia" in names else 0
     cols = {"target": targets[:, j], "prob": probs[:, j], **cols}
     indices = get("indices")
-    meta = {"split": [split] * n,
+    meta = {"split": [split] * n, "dataset": [dataset] * n,
             "index": list(indices) if indices is not None and len(indices) == n else range(n),
             "path": list(get("paths") or [""] * n),
             "patient_id": list(get("patient_ids") or [""] * n)}
@@ -180,17 +191,22 @@ def _frame(split: str, preds: Any, class_names: list[str] | None) -> pd.DataFram
 
 
 def write_predictions(step: str, preds: Mapping[str, Any], reports_dir: str | Path = "reports",
-                      class_names: list[str] | None = None) -> Path:
+                      class_names: list[str] | None = None, dataset: str = "",
+                      external: Mapping[str, Any] | None = None) -> Path:
     """Save val/test probabilities as `reports_dir/results/<step>_predictions.csv` (atomic).
 
     Args:
         preds: `{"val": Predictions, "test": Predictions}` (`evaluate_run(...)["predictions"]`)
             or the same with dicts holding `probs`, `targets` (and optionally `paths`...).
+        dataset: the run's own source (the `dataset` column of its val/test rows).
+        external: `{source: Predictions}` of other sources' test splits scored by this
+            model (rows with `split="external"`), for the comparison's external validation.
     """
     if not step:
         raise ValueError("write_predictions needs a step name (cfg.step)")
-    frame = pd.concat([_frame(split, p, class_names) for split, p in preds.items()],
-                      ignore_index=True)
+    parts = [_frame(split, p, class_names, dataset) for split, p in preds.items()]
+    parts += [_frame("external", p, class_names, name) for name, p in (external or {}).items()]
+    frame = pd.concat(parts, ignore_index=True)
     return atomic_write_text(Path(reports_dir) / "results" / f"{step}_predictions.csv",
                              frame.to_csv(index=False))
 

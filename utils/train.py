@@ -45,8 +45,8 @@ __all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_bat
 
 # A saved run is resumed only if these settings are unchanged: they shape the trajectory.
 RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images",
-               "val_fraction", "test_fraction", "pretrained", "dropout", "trainable_from",
-               "init_checkpoint", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
+               "val_fraction", "test_fraction", "split_seed", "pretrained", "dropout",
+               "trainable_from", "init_checkpoint", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
                "scheduler", "loss", "pos_weight", "focal_gamma", "focal_alpha", "sampler",
                "sampler_cap", "augmentation", "early_stopping", "monitor", "grad_clip",
                "max_steps_per_epoch", "seed")

@@ -24,7 +24,7 @@ from .nih import NIH_FINDINGS
 from .splits import SPLITS, assign_splits, cap_per_split, check_no_patient_leak
 
 __all__ = ["CXRDataset", "collate", "class_names_for", "load_manifest", "make_loaders",
-           "manifest_fingerprint", "BINARY_CLASSES"]
+           "manifest_fingerprint", "test_fingerprint", "BINARY_CLASSES"]
 
 BINARY_CLASSES = ["Pneumonia"]
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -189,6 +189,17 @@ def manifest_fingerprint(manifest: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def test_fingerprint(manifest: pd.DataFrame) -> str:
+    """A short hash of the test split: its files (relative to the source folder, so the same
+    set on another machine matches) and binary labels. Only runs whose test fingerprints are
+    equal were measured on the same images, so only they are ranked together."""
+    rows = manifest[manifest["split"] == "test"]
+    base = manifest.attrs.get("source_dir", "")
+    names = [os.path.relpath(p, base) if base else p for p in rows["path"].astype(str)]
+    keyed = sorted(zip(names, rows["label"].astype(int).tolist()))
+    return hashlib.sha256(repr(keyed).encode()).hexdigest()[:16]
+
+
 def load_manifest(cfg) -> pd.DataFrame:
     """The run's manifest: source rows, patient-level splits, `max_images` per split.
 
@@ -206,14 +217,15 @@ def load_manifest(cfg) -> pd.DataFrame:
         raise not_found(root, cfg.dataset)
     builders = {"kermany": kermany_manifest, "rsna": rsna_manifest, "nih": nih_manifest}
     source = builders[cfg.dataset](found[cfg.dataset], on_bad_image=cfg.on_bad_image)
-    manifest = assign_splits(source, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    manifest = cap_per_split(manifest, cfg.max_images, cfg.seed)
+    # split_seed, not seed: every training seed (and every model) shares one test set
+    manifest = assign_splits(source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    manifest = cap_per_split(manifest, cfg.max_images, cfg.split_seed)
     manifest = check_images(manifest, cfg.on_bad_image)
     check_no_patient_leak(manifest)
     synthetic = bool(synthetic or is_synthetic(found[cfg.dataset]) or manifest["synthetic"].any())
     unreadable = list(manifest.attrs.get("skipped", []))
     manifest.attrs.update(source.attrs, synthetic=synthetic, source=cfg.dataset,
-                          data_root=str(root))
+                          data_root=str(root), source_dir=str(found[cfg.dataset]))
     manifest.attrs["skipped"] = list(dict.fromkeys(
         [*source.attrs.get("skipped", []), *unreadable]))  # missing + unreadable, in order
     return manifest

@@ -1,0 +1,43 @@
+"""Run names and the (dataset × seed) grid of a step."""
+from __future__ import annotations
+
+import pytest
+
+from utils.config import ConfigError, make_config
+from utils.runs import datasets_for, parse_run_name, run_configs, run_name
+
+
+@pytest.mark.parametrize("dataset,k,name", [("rsna", 0, "05_vit"), ("kermany", 0, "05_vit.kermany"),
+                                            ("rsna", 1, "05_vit.s1"),
+                                            ("nih", 2, "05_vit.nih.s2")])
+def test_run_names_round_trip(dataset, k, name):
+    assert run_name("05_vit", dataset, "rsna", k) == name
+    step, ds, index = parse_run_name(name)
+    assert (step, ds or "rsna", index) == ("05_vit", dataset, k)
+
+
+def test_part_a_name_is_not_read_as_a_dataset():
+    assert parse_run_name("02_chexnet_nih") == ("02_chexnet_nih", None, 0)
+
+
+def test_grid_puts_the_own_dataset_first_and_shares_the_split_seed(tmp_path):
+    for name in ("chest_xray/train/NORMAL", "chest_xray/train/PNEUMONIA",
+                 "rsna"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "rsna" / "stage_2_train_labels.csv").write_text("patientId\n")
+    cfg = make_config({"dataset": "rsna", "datasets": "all", "step": "05_vit", "seeds": 2},
+                      "demo")
+    runs = run_configs(cfg, tmp_path)
+    assert [(r.step, r.dataset, r.seed) for r in runs] == [
+        ("05_vit", "rsna", 42), ("05_vit.s1", "rsna", 43),
+        ("05_vit.kermany", "kermany", 42), ("05_vit.kermany.s1", "kermany", 43)]
+    assert {r.split_seed for r in runs} == {42}
+
+
+def test_absent_named_source_is_an_error_and_empty_means_own(tmp_path):
+    cfg = make_config({"dataset": "kermany", "datasets": "kermany,nih"}, "demo")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        datasets_for(cfg, tmp_path)
+    assert datasets_for(make_config({"dataset": "rsna"}, "demo"), tmp_path) == ["rsna"]
+    with pytest.raises(ConfigError, match="not sources"):
+        make_config({"datasets": "kermany,chexpert"}, "demo")

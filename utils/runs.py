@@ -1,0 +1,75 @@
+"""A step's runs: one training per (dataset × seed), named so results and checkpoints sort.
+
+The study compares architectures on common ground: every model trained and tested on the
+same split of each source, several seeds each. A run_all step (`05_vit`) therefore trains
+several runs. The first run, on the step's own dataset with the first seed, keeps the step's
+name, so `checkpoints/05_vit/best.pt` and `reports/results/05_vit.json` mean what they meant;
+the others add the dataset and the seed index:
+
+    05_vit            rsna (the step's own dataset), seed index 0
+    05_vit.kermany    kermany, seed index 0
+    05_vit.s1         rsna, seed index 1 (seed = cfg.seed + 1)
+    05_vit.kermany.s1
+
+Patient splits use `split_seed`, not the training seed, so every seed of every model is
+tested on the same images (`results["data"]["test_fingerprint"]` says so).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .config import ConfigError, RunConfig
+
+__all__ = ["BINARY_SOURCES", "run_name", "parse_run_name", "datasets_for", "run_configs"]
+
+BINARY_SOURCES = ("kermany", "rsna", "nih")  # NIH: its Pneumonia finding as the binary label
+
+
+def run_name(step: str, dataset: str, home: str, seed_index: int = 0) -> str:
+    """The name of one run of `step` (see the module docstring)."""
+    name = step if dataset == home else f"{step}.{dataset}"
+    return f"{name}.s{seed_index}" if seed_index else name
+
+
+def parse_run_name(name: str) -> tuple[str, str | None, int]:
+    """`(step, dataset or None for the step's own, seed index)` of a run name."""
+    parts = name.split(".")
+    seed_index = 0
+    if len(parts) > 1 and parts[-1][:1] == "s" and parts[-1][1:].isdigit():
+        seed_index = int(parts.pop()[1:])
+    dataset = parts.pop() if len(parts) > 1 and parts[-1] in BINARY_SOURCES else None
+    return ".".join(parts), dataset, seed_index
+
+
+def datasets_for(cfg: RunConfig, data_root: str | Path) -> list[str]:
+    """The datasets a step trains on: its own first (when among them), then the others.
+
+    `""` is the step's own `dataset` alone; `"all"` every binary pneumonia source found under
+    the data root (a step whose own source is absent trains on the others); a source named
+    explicitly but absent is an error naming what was found (no silent shrinking).
+    """
+    from .data.discover import find_sources, not_found
+
+    wanted = cfg.dataset_list()
+    if wanted == [cfg.dataset]:
+        return wanted  # load_manifest reports a missing source itself
+    if cfg.task == "multilabel":
+        raise ConfigError("task='multilabel' trains on NIH alone; leave datasets empty")
+    found = find_sources(data_root)
+    if wanted == ["all"]:
+        wanted = [d for d in BINARY_SOURCES if d in found]
+    if missing := [d for d in wanted if d not in found]:
+        raise not_found(Path(data_root), missing[0])
+    return sorted(dict.fromkeys(wanted), key=lambda d: d != cfg.dataset)
+
+
+def run_configs(cfg: RunConfig, data_root: str | Path) -> list[RunConfig]:
+    """One config per (dataset, seed): `step` = the run's name, `seed` = cfg.seed + k."""
+    home = cfg.dataset
+    runs = []
+    for dataset in datasets_for(cfg, data_root):
+        for k in range(cfg.seeds):
+            runs.append(dataclasses.replace(cfg, dataset=dataset, seed=cfg.seed + k,
+                                            step=run_name(cfg.step, dataset, home, k)))
+    return runs
