@@ -202,13 +202,19 @@ def test_checkpoint_contents_and_weights_only_load(tmp_path):
     cfg = cfg_for(epochs=1)
     model, hist = run(cfg, tmp_path, meta={"synthetic": True, "sizes": np.array([3, 4])})
     ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
-    for key in ("model_name", "model_state", "optimizer_state", "scheduler_state",
-                "scaler_state", "epoch", "history", "best_score", "config", "num_classes",
-                "class_names", "input_size", "mean", "std", "rng_state", "synthetic"):
-        assert key in ckpt, key
+    # best.pt: what inference, the gallery and init_checkpoint read; nothing only a resume needs
+    inference = ("model_name", "model_state", "epoch", "history", "best_score", "config",
+                 "num_classes", "class_names", "input_size", "mean", "std", "synthetic",
+                 "distributed")
+    resume_only = ("optimizer_state", "scheduler_state", "scaler_state", "rng_state")
+    assert sorted(ckpt) == sorted((*inference, "sizes"))
     assert ckpt["model_name"] == cfg.model and ckpt["num_classes"] == 1
     assert ckpt["class_names"] == ["Pneumonia"] and ckpt["sizes"] == [3, 4]
     assert ckpt["config"] == cfg.to_dict() and ckpt["history"] == hist.to_dict()
+    assert ckpt["distributed"] == {"world_size": 1, "nnodes": 1, "backend": "none"}
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert sorted(last) == sorted((*inference, *resume_only, "sizes"))
+    assert all(torch.equal(ckpt["model_state"][k], v) for k, v in last["model_state"].items())
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

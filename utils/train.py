@@ -7,12 +7,19 @@ factor 0.1, patience 2) / step (per epoch, ×0.1 every `max(1, epochs // 3)` epo
 schedules, early stopping and the best checkpoint on `cfg.monitor`, gradient clipping,
 mixed precision on CUDA, channels_last, `torch.compile`, checkpoints with resume.
 
-Resume is exact on CPU with `num_workers=0`: the Python, NumPy, torch and CUDA RNG states
-and every `torch.Generator` the loaders hold (DataLoader's `generator`, a sampler's
-`generator`, e.g. `WeightedRandomSampler(generator=g)`) are saved after each epoch and
-restored. Limits: worker processes are reseeded from those states each epoch, so with
-workers it is exact only when the dataset seeds NumPy per worker (`worker_init_fn`);
+Resume is exact on CPU with `num_workers=0`: the Python, NumPy, torch and CUDA RNG states,
+every `torch.Generator` the loaders hold (DataLoader's `generator`, a sampler's
+`generator`, e.g. `WeightedRandomSampler(generator=g)`) and the augmentation transforms'
+own generators are saved in `last.pt` after each epoch and restored (`utils.rngstate`).
+Limits: worker processes are reseeded from those states each epoch, so with workers it is
+exact only when the dataset seeds NumPy per worker (`worker_init_fn`);
 `persistent_workers=True` and cuDNN's non-deterministic kernels are not covered.
+
+Under torchrun (`utils.distributed`) the same loop runs in every process: the model is
+wrapped in DistributedDataParallel, validation gathers every image once, rank 0's
+validation scores drive every decision, rank 0 alone writes checkpoints (the others wait),
+and each rank's generator states go into `last.pt`, so a resume at the same world size is
+exact too. `best.pt` holds what inference needs; `last.pt` adds what a resume needs.
 """
 from __future__ import annotations
 
@@ -20,7 +27,6 @@ import dataclasses
 import itertools
 import math
 import os
-import random
 import sys
 import time
 import warnings
@@ -28,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as dist_
+from . import rngstate
 from .checkpoint import CheckpointError, load_checkpoint, load_model, plain, update_checkpoint
 from .config import RunConfig
 from .evaluate import amp_dtype, autocast, summary_scores
@@ -67,6 +74,7 @@ class History:
     train_seconds: float = 0.0           # sum of epoch wall times (train + validation)
     train_images_per_second: float = 0.0  # training images / training-phase seconds
     resumed_from: int = 0                # epoch of the checkpoint resumed from; 0 = fresh
+    distributed: dict = field(default_factory=lambda: dist_.World().as_dict())  # processes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,43 +125,6 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int)
     return None
 
 
-def _generators(*loaders) -> list[torch.Generator]:
-    """Every distinct torch.Generator that decides the data order, in a stable order."""
-    found: dict[int, torch.Generator] = {}
-    for loader in loaders:
-        for owner in (loader, getattr(loader, "sampler", None),
-                      getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-            gen = getattr(owner, "generator", None)
-            if isinstance(gen, torch.Generator):
-                found.setdefault(id(gen), gen)
-    return list(found.values())
-
-
-def _rng_state(generators: list[torch.Generator]) -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "generators": [g.get_state() for g in generators]}
-
-
-def _set_rng_state(state: dict[str, Any], generators: list[torch.Generator]) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if len(state["generators"]) != len(generators):
-        warnings.warn(f"checkpoint holds {len(state['generators'])} data-order generators, "
-                      f"the loaders have {len(generators)}: the resumed data order will differ")
-        return
-    for gen, saved in zip(generators, state["generators"]):
-        gen.set_state(saved)
-
-
-
-
 def _improved(score: float, hist: History) -> bool:
     """The first epoch is always 'best' (so best.pt exists); NaN never beats a number."""
     if hist.best_epoch == 0 or (math.isnan(hist.best_score) and not math.isnan(score)):
@@ -177,6 +148,7 @@ class _Loop:
     amp: bool
     channels_last: bool
     quiet: bool
+    world: dist_.World = dist_.World()
 
     def to_device(self, images: torch.Tensor, targets: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
@@ -213,46 +185,65 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
         n_images += len(images)
     if n_images == 0:
         raise ValueError("the training loader yielded no batches: the train split is empty")
+    if loop.world.size > 1:  # the global mean over every rank's images
+        total, count = dist_.all_sum(loop.world, [loss_sum.item(), n_images], loop.device)
+        return total / count, int(count)
     return (loss_sum / n_images).item(), n_images
 
 
 def _validate(loop: _Loop, loader) -> tuple[dict[str, float], int]:
     loop.net.eval()
-    loss_sum, n, probs, targets = torch.zeros((), device=loop.device), 0, [], []
+    loss_sum, n, outputs, targets = torch.zeros((), device=loop.device), 0, [], []
     with torch.inference_mode():
         for images, target, _ in loader:
             images, target = loop.to_device(images, target)
             logits = loop.logits(images)
             loss_sum += loop.loss_fn(logits, target) * len(images)
-            probs.append(torch.sigmoid(logits))
+            outputs.append(logits)
             targets.append(target)
             n += len(images)
     if n == 0:
         raise ValueError("the validation loader yielded no batches: the val split is empty")
-    P, Y = torch.cat(probs).cpu().numpy(), torch.cat(targets).cpu().numpy()
+    logits, target = torch.cat(outputs), torch.cat(targets)
+    if loop.world.size > 1:  # every validation image once: gather the shards, drop padding
+        index = torch.as_tensor(list(loader.sampler), device=logits.device)
+        logits, target = dist_.gather_rows(loop.world, index, logits, target)
+        with torch.inference_mode():
+            val_loss = loop.loss_fn(logits.to(loop.device), target.to(loop.device)).item()
+    else:
+        val_loss = (loss_sum / n).item()
+    P, Y = torch.sigmoid(logits).cpu().numpy(), target.cpu().numpy()
     scores = summary_scores(Y, P, 0.5)  # the metric code lives in utils.evaluate
-    return {"val_loss": (loss_sum / n).item(), "val_auroc": scores["auroc"],
+    return {"val_loss": val_loss, "val_auroc": scores["auroc"],
             "val_f1": scores["f1"]}, P.shape[1]
 
 
-def _payload(model, loop: _Loop, hist, epoch, num_classes, meta, gens) -> dict:
+def _payloads(model, loop: _Loop, hist, epoch, num_classes, meta, rng: list) -> tuple[dict, dict]:
+    """(best.pt, last.pt): best holds what inference, the gallery and `init_checkpoint`
+    need; last adds the optimizer, scheduler, scaler and every rank's RNG state."""
     info, cfg = getattr(model, "info", None), loop.cfg
     names = meta.get("class_names") or (["Pneumonia"] if num_classes == 1 else
                                         [f"class_{k}" for k in range(num_classes)])
-    return {**plain(meta), "model_name": getattr(info, "name", cfg.model),
-            "model_state": model.state_dict(), "optimizer_state": loop.opt.state_dict(),
+    best = {**plain(meta), "model_name": getattr(info, "name", cfg.model),
+            "model_state": model.state_dict(), "epoch": epoch, "history": hist.to_dict(),
+            "best_score": hist.best_score, "config": cfg.to_dict(), "num_classes": num_classes,
+            "class_names": list(names), "input_size": cfg.image_size,
+            "mean": plain(getattr(info, "mean", None)), "std": plain(getattr(info, "std", None)),
+            "distributed": loop.world.as_dict()}
+    last = {**best, "optimizer_state": loop.opt.state_dict(),
             "scheduler_state": loop.sched.state_dict() if loop.sched is not None else None,
             "scaler_state": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
-            "epoch": epoch, "history": hist.to_dict(), "best_score": hist.best_score,
-            "config": cfg.to_dict(), "num_classes": num_classes, "class_names": list(names),
-            "input_size": cfg.image_size, "mean": plain(getattr(info, "mean", None)),
-            "std": plain(getattr(info, "std", None)), "rng_state": _rng_state(gens)}
+            "rng_state": rng[0], **({"rank_rng_states": rng} if len(rng) > 1 else {})}
+    return best, last
 
 
-def _resume(last: Path, model, loop: _Loop, gens, meta: dict) -> History | None:
-    ckpt, cfg = load_checkpoint(last), loop.cfg
+def _resume(last: Path, model, loop: _Loop, loaders: tuple, meta: dict) -> History | None:
+    ckpt, cfg, world = load_checkpoint(last), loop.cfg, loop.world
     changed = [f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}"
                for k in RESUME_KEYS if ckpt["config"].get(k) != getattr(cfg, k)]
+    saved_size = (ckpt.get("distributed") or {}).get("world_size", 1)
+    if saved_size != world.size:  # another sharding of every epoch: not the same run
+        changed.append(f"world_size: {saved_size} -> {world.size}")
     # what the caller says identifies the data (and the starting weights) must match too;
     # a checkpoint from before these fields existed resumes, with a warning
     changed += [f"{k}: {ckpt[k]!r} -> {meta[k]!r}" for k in RESUME_META_KEYS
@@ -272,25 +263,35 @@ def _resume(last: Path, model, loop: _Loop, gens, meta: dict) -> History | None:
         loop.sched.load_state_dict(ckpt["scheduler_state"])
     if loop.scaler.is_enabled() and ckpt["scaler_state"]:
         loop.scaler.load_state_dict(ckpt["scaler_state"])
-    _set_rng_state(ckpt["rng_state"], gens)
+    rngstate.restore(ckpt["rank_rng_states"][world.rank] if world.size > 1
+                     else ckpt["rng_state"], loaders)
     hist = History.from_dict(ckpt["history"])
     hist.resumed_from = int(ckpt["epoch"])
-    print(f"resumed {last} at epoch {hist.resumed_from}/{cfg.epochs}", flush=True)
+    if world.main:
+        print(f"resumed {last} at epoch {hist.resumed_from}/{cfg.epochs}", flush=True)
     return hist
 
 
 def _build_loop(model, cfg: RunConfig, loss_fn, device, steps: int) -> _Loop:
     # CPU measured 1.0-1.2x faster too (resnet18/efficientnet_b0/densenet121, 64 px); not MPS
     channels_last = cfg.channels_last and device.type in ("cuda", "cpu")
+    world = dist_.world()
+    if world.size > 1 and cfg.sync_bn:  # before .to(): the new modules move with the model
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     amp = cfg.amp and device.type == "cuda"
     opt = _optimizer(model, cfg)
-    return _Loop(net=torch.compile(model) if cfg.compile else model, loss_fn=loss_fn.to(device),
+    net = model
+    if world.size > 1:  # averages gradients over ranks; starts every rank from rank 0's weights
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return _Loop(net=torch.compile(net) if cfg.compile else net, loss_fn=loss_fn.to(device),
                  opt=opt, sched=_scheduler(opt, cfg, steps),
                  scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype() == torch.float16),
-                 cfg=cfg, device=device, amp=amp, channels_last=channels_last, quiet=_quiet())
+                 cfg=cfg, device=device, amp=amp, channels_last=channels_last,
+                 quiet=_quiet() or not world.main, world=world)
 
 
 def _record(hist: History, cfg: RunConfig, row: dict) -> bool:
@@ -325,45 +326,90 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
         >>> hist.to_frame()[["epoch", "train_loss", "val_auroc"]]
     """
     device = torch.device(device) if device is not None else pick_device(cfg.device)
-    seed_everything(cfg.seed)
+    world = dist_.world()
+    seed_everything(world.seed(cfg.seed))  # dropout and augmentation differ per rank
     meta, ckpt_dir = dict(meta or {}), Path(ckpt_dir) if ckpt_dir is not None else None
     loop = _build_loop(model, cfg, loss_fn, device,
                        min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader)))
-    gens = _generators(train_loader, val_loader)
-    hist = None
+    loaders, hist = (train_loader, val_loader), None
     if ckpt_dir is not None and cfg.resume and (ckpt_dir / "last.pt").exists():
-        hist = _resume(ckpt_dir / "last.pt", model, loop, gens, meta)
+        hist = _resume(ckpt_dir / "last.pt", model, loop, loaders, meta)
     hist, best_state = hist or History(monitor=cfg.monitor), None
-    for epoch in range(len(hist.epochs) + 1, cfg.epochs + 1):
-        if hist.stopped_early:
-            break
-        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # per-epoch draws survive a resume
-        lr, t0 = loop.opt.param_groups[0]["lr"], time.perf_counter()
-        train_loss, n_img = _train_epoch(loop, train_loader, f"epoch {epoch}/{cfg.epochs}")
-        t_train = time.perf_counter() - t0
-        val, num_classes = _validate(loop, val_loader)
-        seconds = time.perf_counter() - t0
-        if cfg.scheduler == "plateau" and not math.isnan(val[cfg.monitor]):
-            loop.sched.step(val[cfg.monitor])
-        elif cfg.scheduler == "step":
-            loop.sched.step()
-        improved = _record(hist, cfg, {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr,
-                                       "seconds": seconds, "images_per_second": n_img / t_train,
-                                       "train_images": n_img, "val_seconds": seconds - t_train})
-        _print_epoch(hist.epochs[-1], cfg.epochs, improved)
-        if ckpt_dir is not None:
-            ckpt = _payload(model, loop, hist, epoch, num_classes, meta, gens)
-            if improved:
-                atomic_torch_save(ckpt, ckpt_dir / "best.pt")
-            atomic_torch_save(ckpt, ckpt_dir / "last.pt")
-        elif improved and restore_best:
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    hist.distributed = world.as_dict()
+    board = _board(cfg, len(hist.epochs)) if world.main else None
+    try:
+        for epoch in range(len(hist.epochs) + 1, cfg.epochs + 1):
+            if hist.stopped_early:
+                break
+            row, num_classes = _epoch(loop, epoch, train_loader, val_loader)
+            improved = _record(hist, cfg, row)
+            if world.main:
+                _print_epoch(row, cfg.epochs, improved)
+                _log_board(board, row)
+            if ckpt_dir is not None:
+                rng = dist_.gather_objects(world, rngstate.capture(loaders))
+                best, last = _payloads(model, loop, hist, epoch, num_classes, meta, rng)
+                if world.main:  # rank 0 alone writes, atomically; the others wait for it
+                    if improved:
+                        atomic_torch_save(best, ckpt_dir / "best.pt")
+                    atomic_torch_save(last, ckpt_dir / "last.pt")
+                dist_.barrier(world)
+            elif improved and restore_best:
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.state_dict().items()}
+    finally:
+        if board is not None:
+            board.close()
     if restore_best and ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         best_state = load_checkpoint(ckpt_dir / "best.pt")["model_state"]
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return hist
+
+
+def _epoch(loop: _Loop, epoch: int, train_loader, val_loader) -> tuple[dict, int]:
+    """Train and validate once; the row's validation scores are rank 0's on every rank."""
+    cfg = loop.cfg
+    if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+        train_loader.sampler.set_epoch(epoch)  # per-epoch draws survive a resume
+    lr, t0 = loop.opt.param_groups[0]["lr"], time.perf_counter()
+    train_loss, n_img = _train_epoch(loop, train_loader, f"epoch {epoch}/{cfg.epochs}")
+    t_train = time.perf_counter() - t0
+    val, num_classes = _validate(loop, val_loader)
+    val = dist_.from_rank0(loop.world, [val])[0]  # one decision (best, early stop, plateau)
+    seconds = time.perf_counter() - t0
+    if cfg.scheduler == "plateau" and not math.isnan(val[cfg.monitor]):
+        loop.sched.step(val[cfg.monitor])
+    elif cfg.scheduler == "step":
+        loop.sched.step()
+    return {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": seconds,
+            "images_per_second": n_img / t_train, "train_images": n_img,
+            "val_seconds": seconds - t_train}, num_classes
+
+
+def _board(cfg: RunConfig, done: int):
+    """A TensorBoard writer under <reports_dir>/runs/<run>/ when `cfg.tensorboard`; a resume
+    purges the events logged after its checkpoint (an interrupted epoch's)."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise RuntimeError("tensorboard=true needs the tensorboard package: pip install "
+                           "tensorboard==2.21.0 (pinned in requirements.txt), or set "
+                           "tensorboard=false") from exc
+    return SummaryWriter(log_dir=str(Path(cfg.reports_dir) / "runs" / (cfg.step or "run")),
+                         purge_step=done + 1 if done else None)
+
+
+def _log_board(board, row: dict) -> None:
+    if board is None:
+        return
+    for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                     ("val/auroc", "val_auroc"), ("val/f1", "val_f1"), ("lr", "lr"),
+                     ("images_per_second", "images_per_second")):
+        board.add_scalar(tag, row[key], row["epoch"])
+    board.flush()
 
 
 def _print_epoch(row: dict, epochs: int, improved: bool) -> None:
