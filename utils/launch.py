@@ -184,8 +184,10 @@ def _stream(cmd: list[str], env: dict[str, str]) -> None:
         raise DistributedTrainingError(_failure("".join(everything), tails, code))
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(nproc: int) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", CXR_QUIET="1")
+    # torchrun's default is 1 thread (with a banner): share this machine's cores instead
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -206,7 +208,7 @@ def train_distributed(exp, meta: dict, synthetic: bool) -> Any:
         other = [c for c in cmd[3:] if not c.startswith("--node-rank")]
         print(f"on node K = 1..{cfg.nnodes - 1}, from this repository, run: torchrun "
               f"--node-rank=K {shlex.join(other)}", flush=True)
-    _stream(cmd, _worker_env())
+    _stream(cmd, _worker_env(cfg.nproc_per_node))
     history = History.from_dict(json.loads((folder / "history.json").read_text()))
     exp.model.load_state_dict(load_checkpoint(exp.checkpoint / "best.pt")["model_state"])
     for name in ("manifest.json", "history.json"):

@@ -332,6 +332,9 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
     loop = _build_loop(model, cfg, loss_fn, device,
                        min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader)))
     loaders, hist = (train_loader, val_loader), None
+    if ckpt_dir is not None and world.main:  # a write a kill interrupted is never read
+        for stale in ckpt_dir.glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
     if ckpt_dir is not None and cfg.resume and (ckpt_dir / "last.pt").exists():
         hist = _resume(ckpt_dir / "last.pt", model, loop, loaders, meta)
     hist, best_state = hist or History(monitor=cfg.monitor), None

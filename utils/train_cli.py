@@ -55,8 +55,8 @@ def _run(spec: dict, folder: Path, evaluate: bool) -> None:
     from .notebook import setup
     from .runtime import seed_everything
 
-    main_rank = int(os.environ.get("RANK", 0)) == 0
-    cfg, ctx = setup(spec["config"], verbose=main_rank)
+    launched = "meta" in spec  # by utils.launch: the notebook has printed the banner
+    cfg, ctx = setup(spec["config"], verbose=int(os.environ.get("RANK", 0)) == 0 and not launched)
     ctx.synthetic = bool(spec.get("synthetic", ctx.synthetic))
     with distributed.process_group(cfg) as world:
         ctx.device = distributed.device_for(cfg, world)
