@@ -368,3 +368,27 @@ def test_recalibrate_batchnorm_sets_running_stats_to_the_data():
     torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
     assert not model.training
     assert not recalibrate_batchnorm(nn.Linear(2, 1), loader)
+
+
+def test_tensorboard_event_files_hold_every_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = cfg_for(epochs=3, tensorboard=True, reports_dir=str(tmp_path / "reports"), step="tb")
+    _, hist = run(cfg, tmp_path / "ckpt")
+    events = EventAccumulator(str(tmp_path / "reports" / "runs" / "tb")).Reload()
+    assert {"loss/train", "loss/val", "val/auroc", "val/f1", "lr"} <= set(events.Tags()["scalars"])
+    train = events.Scalars("loss/train")
+    assert [e.step for e in train] == [1, 2, 3]
+    assert [e.value for e in train] == pytest.approx([r["train_loss"] for r in hist.epochs])
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([r["lr"] for r in hist.epochs])
+
+
+def test_tensorboard_is_off_by_default(tmp_path):
+    run(cfg_for(epochs=1, reports_dir=str(tmp_path / "reports")), tmp_path / "ckpt")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(RuntimeError, match=r"tensorboard=true needs the tensorboard package"):
+        run(cfg_for(epochs=1, tensorboard=True, reports_dir=str(tmp_path)), tmp_path / "c")
