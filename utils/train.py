@@ -23,14 +23,11 @@ exact too. `best.pt` holds what inference needs; `last.pt` adds what a resume ne
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-import os
-import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,8 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model, plain, upd
 from .config import RunConfig
 from .evaluate import amp_dtype, autocast, summary_scores
 from .fileio import atomic_torch_save
+from .history import (HIGHER_IS_BETTER, History, log_board, open_board, print_epoch, quiet,
+                      record)
 from .runtime import pick_device, seed_everything
 
 __all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_batchnorm",
@@ -59,47 +58,6 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "max_steps_per_epoch", "seed")
 # `meta` fields that identify the inputs beyond the config (set by utils.experiment.train)
 RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint")
-_HIGHER_IS_BETTER = {"val_auroc": True, "val_f1": True, "val_loss": False}
-
-
-@dataclass
-class History:
-    """What `fit` did, epoch by epoch; `epochs` rows are also in every checkpoint."""
-
-    epochs: list[dict] = field(default_factory=list)
-    best_epoch: int = 0                  # 0 = no epoch run yet
-    best_score: float = math.nan
-    monitor: str = "val_auroc"
-    stopped_early: bool = False
-    train_seconds: float = 0.0           # sum of epoch wall times (train + validation)
-    train_images_per_second: float = 0.0  # training images / training-phase seconds
-    resumed_from: int = 0                # epoch of the checkpoint resumed from; 0 = fresh
-    distributed: dict = field(default_factory=lambda: dist_.World().as_dict())  # processes
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.epochs)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "History":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _quiet() -> bool:
-    """Progress bars only where someone watches; papermill/CI get one line per epoch."""
-    env = os.environ.get("CXR_QUIET", "").strip().lower()
-    if env in ("1", "true", "yes"):
-        return True
-    if env in ("0", "false", "no"):
-        return False
-    if "ipykernel" in sys.modules:  # live notebook (run_all sets CXR_QUIET=1 for papermill)
-        return False
-    return not sys.stderr.isatty()
 
 
 def _optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -118,20 +76,11 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int)
     if cfg.scheduler == "cosine":
         return sched.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
     if cfg.scheduler == "plateau":
-        mode = "max" if _HIGHER_IS_BETTER[cfg.monitor] else "min"
+        mode = "max" if HIGHER_IS_BETTER[cfg.monitor] else "min"
         return sched.ReduceLROnPlateau(opt, mode=mode, factor=0.1, patience=2)
     if cfg.scheduler == "step":
         return sched.StepLR(opt, step_size=max(1, cfg.epochs // 3), gamma=0.1)
     return None
-
-
-def _improved(score: float, hist: History) -> bool:
-    """The first epoch is always 'best' (so best.pt exists); NaN never beats a number."""
-    if hist.best_epoch == 0 or (math.isnan(hist.best_score) and not math.isnan(score)):
-        return True
-    if math.isnan(score):
-        return False
-    return score > hist.best_score if _HIGHER_IS_BETTER[hist.monitor] else score < hist.best_score
 
 
 @dataclass
@@ -291,21 +240,7 @@ def _build_loop(model, cfg: RunConfig, loss_fn, device, steps: int) -> _Loop:
                  opt=opt, sched=_scheduler(opt, cfg, steps),
                  scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype() == torch.float16),
                  cfg=cfg, device=device, amp=amp, channels_last=channels_last,
-                 quiet=_quiet() or not world.main, world=world)
-
-
-def _record(hist: History, cfg: RunConfig, row: dict) -> bool:
-    """Append an epoch, update best/early-stopping/timing; True when it is the new best."""
-    hist.epochs.append(row)
-    improved = _improved(row[cfg.monitor], hist)
-    if improved:
-        hist.best_epoch, hist.best_score = row["epoch"], row[cfg.monitor]
-    hist.stopped_early = bool(cfg.early_stopping and row["epoch"] < cfg.epochs and
-                              row["epoch"] - hist.best_epoch >= cfg.early_stopping)
-    hist.train_seconds = float(sum(r["seconds"] for r in hist.epochs))
-    train_time = sum(r["seconds"] - r["val_seconds"] for r in hist.epochs)
-    hist.train_images_per_second = sum(r["train_images"] for r in hist.epochs) / max(train_time, 1e-9)
-    return improved
+                 quiet=quiet() or not world.main, world=world)
 
 
 def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: nn.Module,
@@ -339,16 +274,16 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
         hist = _resume(ckpt_dir / "last.pt", model, loop, loaders, meta)
     hist, best_state = hist or History(monitor=cfg.monitor), None
     hist.distributed = world.as_dict()
-    board = _board(cfg, len(hist.epochs)) if world.main else None
+    board = open_board(cfg, len(hist.epochs)) if world.main else None
     try:
         for epoch in range(len(hist.epochs) + 1, cfg.epochs + 1):
             if hist.stopped_early:
                 break
             row, num_classes = _epoch(loop, epoch, train_loader, val_loader)
-            improved = _record(hist, cfg, row)
+            improved = record(hist, cfg, row)
             if world.main:
-                _print_epoch(row, cfg.epochs, improved)
-                _log_board(board, row)
+                print_epoch(row, cfg.epochs, improved)
+                log_board(board, row)
             if ckpt_dir is not None:
                 rng = dist_.gather_objects(world, rngstate.capture(loaders))
                 best, last = _payloads(model, loop, hist, epoch, num_classes, meta, rng)
@@ -388,38 +323,6 @@ def _epoch(loop: _Loop, epoch: int, train_loader, val_loader) -> tuple[dict, int
     return {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": seconds,
             "images_per_second": n_img / t_train, "train_images": n_img,
             "val_seconds": seconds - t_train}, num_classes
-
-
-def _board(cfg: RunConfig, done: int):
-    """A TensorBoard writer under <reports_dir>/runs/<run>/ when `cfg.tensorboard`; a resume
-    purges the events logged after its checkpoint (an interrupted epoch's)."""
-    if not cfg.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        raise RuntimeError("tensorboard=true needs the tensorboard package: pip install "
-                           "tensorboard==2.21.0 (pinned in requirements.txt), or set "
-                           "tensorboard=false") from exc
-    return SummaryWriter(log_dir=str(Path(cfg.reports_dir) / "runs" / (cfg.step or "run")),
-                         purge_step=done + 1 if done else None)
-
-
-def _log_board(board, row: dict) -> None:
-    if board is None:
-        return
-    for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
-                     ("val/auroc", "val_auroc"), ("val/f1", "val_f1"), ("lr", "lr"),
-                     ("images_per_second", "images_per_second")):
-        board.add_scalar(tag, row[key], row["epoch"])
-    board.flush()
-
-
-def _print_epoch(row: dict, epochs: int, improved: bool) -> None:
-    print(f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
-          f"val_loss {row['val_loss']:.4f}  val_auroc {row['val_auroc']:.4f}  "
-          f"val_f1 {row['val_f1']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  "
-          f"{row['images_per_second']:.0f} img/s" + ("  *best" if improved else ""), flush=True)
 
 
 def recalibrate_batchnorm(model: nn.Module, loader, batches: int = 20, device=None) -> bool:
