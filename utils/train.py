@@ -55,7 +55,8 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "trainable_from", "init_checkpoint", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
                "scheduler", "loss", "pos_weight", "focal_gamma", "focal_alpha", "sampler",
                "sampler_cap", "augmentation", "early_stopping", "monitor", "grad_clip",
-               "max_steps_per_epoch", "seed")
+               "max_steps_per_epoch", "seed", "sync_bn")
+_DEFAULTS = RunConfig().to_dict()
 # `meta` fields that identify the inputs beyond the config (set by utils.experiment.train)
 RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint")
 
@@ -188,8 +189,9 @@ def _payloads(model, loop: _Loop, hist, epoch, num_classes, meta, rng: list) -> 
 
 def _resume(last: Path, model, loop: _Loop, loaders: tuple, meta: dict) -> History | None:
     ckpt, cfg, world = load_checkpoint(last), loop.cfg, loop.world
-    changed = [f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}"
-               for k in RESUME_KEYS if ckpt["config"].get(k) != getattr(cfg, k)]
+    saved = {k: ckpt["config"].get(k, _DEFAULTS[k]) for k in RESUME_KEYS}  # older: defaults
+    changed = [f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}"
+               for k in RESUME_KEYS if saved[k] != getattr(cfg, k)]
     saved_size = (ckpt.get("distributed") or {}).get("world_size", 1)
     if saved_size != world.size:  # another sharding of every epoch: not the same run
         changed.append(f"world_size: {saved_size} -> {world.size}")
