@@ -199,3 +199,15 @@ def test_two_processes_of_16_take_the_step_of_one_process_of_32(tmp_path):
                                              rel=1e-6)
     dup = torch.cat([logits, logits[:1]]), torch.cat([target, target[:1]])  # padding kept
     assert nn.BCEWithLogitsLoss()(*dup).item() != pytest.approx(row2["val_loss"], rel=1e-6)
+
+
+def test_run_all_nproc_per_node_reaches_the_training_steps_only(capsys):
+    import run_all
+
+    assert run_all.main(["--list", "--profile", "smoke", "--nproc-per-node", "2",
+                         "-p", "05_vit.nproc_per_node=4", "--only", "03_resnet_ablation_v1",
+                         "05_vit", "07_comparison"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert "nproc_per_node=2" in lines["03_resnet_ablation_v1"]
+    assert "nproc_per_node=4" in lines["05_vit"]  # the step's own -p wins
+    assert "nproc_per_node" not in lines["07_comparison"]
