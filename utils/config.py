@@ -45,7 +45,8 @@ class RunConfig:
     on_bad_image: str = "error"    # error | skip
     # --- model -------------------------------------------------------------------------
     model: str = "resnet18"        # a name from utils.models.list_models()
-    pretrained: bool = True
+    pretrained: bool | str = True  # true/"imagenet", false/"none", or "xrv:<weights>"
+                                   # (torchxrayvision's, utils.xrv); kept canonical
     allow_random_init: bool = False  # offline + pretrained: fall back to random weights
     dropout: float = 0.0
     trainable_from: str = "all"    # all | head | layer3 | layer4 | ... (see utils.models)
@@ -87,6 +88,15 @@ class RunConfig:
     checkpoint_dir: str = "checkpoints"
     cache_dir: str = "data/cache"      # pre-resized image caches (utils.data.cache)
 
+    def __post_init__(self) -> None:
+        # one spelling per weights source ("imagenet" is True): resume and fingerprints agree
+        from .weights import canonical_pretrained
+
+        try:
+            self.pretrained = canonical_pretrained(self.pretrained)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -127,6 +137,13 @@ class RunConfig:
         if unknown and self.datasets != "all":
             raise ConfigError(f"datasets={self.datasets!r}: {unknown} are not sources; use "
                               f"'', 'all' or names from {sorted(_CHOICES['dataset'])}")
+        if isinstance(self.pretrained, str):  # xrv weights fit one architecture
+            from .xrv import XRV_MODELS, XRV_WEIGHTS
+
+            arch = XRV_WEIGHTS[self.pretrained.removeprefix("xrv:")].arch
+            if self.model not in XRV_MODELS[arch]:
+                raise ConfigError(f"pretrained={self.pretrained!r} holds {arch} weights: use "
+                                  f"model={' or '.join(XRV_MODELS[arch])} (not {self.model!r})")
         if self.task == "multilabel" and self.dataset != "nih":
             raise ConfigError("task='multilabel' needs dataset='nih' (the 14-finding labels)")
         return self
@@ -175,6 +192,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 def _check_type(key: str, value: Any) -> Any:
     """nanoGPT-style type check; ints are accepted where floats are expected."""
     expected = type(getattr(RunConfig(), key))
+    if key == "pretrained" and type(value) is str:  # a named source; __post_init__ checks it
+        return value
     if expected is float and type(value) is int:
         return float(value)
     if type(value) is not expected:
