@@ -38,34 +38,36 @@ def plain(obj: Any) -> Any:
     return str(obj) if isinstance(obj, Path) else obj
 
 
-def read_torch_file(path: str | Path, what: str = "checkpoint", map_location: Any = "cpu",
-                    safe_globals: list = ()) -> Any:
+def read_torch_file(path: str | Path, what: str = "checkpoint",
+                    map_location: Any = "cpu") -> Any:
     """`torch.load(weights_only=True)`: tensors and plain values only, so a file from a
     stranger cannot run code while it loads (a pickle's `__reduce__` can call anything).
 
     Args:
         what: how the errors name the file ("checkpoint", "init_checkpoint"...).
-        safe_globals: `(object, "module.name")` pairs allowed besides torch's own (e.g.
-            `utils.xrv`'s inert stand-ins for pickled module classes).
     Raises:
         CheckpointError: truncated or corrupt, or it holds other objects (named).
     """
     try:
-        with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise CheckpointError(f"corrupt or incomplete {what} {path}: delete it and "
                                   f"re-run") from exc
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        raise CheckpointError(f"{what} {path} holds objects other than tensors and plain "
-                              f"values ({found[1] if found else 'code'}), so it was not "
-                              f"loaded: loading it could run code. Only if you trust its "
-                              f"author, re-save its tensors with torch.load(weights_only="
-                              f"False) and torch.save(obj.state_dict())") from None
+        raise unsafe_file_error(what, path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"corrupt or incomplete {what} {path}: delete it and "
                               f"re-run ({type(exc).__name__})") from exc
+
+
+def unsafe_file_error(what: str, path: str | Path, exc: Exception) -> CheckpointError:
+    """The refusal of a file whose pickle calls something (named) beyond tensors/builtins."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return CheckpointError(f"{what} {path} holds objects other than tensors and plain values "
+                           f"({found[1] if found else 'code'}), so it was not loaded: loading "
+                           f"it could run code. Only if you trust its author, re-save its "
+                           f"tensors with torch.load(weights_only=False) and "
+                           f"torch.save(obj.state_dict())")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -18,7 +18,9 @@ fresh row.
 from __future__ import annotations
 
 import os
-import pickletools
+import pickle
+import types
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +123,7 @@ def missing_message(w: XrvWeights) -> str:
 
 class _Inert:
     """Stands in for a pickled module class: keeps the object's attributes, runs no code."""
+    dump_patches = False   # torch's legacy loader compares a container's saved source
 
 
 def _no_backend(*args: Any) -> None:
@@ -128,27 +131,57 @@ def _no_backend(*args: Any) -> None:
 
 
 _STUB_PREFIXES = ("torchxrayvision.", "torch.nn.modules.", "torchvision.models.")
+_ALLOWED = {"collections.OrderedDict": "collections:OrderedDict",
+            "builtins.set": "builtins:set", "__builtin__.set": "builtins:set",
+            "torch._utils._rebuild_tensor_v2": "torch._utils:_rebuild_tensor_v2",
+            "torch._utils._rebuild_parameter": "torch._utils:_rebuild_parameter",
+            "torch._utils._rebuild_parameter_with_state":
+                "torch._utils:_rebuild_parameter_with_state"}
 
 
-def _pickled_globals(path: Path) -> set[str]:
-    """`module.name` of every GLOBAL in the file's pickles, read statically (nothing runs)."""
+def _resolve(full: str) -> Any:
+    """A module class -> `_Inert`; an old backend -> `_no_backend`; the few tensor-building
+    callables torch's weights-only loader allows too; anything else is refused."""
+    import importlib
+
+    if full.startswith(_STUB_PREFIXES):
+        return _Inert
+    if full.startswith("torch.nn.backends."):
+        return _no_backend
+    if full in _ALLOWED:
+        module, name = _ALLOWED[full].split(":")
+        return getattr(importlib.import_module(module), name)
+    raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {full} was not allowed")
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return _resolve(f"{module}.{name}")
+
+
+def _inert_pickle_module() -> types.ModuleType:
+    """A `pickle_module` for `torch.load` whose unpickler only builds tensors and stand-ins.
+
+    torch's `weights_only=True` cannot read a module pickled in the legacy format (its
+    loader refuses the "module" records), and torchxrayvision's DenseNet files are exactly
+    that; a restricted `find_class` is the standard way (Python's pickle docs, "Restricting
+    Globals") to read them without running anything they name.
+    """
+    module = types.ModuleType("utils.xrv.inert_pickle")
+    module.Unpickler = _InertUnpickler
+    module.load = lambda f, **kw: _InertUnpickler(f, **kw).load()
+    return module
+
+
+def _is_pickled_module(path: Path) -> bool:
+    """Whether the file holds a pickled module (vs a state_dict), read statically."""
     with open(path, "rb") as f:
+        head = f.read(1 << 16)
         if zipfile.is_zipfile(f):
             with zipfile.ZipFile(f) as z:
-                return set().union(*(_globals_in(z.read(n)) for n in z.namelist()
-                                     if n.endswith("data.pkl")))
-        f.seek(0)
-        # legacy format: four pickles (magic number, protocol, sys info, the object), then
-        # the raw storages
-        return set().union(*(_globals_in(f) for _ in range(4)))
-
-
-def _globals_in(data: Any) -> set[str]:
-    try:
-        return {arg.replace(" ", ".") for op, arg, _ in pickletools.genops(data)
-                if op.name == "GLOBAL"}
-    except Exception:  # noqa: BLE001 - not a pickle we can scan: torch.load says why
-        return set()
+                names = [n for n in z.namelist() if n.endswith("data.pkl")]
+                head = z.read(names[0])[:1 << 16] if names else b""
+    return any(p.encode() in head for p in ("torchxrayvision", "torch.nn.modules"))
 
 
 def _module_state(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -165,22 +198,34 @@ def _module_state(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
-    """The tensors of a torchxrayvision file (a pickled module or a state_dict), loaded with
-    `weights_only=True`: module classes become `_Inert`, anything else that would run code
-    is refused (`CheckpointError`)."""
-    from .checkpoint import read_torch_file
+    """The tensors of a torchxrayvision file (a pickled module or a state_dict), read so
+    that the file runs no code: a state_dict with `weights_only=True`, a pickled module
+    with module classes as `_Inert` stand-ins; anything else it names is refused
+    (`CheckpointError`)."""
+    import torch
 
-    path = Path(path)
-    found = _pickled_globals(path)
-    stubs = [(_Inert, n) for n in found if n.startswith(_STUB_PREFIXES)]
-    stubs += [(_no_backend, n) for n in found if n.startswith("torch.nn.backends.")]
-    obj = read_torch_file(path, what="torchxrayvision weights file", safe_globals=stubs)
+    from .checkpoint import CheckpointError, read_torch_file, unsafe_file_error
+
+    path, what = Path(path), "torchxrayvision weights file"
+    if not _is_pickled_module(path):
+        obj = read_torch_file(path, what=what)
+    else:
+        try:
+            with warnings.catch_warnings():  # the saved module sources differ from _Inert's
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=False,  # restricted:
+                                 pickle_module=_inert_pickle_module())      # see above
+        except pickle.UnpicklingError as exc:
+            raise unsafe_file_error(what, path, exc) from None
+        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise CheckpointError(f"corrupt or incomplete {what} {path}: download it again "
+                                  f"({type(exc).__name__}: {exc})") from exc
     if isinstance(obj, _Inert):
         return _module_state(obj)
     if isinstance(obj, dict):
         state = obj.get("state_dict", obj.get("model_state", obj))
         return {k.removeprefix("module."): v for k, v in state.items()}
-    raise ValueError(f"{path} holds a {type(obj).__name__}, not a model or a state_dict")
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a model or a state_dict")
 
 
 # --- into a registry model -----------------------------------------------------------
