@@ -235,3 +235,20 @@ def test_a_file_that_would_run_code_is_refused(load, tmp_path):
         load(path)
     assert str(path) in str(err.value) and "(exec)" in str(err.value)
     assert not marker.exists()
+
+
+def test_results_table_says_which_weights_each_run_started_from(tmp_path):
+    from utils.fileio import atomic_write_json
+    from utils.results import load_results
+
+    records = {"a": {"requested": True, "loaded": True, "source": "imagenet"},
+               "b": {"requested": True, "loaded": False, "source": "imagenet"},
+               "c": {"requested": True, "loaded": True, "source": "xrv:densenet121-res224-all"},
+               "d": None}
+    for step, record in records.items():
+        res = {"step": step, "test": {"auroc": 0.5}, **({"pretrained": record} if record else {})}
+        atomic_write_json(tmp_path / "results" / f"{step}.json", res)
+    table = load_results(tmp_path).set_index("step")["weights"]
+    assert table[:3].to_dict() == {"a": "imagenet", "b": "random (imagenet requested)",
+                                   "c": "xrv:densenet121-res224-all"}
+    assert table.isna()["d"]  # written before the record existed
