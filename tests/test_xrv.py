@@ -208,7 +208,21 @@ def test_load_model_keeps_the_xrv_scaling(hub, monkeypatch, tmp_path):
     _save_densenet(monkeypatch, hub / ALL.file)
     model = create_model("densenet121", 1, pretrained="xrv:all", image_size=64)
     ckpt = {"model_name": "densenet121", "num_classes": 1, "input_size": 64,
-            "model_state": model.state_dict(), "config": {"pretrained": "xrv:densenet121-res224-all"}}
+            "model_state": model.state_dict(),
+            "config": {"pretrained": "xrv:densenet121-res224-all"}}
     torch.save(ckpt, tmp_path / "best.pt")
     loaded, _ = load_model(tmp_path / "best.pt", device="cpu")
     assert (loaded.info.mean, loaded.info.std) == (0.5, 1 / 2048)
+
+
+def test_absent_file_fails_before_the_data_work(hub, monkeypatch):
+    from utils.config import make_config
+    from utils.experiment import prepare_data
+
+    def no_data(cfg):
+        raise AssertionError("the manifest was built before the weights file was checked")
+
+    monkeypatch.setattr("utils.data.dataset.load_manifest", no_data)
+    cfg = make_config({"model": "chexnet", "pretrained": "xrv:all"}, profile="smoke")
+    with pytest.raises(PretrainedWeightsError, match=f"Download it once from {ALL.url}"):
+        prepare_data(cfg)

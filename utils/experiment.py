@@ -43,6 +43,10 @@ def prepare_data(cfg: RunConfig,
     """
     from .data.dataset import class_names_for, load_manifest, make_loaders
 
+    if isinstance(cfg.pretrained, str) and not cfg.allow_random_init:
+        from .xrv import require_file  # an absent weights file fails before the data work
+
+        require_file(cfg.pretrained)
     manifest = load_manifest(cfg)
     if exclude is not None:
         before = dict(zip(manifest["path"], manifest["split"]))

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["XrvWeights", "XRV_WEIGHTS", "XRV_MODELS", "XRV_NORM", "PATHOLOGIES",
-           "canonical_name", "search_dirs", "find_file", "read_state", "load_xrv"]
+           "canonical_name", "search_dirs", "find_file", "require_file", "read_state",
+           "load_xrv"]
 
 XRV_NORM = (0.5, 1 / 2048)   # [0, 1] pixels -> (p - 0.5) * 2048 = torchxrayvision's [-1024, 1024]
 PATHOLOGIES = ("Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema",
@@ -77,10 +78,9 @@ XRV_WEIGHTS: dict[str, XrvWeights] = {w.name: w for w in [
            "MIMIC-CXR (NegBio labels)", _CHEX),
     _entry("densenet121-res224-mimic_ch", "densenet121", "mimic_ch" + _D121,
            "MIMIC-CXR (CheXpert labels)", _CHEX),
-    _entry("resnet50-res512-all", "resnet50", "pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt",
-           "PadChest, NIH, RSNA, SIIM, VinDr", set(PATHOLOGIES) - {"Lung Lesion",
-                                                                   "Enlarged Cardiomediastinum"},
-           size=512),
+    _entry("resnet50-res512-all", "resnet50",
+           "pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt",
+           "PadChest, NIH, RSNA, SIIM, VinDr", None, size=512),
 ]}
 _ALIASES = {"all": "densenet121-res224-all", "nih": "densenet121-res224-nih",
             "pc": "densenet121-res224-pc", "chex": "densenet121-res224-chex",
@@ -109,6 +109,18 @@ def search_dirs() -> list[Path]:
 
 def find_file(w: XrvWeights) -> Path | None:
     return next((d / w.file for d in search_dirs() if (d / w.file).is_file()), None)
+
+
+def require_file(pretrained: str) -> Path:
+    """The file `pretrained="xrv:<name>"` needs, or `PretrainedWeightsError` naming the
+    file, its URL and the folder: called before the data work, so a run fails in seconds."""
+    from .weights import PretrainedWeightsError
+
+    w = XRV_WEIGHTS[canonical_name(pretrained.removeprefix("xrv:"))]
+    path = find_file(w)
+    if path is None:
+        raise PretrainedWeightsError(missing_message(w))
+    return path
 
 
 def missing_message(w: XrvWeights) -> str:
@@ -248,9 +260,7 @@ def load_xrv(model: Any, head: str, model_name: str, name: str,
     if model_name not in XRV_MODELS[w.arch]:
         raise PretrainedWeightsError(f"xrv:{w.name} holds {w.arch} weights: use model="
                                      f"{' or '.join(XRV_MODELS[w.arch])}, not {model_name}")
-    path = find_file(w)
-    if path is None:
-        raise PretrainedWeightsError(missing_message(w))
+    path = require_file(w.name)
     state = {k: v for k, v in read_state(path).items() if k != "op_threshs"}
     backbone = {k: v for k, v in state.items() if not k.startswith(head + ".")}
     try:
