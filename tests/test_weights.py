@@ -196,9 +196,6 @@ def test_bad_pretrained_values_are_config_errors():
         make_config({"pretrained": "imagenet21k"})
     with pytest.raises(ConfigError, match="unknown torchxrayvision weights 'densenet999'"):
         make_config({"pretrained": "xrv:densenet999"})
-    with pytest.raises(ConfigError, match="holds densenet121 weights: use model=densenet121 "
-                                          "or chexnet"):
-        make_config({"pretrained": "xrv:all", "model": "resnet18"})
     with pytest.raises(ConfigError, match="has type int"):
         make_config({"pretrained": 3})
 

@@ -137,13 +137,6 @@ class RunConfig:
         if unknown and self.datasets != "all":
             raise ConfigError(f"datasets={self.datasets!r}: {unknown} are not sources; use "
                               f"'', 'all' or names from {sorted(_CHOICES['dataset'])}")
-        if isinstance(self.pretrained, str):  # xrv weights fit one architecture
-            from .xrv import XRV_MODELS, XRV_WEIGHTS
-
-            arch = XRV_WEIGHTS[self.pretrained.removeprefix("xrv:")].arch
-            if self.model not in XRV_MODELS[arch]:
-                raise ConfigError(f"pretrained={self.pretrained!r} holds {arch} weights: use "
-                                  f"model={' or '.join(XRV_MODELS[arch])} (not {self.model!r})")
         if self.task == "multilabel" and self.dataset != "nih":
             raise ConfigError("task='multilabel' needs dataset='nih' (the 14-finding labels)")
         return self

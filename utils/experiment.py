@@ -46,7 +46,7 @@ def prepare_data(cfg: RunConfig,
     if isinstance(cfg.pretrained, str) and not cfg.allow_random_init:
         from .xrv import require_file  # an absent weights file fails before the data work
 
-        require_file(cfg.pretrained)
+        require_file(cfg.pretrained, cfg.model)
     manifest = load_manifest(cfg)
     if exclude is not None:
         before = dict(zip(manifest["path"], manifest["split"]))

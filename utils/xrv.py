@@ -111,12 +111,16 @@ def find_file(w: XrvWeights) -> Path | None:
     return next((d / w.file for d in search_dirs() if (d / w.file).is_file()), None)
 
 
-def require_file(pretrained: str) -> Path:
-    """The file `pretrained="xrv:<name>"` needs, or `PretrainedWeightsError` naming the
-    file, its URL and the folder: called before the data work, so a run fails in seconds."""
+def require_file(pretrained: str, model_name: str) -> Path:
+    """The file `pretrained="xrv:<name>"` needs for `model_name`, or `PretrainedWeightsError`
+    (another architecture; or absent, naming the file, its URL and the folder): called
+    before the data work too, so a run fails in seconds."""
     from .weights import PretrainedWeightsError
 
     w = XRV_WEIGHTS[canonical_name(pretrained.removeprefix("xrv:"))]
+    if model_name not in XRV_MODELS[w.arch]:
+        raise PretrainedWeightsError(f"xrv:{w.name} holds {w.arch} weights: use model="
+                                     f"{' or '.join(XRV_MODELS[w.arch])}, not {model_name}")
     path = find_file(w)
     if path is None:
         raise PretrainedWeightsError(missing_message(w))
@@ -257,10 +261,7 @@ def load_xrv(model: Any, head: str, model_name: str, name: str,
     from .weights import PretrainedWeightsError, weights_record
 
     w = XRV_WEIGHTS[canonical_name(name)]
-    if model_name not in XRV_MODELS[w.arch]:
-        raise PretrainedWeightsError(f"xrv:{w.name} holds {w.arch} weights: use model="
-                                     f"{' or '.join(XRV_MODELS[w.arch])}, not {model_name}")
-    path = require_file(w.name)
+    path = require_file(w.name, model_name)
     state = {k: v for k, v in read_state(path).items() if k != "op_threshs"}
     backbone = {k: v for k, v in state.items() if not k.startswith(head + ".")}
     try:
