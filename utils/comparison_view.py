@@ -11,19 +11,12 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["fmt_ci", "fmt_p", "sentence", "sentences", "common_table", "paired_table",
-           "external_table", "cost_table", "apart_table", "styled", "seed_note",
-           "study_answer", "LABEL_NOTE"]
+__all__ = ["fmt_ci", "fmt_p", "rows", "sentence", "sentences", "sentences_markdown",
+           "common_table", "paired_table", "external_table", "cost_table", "apart_table",
+           "styled", "seed_note", "study_answer"]
 
 _NAMES = {"auroc": "AUROC", "f1": "F1", "sensitivity": "sensitivity",
           "specificity": "specificity"}
-LABEL_NOTE = ("The sources define the label differently: Kermany's is a clinical diagnosis "
-              "(bacterial or viral pneumonia vs normal, paediatric films), RSNA's is lung "
-              "opacity suspicious for pneumonia as marked by radiologists, NIH's Pneumonia is "
-              "text-mined from radiology reports. Off the diagonal a model is asked a related "
-              "but different question, so a drop there mixes domain shift with label shift.")
-
-
 def _missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -53,14 +46,22 @@ def sentence(row: dict[str, Any], alpha: float = 0.05) -> str:
             f"{fmt_ci(row['delta'], row['lo'], row['hi'])}, p_adj {p_text} — {verdict}")
 
 
-def _rows(report: dict[str, Any], key: str, dataset: str | None = None) -> list[dict]:
+def rows(report: dict[str, Any], key: str, dataset: str | None = None) -> list[dict]:
+    """The report's `key` list (`common`, `paired`, ...), only `dataset`'s rows if given."""
     return [r for r in report.get(key) or [] if dataset is None or r.get("dataset") == dataset]
 
 
 def sentences(report: dict[str, Any], dataset: str) -> list[str]:
     """One sentence per paired comparison on `dataset`, AUROC first."""
-    rows = sorted(_rows(report, "paired", dataset), key=lambda r: r["metric"] != "auroc")
-    return [sentence(r, report.get("alpha", 0.05)) for r in rows]
+    ordered = sorted(rows(report, "paired", dataset), key=lambda r: r["metric"] != "auroc")
+    return [sentence(r, report.get("alpha", 0.05)) for r in ordered]
+
+
+def sentences_markdown(report: dict[str, Any], dataset: str) -> str:
+    """`sentences` as a Markdown list (or why there is none)."""
+    lines = sentences(report, dataset)
+    return "\n".join(f"- {line}" for line in lines) if lines else \
+        f"_{dataset}: a single ranked model, nothing to compare._"
 
 
 def _sd(row: dict[str, Any], metric: str) -> str:
@@ -71,7 +72,7 @@ def _sd(row: dict[str, Any], metric: str) -> str:
 def common_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
     """Best first: mean over seeds [hierarchical 95% CI], sd over seeds, each seed's AUROC."""
     out = []
-    for r in _rows(report, "common", dataset):
+    for r in rows(report, "common", dataset):
         row = {"model": r["label"], "step": r["step"], "seeds": r["seeds"],
                "AUROC [95% CI]": fmt_ci(r["auroc"], r["auroc_lo"], r["auroc_hi"]),
                "AUROC sd (seeds)": _sd(r, "auroc"),
@@ -84,11 +85,10 @@ def common_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
 
 
 def paired_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
-    rows = _rows(report, "paired", dataset)
     return pd.DataFrame([{"a (best)": r["a"], "b": r["b"], "metric": _NAMES.get(r["metric"]),
                           "Δ = a − b [95% CI]": fmt_ci(r["delta"], r["lo"], r["hi"]),
                           "p": fmt_p(r["p_value"]), "p (Holm)": fmt_p(r["p_adjusted"]),
-                          "test": r["test"]} for r in rows])
+                          "test": r["test"]} for r in rows(report, "paired", dataset)])
 
 
 def external_table(report: dict[str, Any]) -> pd.DataFrame:
@@ -102,12 +102,12 @@ def external_table(report: dict[str, Any]) -> pd.DataFrame:
 
 def cost_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
     """Parameters, training time and throughput (means over seeds), smallest model first."""
-    rows = sorted(_rows(report, "common", dataset), key=lambda r: r.get("params") or 0)
+    ordered = sorted(rows(report, "common", dataset), key=lambda r: r.get("params") or 0)
     return pd.DataFrame([{"model": r["label"], "step": r["step"],
                           "parameters (M)": fmt_ci((r.get("params") or math.nan) / 1e6, digits=2),
                           "train time (s)": fmt_ci(r.get("train_seconds"), digits=1),
                           "train images/s": fmt_ci(r.get("images_per_second"), digits=1),
-                          "test AUROC": fmt_ci(r["auroc"])} for r in rows])
+                          "test AUROC": fmt_ci(r["auroc"])} for r in ordered])
 
 
 def apart_table(report: dict[str, Any]) -> pd.DataFrame:
@@ -154,12 +154,12 @@ def study_answer(report: dict[str, Any]) -> str:
     alpha, margin = report.get("alpha", 0.05), report.get("margin", 0.02)
     lines = []
     for dataset in report.get("datasets") or []:
-        rows = _rows(report, "question", dataset)
-        if not rows:
+        found = rows(report, "question", dataset)
+        if not found:
             lines.append(f"{dataset}: no answer — CheXNet and ViT/Mixer were not all trained "
                          f"on its common test set.")
             continue
-        lines.append(f"{dataset}: " + " ".join(_verdict(r, alpha, margin) for r in rows))
+        lines.append(f"{dataset}: " + " ".join(_verdict(r, alpha, margin) for r in found))
     if not lines:
         lines.append("No dataset holds CheXNet and ViT or Mixer on one test set: the question "
                      "cannot be answered from these runs.")
