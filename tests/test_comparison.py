@@ -82,6 +82,16 @@ def test_missing_or_misaligned_predictions_are_listed_apart(tmp_path):
     assert {r["step"] for r in rep["common"] if r["dataset"] == "kermany"} == {"02_chexnet"}
 
 
+def test_same_fingerprint_but_other_images_is_listed_apart(tmp_path):
+    make_reports(tmp_path, seeds=1, apart=False)
+    csv = tmp_path / "results" / "06_mlp_mixer.kermany_predictions.csv"
+    csv.write_text(csv.read_text().replace("/data/kermany/img3.png", "/data/kermany/x.png"))
+    rep = comparison.build_report(tmp_path, n_boot=20)
+    assert [(r["step"], "other images" in r["reason"]) for r in rep["apart"]] == \
+        [("06_mlp_mixer.kermany", True)]
+    assert "06_mlp_mixer" not in {r["b_step"] for r in rep["paired"] if r["dataset"] == "kermany"}
+
+
 def test_written_json_is_strict_and_not_a_training_run(reports, report):
     path = comparison.write_report(report, reports)
     assert path == reports / "results" / "07_comparison.json"

@@ -56,6 +56,7 @@ class Group:
     groups: list[str]                    # patient id per image
     probs: np.ndarray                    # seeds × images
     thresholds: list[float] = field(default_factory=list)
+    keys: list = field(default_factory=list)  # the images (path, else index), in order
 
 
 def _aligned(frames: list[pd.DataFrame], names: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -102,8 +103,9 @@ def _collect(runs: pd.DataFrame, reports_dir: Path, cache: dict, split: str = "t
         frames, names = [], []
         for _, run in seeds.iterrows():
             pred = _predictions(run["step"], reports_dir, cache)
-            if pred is None:
-                apart.append(_apart(run, "no predictions CSV (re-run its step)"))
+            if pred is None or pd.isna(run["threshold"]):
+                apart.append(_apart(run, "no predictions CSV (re-run its step)" if pred is None
+                                    else "no validation threshold in its results JSON"))
                 continue
             rows = pred[pred["split"] == split]
             if dataset is not None:
@@ -125,7 +127,8 @@ def _collect(runs: pd.DataFrame, reports_dir: Path, cache: dict, split: str = "t
             label=_label(model, str(step), kept["variant"].iloc[0], clashes.get(model, 1) > 1),
             runs=kept, y=ref["target"].to_numpy(dtype=int),
             groups=ref["patient_id"].astype(str).tolist(), probs=probs,
-            thresholds=kept["threshold"].fillna(0.5).astype(float).tolist()))
+            thresholds=kept["threshold"].astype(float).tolist(),
+            keys=ref.iloc[:, 0].tolist()))  # reset_index put the key column first
     return groups, apart
 
 
@@ -143,6 +146,19 @@ def _split_by_fingerprint(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]
     apart = [_apart(r, reason.format(r["test_fingerprint"] or "missing", int((fp == main).sum()),
                                      main or "missing")) for _, r in other.iterrows()]
     return runs[fp == main], apart
+
+
+def _same_images(groups: list[Group]) -> tuple[list[Group], list[dict]]:
+    """Groups on the images and labels most groups share; the others' runs, listed apart
+    (equal fingerprints with other images: the fingerprint cannot be trusted to pair them)."""
+    if not groups:
+        return groups, []
+    signature = [(tuple(g.keys), tuple(g.y)) for g in groups]
+    common = max(set(signature), key=lambda sig: (signature.count(sig), -signature.index(sig)))
+    same = [g for g, sig in zip(groups, signature) if sig == common]
+    apart = [_apart(r, "same test fingerprint but other images or labels in its predictions")
+             for g, sig in zip(groups, signature) if sig != common for _, r in g.runs.iterrows()]
+    return same, apart
 
 
 def _common_row(g: Group, n_boot: int, seed: int, alpha: float) -> dict[str, Any]:
@@ -267,6 +283,8 @@ def build_report(reports_dir: str | Path = "reports", n_boot: int = 1000, seed: 
         kept, left = _split_by_fingerprint(by_dataset)
         groups, missing = _collect(kept, reports_dir, cache)
         apart += left + missing
+        groups, unlike = _same_images(groups)
+        apart += unlike
         rows = {g.step: _common_row(g, n_boot, seed, alpha) for g in groups}
         ranked = sorted(groups, key=lambda g: -np.nan_to_num(rows[g.step]["auroc"], nan=-1))
         common += [rows[g.step] for g in ranked]
