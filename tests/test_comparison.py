@@ -126,7 +126,8 @@ def test_tables_format_cis_in_one_cell_and_one_seed_sd(tmp_path, report):
     assert table["AUROC [95% CI]"].str.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]").all()
     one = comparison.build_report(make_reports(tmp_path, seeds=1, apart=False), n_boot=50)
     assert (view.common_table(one, "rsna")["AUROC sd (seeds)"] == "n/a (1 seed)").all()
-    assert "With one seed" in view.seed_note(one)
+    assert view.seed_note(one, "demo").startswith("Seeds per model in the demo profile: 1. "
+                                                  "With one seed")
     html = view.styled(table, "kermany · test split").to_html()
     assert "white-space: nowrap" in html and "kermany · test split" in html
 

@@ -80,16 +80,21 @@ def _label(model: str, step: str, variant: Any, clash: bool) -> str:
     """The model's name, with the ablation variant (or step) when two steps share a model."""
     if not clash:
         return model
-    return f"{model} ({variant})" if isinstance(variant, str) and variant else f"{model} ({step})"
+    if isinstance(variant, str) and variant:  # resnet18_scratch_noreg, not "resnet18_scratch (…)"
+        return variant if variant.startswith(model) else f"{model} ({variant})"
+    return f"{model} ({step})"
 
 
 def _predictions(step: str, reports_dir: Path, cache: dict) -> pd.DataFrame | None:
     """A run's predictions CSV, read once per report (None when it has none)."""
     if step not in cache:
         try:
-            cache[step] = load_predictions(step, reports_dir)
+            frame = load_predictions(step, reports_dir)
         except FileNotFoundError:
-            cache[step] = None
+            frame = None
+        if frame is not None and "dataset" not in frame:  # written before external rows
+            frame["dataset"] = ""
+        cache[step] = frame
     return cache[step]
 
 

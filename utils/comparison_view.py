@@ -116,21 +116,26 @@ def apart_table(report: dict[str, Any]) -> pd.DataFrame:
 
 
 def styled(table: pd.DataFrame, caption: str):
-    """A captioned Styler that never wraps a cell (one CI stays on one line)."""
+    """A captioned Styler that never wraps a cell (one CI stays on one line); an empty
+    table shows "none" rather than a bare header."""
+    if table.empty:
+        table = pd.DataFrame({"": ["none"]})
     return (table.style.hide(axis="index").set_caption(caption)
             .set_properties(**{"white-space": "nowrap", "text-align": "left"})
             .set_table_styles([{"selector": "caption", "props": "font-weight: bold; "
                                 "text-align: left; caption-side: top"}]))
 
 
-def seed_note(report: dict[str, Any]) -> str:
+def seed_note(report: dict[str, Any], profile: str = "") -> str:
+    """How many seeds each model has, and what one seed means for the numbers."""
     seeds = sorted({r["seeds"] for r in report.get("common") or []})
     if not seeds:
         return "No training runs with predictions were found."
-    text = f"Seeds per model: {', '.join(map(str, seeds))}."
-    if seeds == [1]:
-        text += (" With one seed (the demo and smoke profiles), sd reads 'n/a (1 seed)' and "
-                 "every CI carries test sampling only; the full profile trains 3 seeds.")
+    where = f" in the {profile} profile" if profile else ""
+    text = f"Seeds per model{where}: {', '.join(map(str, seeds))}."
+    if seeds[0] < 2:
+        text += (" With one seed, sd reads 'n/a (1 seed)' and that model's CIs carry test "
+                 "sampling only (the full profile trains 3 seeds).")
     return text
 
 
@@ -167,4 +172,4 @@ def study_answer(report: dict[str, Any]) -> str:
         lines.insert(0, "Synthetic demo data: these sentences show the machinery, not a "
                         "finding about the architectures.")
     seeds = seed_note(report)
-    return " ".join([*lines, seeds]) if seeds.startswith("Seeds") else " ".join(lines)
+    return "\n\n".join([*lines, seeds] if seeds.startswith("Seeds") else lines)
