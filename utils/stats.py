@@ -39,7 +39,7 @@ def cluster_index(groups: Sequence[Any] | None, n: int) -> np.ndarray:
     if groups is None or len(groups) == 0:
         return np.arange(n)
     if len(groups) != n:
-        raise ValueError(f"{len(groups)} group (patient) ids for {n} predictions")
+        raise ValueError(f"{len(groups)} group ids (patients) for {n} predictions")
     first: dict[str, int] = {}  # numbered by first appearance: unique ids give arange(n)
     return np.array([first.setdefault(str(g) or f"\0image{i}", len(first))
                      for i, g in enumerate(groups)])
