@@ -284,6 +284,7 @@ def build_report(reports_dir: str | Path = "reports", n_boot: int = 1000, seed: 
     runs = runs[runs["dataset"].notna()]
     cache: dict[str, pd.DataFrame | None] = {}
     common, paired, question, apart = [], [], [], []
+    roles: dict[str, dict[str, str | None]] = {}  # dataset → the question's models found
     for _, by_dataset in runs.groupby("dataset"):
         kept, left = _split_by_fingerprint(by_dataset)
         groups, missing = _collect(kept, reports_dir, cache)
@@ -296,13 +297,15 @@ def build_report(reports_dir: str | Path = "reports", n_boot: int = 1000, seed: 
         for other in ranked[1:]:
             paired += compare(ranked[0], other, n_boot, seed, alpha)
         question += _question_rows(groups, alpha)
+        if groups:
+            roles[groups[0].dataset] = {r: getattr(_role(groups, r), "label", None) for r in ROLES}
     report = {
         "step": REPORT_NAME, "alpha": alpha, "n_boot": n_boot, "margin": margin,
         "synthetic": bool(runs["synthetic"].eq(True).any()),
         "datasets": sorted({r["dataset"] for r in common}),
         "common": common, "paired": _holm(paired) if paired else [],
         "external": _external_rows(runs, reports_dir, cache, n_boot, seed, alpha),
-        "question": _holm(question) if question else [], "apart": apart,
+        "question": _holm(question) if question else [], "roles": roles, "apart": apart,
     }
     report["answer"] = study_answer(report)
     return _clean(report)

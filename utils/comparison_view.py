@@ -161,8 +161,12 @@ def study_answer(report: dict[str, Any]) -> str:
     for dataset in report.get("datasets") or []:
         found = rows(report, "question", dataset)
         if not found:
-            lines.append(f"{dataset}: no answer — CheXNet and ViT/Mixer were not all trained "
-                         f"on its common test set.")
+            roles = (report.get("roles") or {}).get(dataset, {})
+            names = (("chexnet", "CheXNet (02_chexnet)"), ("vit", "ViT (05_vit)"),
+                     ("mixer", "Mixer (06_mlp_mixer)"))
+            missing = [name for role, name in names if not roles.get(role)]
+            lines.append(f"{dataset}: no answer — no run of {' or '.join(missing)} on its "
+                         f"common test set.")
             continue
         lines.append(f"{dataset}: " + " ".join(_verdict(r, alpha, margin) for r in found))
     if not lines:
