@@ -152,3 +152,27 @@ def test_comparison_notebook_renders_the_fixture_reports(reports, tmp_path):
         assert expected in text, expected
     saved = json.loads((reports / "results" / "07_comparison.json").read_text())
     assert saved["n_boot"] == 50 and not math.isnan(saved["common"][0]["auroc"])
+
+
+def test_plots_of_the_report(report):
+    from utils import plots
+
+    rows = view.rows(report, "common", "rsna")
+    fig = plots.plot_seed_points(rows, "auroc", title="rsna · test split")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [r["label"] for r in rows]
+    assert ax.get_title() == "rsna · test split"
+    matrix = plots.plot_external_matrix(report["external"], report["common"])
+    assert len([a for a in matrix.axes if a.get_title()]) == len(MODELS)  # one per architecture
+    texts = [t.get_text() for t in matrix.axes[0].texts]
+    assert len(texts) == len(DATASETS) ** 2 and all("[" in t for t in texts)  # CI in every cell
+    empty = plots.plot_external_matrix([], report["common"])
+    assert "no external scores" in empty.axes[0].texts[0].get_text()
+
+
+def test_labels_name_the_ablation_variant_when_two_steps_share_a_model():
+    assert comparison._label("vit_tiny", "05_vit", "", clash=False) == "vit_tiny"
+    assert comparison._label("resnet18", "03_resnet_ablation_v2", "v2", clash=True) == "resnet18 (v2)"
+    assert comparison._label("resnet18_scratch", "03_x", "resnet18_scratch_noreg",
+                             clash=True) == "resnet18_scratch_noreg"
+    assert comparison._label("resnet50", "04_b", "", clash=True) == "resnet50 (04_b)"
