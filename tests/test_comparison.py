@@ -172,7 +172,7 @@ def test_plots_of_the_report(report):
 
 def test_labels_name_the_ablation_variant_when_two_steps_share_a_model():
     assert comparison._label("vit_tiny", "05_vit", "", clash=False) == "vit_tiny"
-    assert comparison._label("resnet18", "03_resnet_ablation_v2", "v2", clash=True) == "resnet18 (v2)"
+    assert comparison._label("resnet18", "03_x_v2", "v2", clash=True) == "resnet18 (v2)"
     assert comparison._label("resnet18_scratch", "03_x", "resnet18_scratch_noreg",
                              clash=True) == "resnet18_scratch_noreg"
     assert comparison._label("resnet50", "04_b", "", clash=True) == "resnet50 (04_b)"

@@ -19,7 +19,6 @@ no predictions, are listed under `apart` and never ranked.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,8 @@ from . import stats
 from .fileio import atomic_write_json
 from .results import _clean, load_predictions, load_results
 
-__all__ = ["build_report", "write_report", "roc_figure", "REPORT_NAME", "COMMON_KEYS", "PAIRED_KEYS",
-           "EXTERNAL_KEYS", "METRICS"]
+__all__ = ["build_report", "write_report", "roc_figure", "compare", "REPORT_NAME",
+           "COMMON_KEYS", "PAIRED_KEYS", "EXTERNAL_KEYS", "METRICS"]
 
 REPORT_NAME = "07_comparison"
 METRICS = ("auroc", *stats.THRESHOLD_METRICS)

@@ -179,7 +179,8 @@ def _weighted_auroc(y: np.ndarray, p: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 
 def weighted_metrics(y: Any, p: Any, threshold: float, W: np.ndarray,
-                     metrics: Sequence[str] = ("auroc", *THRESHOLD_METRICS)) -> dict[str, np.ndarray]:
+                     metrics: Sequence[str] = ("auroc", *THRESHOLD_METRICS)
+                     ) -> dict[str, np.ndarray]:
     """`metrics` for each row of sample weights `W` (R×N), as sklearn's `sample_weight`."""
     y, p = np.asarray(y, dtype=float).reshape(-1), np.asarray(p, dtype=float).reshape(-1)
     pred = p >= threshold
