@@ -2,7 +2,8 @@
 
 Modules (see docs/ARCHITECTURE.md): config, data (sources, splits, dataset, cache, demo),
 transforms, losses, samplers, models (+ nets), train (+ checkpoint), evaluate, cam, plots,
-results, summaries, eda, gallery, experiment, notebook, predict.
+results, summaries, stats, comparison (+ comparison_view), eda, gallery, experiment, notebook,
+predict.
 
 The public names below are imported lazily (PEP 562), so `import utils` stays light and
 `from utils import plots` does not drag in the training stack.
