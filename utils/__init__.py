@@ -1,8 +1,9 @@
 """cxr-pneumonia's shared package: every line of logic the notebooks need lives here.
 
 Modules (see docs/ARCHITECTURE.md): config, data (sources, splits, dataset, cache, demo),
-transforms, losses, samplers, models (+ nets, weights, xrv), train (+ checkpoint), evaluate, cam, plots,
-results, summaries, eda, gallery, experiment, notebook, predict.
+transforms, losses, samplers, models (+ nets, weights, xrv), train (+ checkpoint), evaluate,
+cam, plots, results, summaries, stats, comparison (+ comparison_view), eda, gallery,
+experiment, notebook, predict.
 
 The public names below are imported lazily (PEP 562), so `import utils` stays light and
 `from utils import plots` does not drag in the training stack.
