@@ -45,6 +45,10 @@ def prepare_data(cfg: RunConfig,
     """
     from .data.dataset import class_names_for, load_manifest, make_loaders
 
+    if isinstance(cfg.pretrained, str) and not cfg.allow_random_init:
+        from .xrv import require_file  # an absent weights file fails before the data work
+
+        require_file(cfg.pretrained, cfg.model)
     manifest = load_manifest(cfg) if manifest is None else manifest
     if exclude is not None:
         before = dict(zip(manifest["path"], manifest["split"]))
@@ -75,12 +79,22 @@ def train(exp: Experiment, ctx: RunContext):
     cfg = exp.cfg
     loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
     exp.checkpoint = Path(cfg.checkpoint_dir) / cfg.step
+    record = getattr(exp.model, "pretrained_weights", None)
     meta = {"class_names": exp.class_names, "synthetic": ctx.synthetic,
             "data_fingerprint": manifest_fingerprint(exp.manifest),
-            "init_fingerprint": _init_fingerprint(cfg.init_checkpoint)}
+            "init_fingerprint": _init_fingerprint(cfg.init_checkpoint),
+            # the weights it started from: a fallback run must not resume as a pretrained one
+            "pretrained_weights": record, "weights_fingerprint": _weights_fingerprint(record)}
     exp.history = fit(exp.model, exp.loaders["train"], exp.loaders["val"], cfg,
                       loss_fn=loss_fn, ckpt_dir=exp.checkpoint, device=ctx.device, meta=meta)
     return exp.history
+
+
+def _weights_fingerprint(record: dict | None) -> str:
+    if not record:
+        return ""
+    loaded = "loaded" if record["loaded"] else "random"
+    return f"{record['source']}:{record['sha256'] or loaded}"
 
 
 def _init_fingerprint(path: str) -> str:
@@ -115,7 +129,8 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
 
     cfg = exp.cfg
     best = exp.checkpoint / "best.pt"
-    exp.model, _ = load_model(best, device=ctx.device)
+    built = getattr(exp.model, "pretrained_weights", None)
+    exp.model, ckpt = load_model(best, device=ctx.device)
     fields = {}
     if cfg.trainable_from == "all" and recalibrate_batchnorm(exp.model, exp.loaders["train"]):
         # BN statistics recomputed for the final weights; the checkpoint keeps them
@@ -130,6 +145,8 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
                                 synthetic=ctx.synthetic)
     from .data.dataset import test_fingerprint
 
+    # what training started from (the checkpoint's record: a resumed run keeps its own)
+    exp.results["pretrained"] = ckpt.get("pretrained_weights") or built
     skipped = exp.manifest.attrs.get("skipped", [])
     exp.results["data"]["skipped"] = len(skipped)
     exp.results["data"]["test_fingerprint"] = test_fingerprint(exp.manifest)

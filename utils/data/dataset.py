@@ -319,7 +319,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
     from ..samplers import make_sampler
     from ..transforms import build_transform
 
-    info = model_info(model_name)
+    info = model_info(model_name, cfg.pretrained)  # xrv weights bring their own scaling
     names = class_names_for(cfg)
     cuda = pick_device(cfg.device).type == "cuda"
     loaders: dict[str, DataLoader] = {}
