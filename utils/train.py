@@ -58,7 +58,7 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "max_steps_per_epoch", "seed", "sync_bn")
 _DEFAULTS = RunConfig().to_dict()
 # `meta` fields that identify the inputs beyond the config (set by utils.experiment.train)
-RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint")
+RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint", "weights_fingerprint")
 
 
 def _optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
