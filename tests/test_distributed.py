@@ -211,3 +211,25 @@ def test_run_all_nproc_per_node_reaches_the_training_steps_only(capsys):
     assert "nproc_per_node=2" in lines["03_resnet_ablation_v1"]
     assert "nproc_per_node=4" in lines["05_vit"]  # the step's own -p wins
     assert "nproc_per_node" not in lines["07_comparison"]
+
+
+def test_train_cli_trains_and_evaluates_a_flat_config(tmp_path):
+    """The entry point on its own (one process): a file of RunConfig fields in, a trained,
+    evaluated run out, built as the notebooks build it."""
+    import json
+
+    from utils.data.demo import make_demo
+    from utils.train_cli import main
+
+    root = make_demo(tmp_path / "demo", seed=0, image_px=48, scale=0.3)
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({
+        "profile": "smoke", "data_root": str(root), "model": "simple_cnn", "step": "cli",
+        "device": "cpu", "checkpoint_dir": str(tmp_path / "ck"),
+        "reports_dir": str(tmp_path / "rep")}))
+    assert main(["--config", str(config), "--evaluate"]) == 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["epochs"]) == 1 and history["distributed"]["world_size"] == 1
+    results = json.loads((tmp_path / "rep" / "results" / "cli.json").read_text())
+    assert results["distributed"] == {"world_size": 1, "nnodes": 1, "backend": "none"}
+    assert sorted(p.name for p in (tmp_path / "ck" / "cli").iterdir()) == ["best.pt"]

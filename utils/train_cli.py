@@ -2,8 +2,8 @@
 
     python -m utils.train_cli --config run.json [--evaluate]
     torchrun --nproc-per-node 2 -m utils.train_cli --config run.json
-    torchrun --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29500 --rdzv-id myrun \\
-        -m utils.train_cli --config /shared/run.json          # and node-rank 1 on node 1
+    torchrun --nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint node0:29500 \\
+        --rdzv-id myrun -m utils.train_cli --config /shared/run.json   # node-rank 1 on node 1
 
 `run.json` is either flat `RunConfig` parameters (`{"model": "resnet18", "epochs": 5,
 "profile": "demo"}`), or what `utils.launch` writes for a notebook: `{"config": {...},
