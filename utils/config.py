@@ -150,9 +150,10 @@ class RunConfig:
                               f"'', 'all' or names from {sorted(_CHOICES['dataset'])}")
         processes = self.nproc_per_node * self.nnodes
         if self.batch_size % processes:
+            near = processes * max(1, self.batch_size // processes)
             raise ConfigError(f"batch_size={self.batch_size} is the global batch and must divide "
                               f"by the {processes} processes (nproc_per_node x nnodes): use a "
-                              f"multiple of {processes}, e.g. {processes * max(1, self.batch_size // processes)}")
+                              f"multiple of {processes}, e.g. {near}")
         if self.node_rank >= self.nnodes:
             raise ConfigError(f"node_rank={self.node_rank} must be < nnodes={self.nnodes}")
         if self.nnodes > 1 and not self.rdzv_endpoint:
