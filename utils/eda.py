@@ -22,15 +22,12 @@ __all__ = ["load_source", "split_summary", "image_sizes", "sample_images", "box_
 
 def load_source(name: str, sources: dict[str, Path]) -> pd.DataFrame:
     """The manifest of one source, or an empty frame (with a note) when it is not present."""
-    from .data.kermany import kermany_manifest
-    from .data.nih import nih_manifest
-    from .data.rsna import rsna_manifest
+    from .data.sources import build_manifest
 
     if name not in sources:
         print(f"{name}: not found under the data root; this section is empty.")
         return pd.DataFrame(columns=["path", "patient_id", "split", "label", "boxes"])
-    builders = {"kermany": kermany_manifest, "rsna": rsna_manifest, "nih": nih_manifest}
-    return builders[name](sources[name])
+    return build_manifest(name, sources[name])
 
 
 def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:

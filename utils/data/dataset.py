@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .discover import find_sources, is_synthetic, not_found, resolve_data_root
 from .nih import NIH_FINDINGS
+from .sources import build_manifest
 from .splits import SPLITS, assign_splits, cap_per_split, check_no_patient_leak
 
 __all__ = ["CXRDataset", "collate", "class_names_for", "load_manifest", "make_loaders",
@@ -203,20 +204,19 @@ def test_fingerprint(manifest: pd.DataFrame) -> str:
 def load_manifest(cfg) -> pd.DataFrame:
     """The run's manifest: source rows, patient-level splits, `max_images` per split.
 
-    Sets `attrs["synthetic"]`, `attrs["source"]`, `attrs["data_root"]`.
+    Sets `attrs["synthetic"]`, `attrs["source"]`, `attrs["data_root"]`, and keeps the
+    source's own (`grouping`: how patients were grouped, `skipped`, ...). Without data
+    (`data_root` "" and none found) it uses the generated demo set, as the notebooks do.
     Example:
         >>> manifest = load_manifest(make_config({"dataset": "kermany"}, "demo"))  # doctest: +SKIP
     """
-    from .kermany import kermany_manifest
-    from .nih import nih_manifest
-    from .rsna import rsna_manifest
+    from .demo import ensure_demo  # lazy: only generated when no data is found
 
-    root, synthetic = resolve_data_root(cfg.data_root)
+    root, synthetic = resolve_data_root(cfg.data_root, fallback=ensure_demo)
     found = find_sources(root)
     if cfg.dataset not in found:
         raise not_found(root, cfg.dataset)
-    builders = {"kermany": kermany_manifest, "rsna": rsna_manifest, "nih": nih_manifest}
-    source = builders[cfg.dataset](found[cfg.dataset], on_bad_image=cfg.on_bad_image)
+    source = build_manifest(cfg.dataset, found[cfg.dataset], on_bad_image=cfg.on_bad_image)
     # split_seed, not seed: every training seed (and every model) shares one test set
     manifest = assign_splits(source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     manifest = cap_per_split(manifest, cfg.max_images, cfg.split_seed)

@@ -15,6 +15,8 @@ Conversions, and why:
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -26,10 +28,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, atomic_write_json
 
 __all__ = ["BadImageError", "read_image", "read_dicom", "image_size", "check_image",
-           "dicom_to_png", "is_dicom", "MAX_PIXELS"]
+           "dicom_to_png", "png_conversion_status", "is_dicom", "MAX_PIXELS", "PNG_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+PNG_VERSION = 1  # bump when read_dicom's pixels change: older PNG conversions are then unused
+CONVERSION_MARKER = ".conversion.json"  # dicom_to_png writes it when every file converted
 _COLOR_DICOM = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 
 
@@ -336,13 +340,69 @@ def _require_writable(folder: Path) -> None:
             f"/kaggle/working/rsna_png") from None
 
 
+def _dicom_files(src_dir: Path) -> list[Path]:
+    return sorted(p for p in src_dir.rglob("*") if p.suffix.lower() in DICOM_SUFFIXES)
+
+
+def _files_fingerprint(src_dir: Path, files: list[Path]) -> str:
+    """sha256 of the DICOMs' relative paths, byte sizes and mtimes: a changed, added or
+    removed DICOM makes an earlier conversion stale."""
+    facts = []
+    for f in files:
+        st = f.stat()
+        facts.append([str(f.relative_to(src_dir)), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:32]
+
+
+def _mark_complete(src_dir: Path, dst_dir: Path, sources: list[Path]) -> None:
+    """Record that `dst_dir` holds a PNG for every DICOM of `src_dir`, as they are now."""
+    info = {"version": PNG_VERSION, "src_dir": str(src_dir.resolve()), "count": len(sources),
+            "fingerprint": _files_fingerprint(src_dir, sources)}
+    try:
+        atomic_write_json(dst_dir / CONVERSION_MARKER, info)
+    except OSError as exc:  # a finished set on a read-only mount: usable, just unmarked
+        log.warning("cannot write %s in %s (%s)", CONVERSION_MARKER, dst_dir, exc)
+
+
+def png_conversion_status(src_dir: str | os.PathLike, dst_dir: str | os.PathLike
+                          ) -> tuple[bool, str]:
+    """Whether `dst_dir` holds `dicom_to_png`'s complete conversion of `src_dir` as it is
+    now (same files, sizes, mtimes, reader version): `(True, "")`, or `(False, why)`.
+
+    Example:
+        >>> png_conversion_status("rsna/stage_2_train_images", "rsna/stage_2_train_images_png")  # doctest: +SKIP
+        (True, '')
+    """
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    rerun = "run dicom_to_png again (01_preprocessing; converted files are skipped)"
+    if not dst_dir.is_dir():
+        return False, f"{dst_dir} does not exist"
+    try:
+        info = json.loads((dst_dir / CONVERSION_MARKER).read_text())
+    except (OSError, ValueError):
+        return False, f"no {CONVERSION_MARKER}: the conversion did not finish; {rerun}"
+    if info.get("version") != PNG_VERSION:
+        return False, (f"made by an older reader (version {info.get('version')}, now "
+                       f"{PNG_VERSION}); convert again with overwrite=True")
+    sources = _dicom_files(src_dir) if src_dir.is_dir() else []
+    if info.get("fingerprint") != _files_fingerprint(src_dir, sources):
+        return False, (f"the DICOMs changed since the conversion ({info.get('count')} files "
+                       f"then, {len(sources)} now); {rerun}")
+    pngs = {p.relative_to(dst_dir) for p in dst_dir.rglob("*.png")}
+    missing = [s for s in sources if s.relative_to(src_dir).with_suffix(".png") not in pngs]
+    if missing:
+        return False, f"{len(missing)} PNG(s) are missing, e.g. {missing[0].name}; {rerun}"
+    return True, ""
+
+
 def dicom_to_png(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *,
                  overwrite: bool = False, workers: int | None = None) -> pd.DataFrame:
     """Convert every `.dcm`/`.dicom` under `src_dir` to an 8-bit PNG under `dst_dir`.
 
     The relative path is kept (`a/b.dcm` → `a/b.png`). Resumable: a PNG that already exists
     is skipped (writes are atomic, so an existing PNG is always complete). A file that
-    fails is listed, not fatal.
+    fails is listed, not fatal. When no file failed, `dst_dir/.conversion.json` records the
+    DICOMs converted (`png_conversion_status`), so the RSNA manifest may read the PNGs.
 
     Args:
         src_dir: folder searched recursively for DICOM files (by extension).
@@ -360,7 +420,7 @@ def dicom_to_png(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *,
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     if not src_dir.is_dir():
         raise FileNotFoundError(f"{src_dir}: DICOM source folder not found")
-    sources = sorted(p for p in src_dir.rglob("*") if p.suffix.lower() in DICOM_SUFFIXES)
+    sources = _dicom_files(src_dir)
     if not sources:
         raise FileNotFoundError(f"{src_dir}: no .dcm/.dicom files found below this folder")
     jobs = [(s, dst_dir / s.relative_to(src_dir).with_suffix(".png")) for s in sources]
@@ -391,4 +451,6 @@ def dicom_to_png(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *,
     table = pd.DataFrame(rows, columns=["src", "dst", "status", "error"])
     counts = table.status.value_counts().to_dict()
     log.info("dicom_to_png %s → %s: %s", src_dir, dst_dir, counts)
+    if not (table.status == "error").any():
+        _mark_complete(src_dir, dst_dir, sources)
     return table
