@@ -16,8 +16,8 @@ from .data.images import image_size, read_image
 from .data.nih import NIH_FINDINGS
 
 __all__ = ["load_source", "split_summary", "image_sizes", "sample_images", "box_table",
-           "finding_counts", "dicom_before_after", "convert_rsna", "augmentation_examples",
-           "NIH_FINDINGS"]
+           "finding_counts", "dicom_before_after", "convert_rsna", "prepare_caches",
+           "augmentation_examples", "NIH_FINDINGS"]
 
 
 def load_source(name: str, sources: dict[str, Path]) -> pd.DataFrame:
@@ -120,21 +120,57 @@ def dicom_before_after(sources: dict[str, Path], n: int = 4) -> dict[str, list]:
 
 
 def convert_rsna(sources: dict[str, Path], dst_dir: str | Path | None = None) -> pd.DataFrame:
-    """Convert RSNA DICOMs to PNGs, resumably: into `dst_dir`, else beside them
-    (`stage_2_train_images_png/`), else, on a read-only mount such as Kaggle's
-    /kaggle/input, into the repo's `data/rsna_png/`."""
+    """Convert RSNA DICOMs to PNGs, resumably: into `dst_dir`, else where the RSNA manifest
+    looks for them (`rsna.png_dir`: beside the DICOMs, `stage_2_train_images_png/`, or, on a
+    read-only mount such as Kaggle's /kaggle/input, the repo's `data/rsna_png/`). Once every
+    file converted, later steps' RSNA manifests read these PNGs."""
     if "rsna" not in sources:
         print("rsna: not found; nothing to convert.")
         return pd.DataFrame({"status": pd.Series(dtype=str)})
     from .data.images import dicom_to_png
+    from .data.rsna import DICOM_DIR, png_dir
 
     root = Path(sources["rsna"])
     if dst_dir is None:
-        dst_dir = root / "stage_2_train_images_png"
+        dst_dir = png_dir(root)
         if not os.access(root, os.W_OK):
-            dst_dir = Path(__file__).resolve().parents[1] / "data" / "rsna_png"
             print(f"{root} is read-only: writing the PNGs to {dst_dir}")
-    return dicom_to_png(root / "stage_2_train_images", dst_dir)
+    return dicom_to_png(root / DICOM_DIR, dst_dir)
+
+
+def prepare_caches(cfg: Any, data_root: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Build the per-split caches the model steps' loaders open (`build_split_caches`), for
+    each source of `cfg.dataset_list()` found under `data_root` ("all": every binary source
+    found), at `cfg.image_size`; absent sources are skipped with a note.
+
+    Returns a table (dataset, split, images, side, key, built now or already there, folder)
+    and each source's manifest.
+    """
+    import dataclasses
+
+    from .data.cache import cache_key
+    from .data.dataset import build_split_caches, cache_dir_for, load_manifest, split_rows
+    from .data.discover import find_sources
+    from .data.sources import list_sources
+
+    found = find_sources(data_root)
+    wanted = cfg.dataset_list()
+    wanted = [d for d in list_sources(binary=True) if d in found] if wanted == ["all"] else wanted
+    rows, manifests = [], {}
+    for name in wanted:
+        if name not in found:
+            print(f"{name}: not under {data_root}; no cache built for it")
+            continue
+        manifest = manifests[name] = load_manifest(dataclasses.replace(cfg, dataset=name))
+        keys = {s: cache_key(split_rows(manifest, s)["path"], cfg.image_size)
+                for s in manifest["split"].unique()}
+        there = {s for s, k in keys.items() if (cache_dir_for(cfg) / k / "complete").exists()}
+        for split, cache in build_split_caches(cfg, manifest).items():
+            rows.append({"dataset": name, "split": split, "images": len(cache),
+                         "side": cache.size, "key": cache.key[:12],
+                         "state": "already there" if split in there else "built now",
+                         "folder": str(cache.folder)})
+    return pd.DataFrame(rows), manifests
 
 
 def augmentation_examples(manifest: pd.DataFrame, names: list[str], repeats: int,

@@ -25,7 +25,8 @@ from .sources import build_manifest
 from .splits import SPLITS, assign_splits, cap_per_split, check_no_patient_leak
 
 __all__ = ["CXRDataset", "collate", "class_names_for", "load_manifest", "make_loaders",
-           "manifest_fingerprint", "test_fingerprint", "BINARY_CLASSES"]
+           "split_rows", "build_split_caches", "manifest_fingerprint", "test_fingerprint",
+           "BINARY_CLASSES"]
 
 BINARY_CLASSES = ["Pneumonia"]
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -290,12 +291,36 @@ def _seed_worker(worker_id: int) -> None:
         transform.set_random_seed(seed)
 
 
+def cache_dir_for(cfg) -> Path:
+    """Where the loaders' caches live: env `CXR_CACHE_DIR`, else `cfg.cache_dir` (relative
+    paths from the repository root)."""
+    cache_dir = Path(os.environ.get("CXR_CACHE_DIR") or cfg.cache_dir)
+    return cache_dir if cache_dir.is_absolute() else _REPO_ROOT / cache_dir
+
+
 def _cache_for(rows: pd.DataFrame, cfg) -> Any:
     from .cache import build_cache
 
-    cache_dir = Path(os.environ.get("CXR_CACHE_DIR") or cfg.cache_dir)
-    cache_dir = cache_dir if cache_dir.is_absolute() else _REPO_ROOT / cache_dir
-    return build_cache(rows, cfg.image_size, cache_dir)  # decodes in parallel on every core
+    return build_cache(rows, cfg.image_size, cache_dir_for(cfg))  # parallel, every core
+
+
+def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of one split, in manifest order, as the loaders (and their caches) see them."""
+    return manifest[manifest["split"] == split].reset_index(drop=True)
+
+
+def build_split_caches(cfg, manifest: pd.DataFrame) -> dict[str, Any]:
+    """Build (or open) the caches `make_loaders(cfg, manifest, ...)` reads with `cache=True`:
+    one per split, under the very keys it uses, so a later loader opens them instead of
+    decoding every image again (what 01_preprocessing prepares for the model steps).
+
+    Example:
+        >>> caches = build_split_caches(cfg, load_manifest(cfg))  # doctest: +SKIP
+        >>> caches["train"]                                        # doctest: +SKIP
+        ImageCache(3410 images, 224×224 uint8, ...)
+    """
+    return {split: _cache_for(split_rows(manifest, split), cfg) for split in SPLITS
+            if (manifest["split"] == split).any()}
 
 
 def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, DataLoader]:
@@ -322,7 +347,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, Data
     cuda = pick_device(cfg.device).type == "cuda"
     loaders: dict[str, DataLoader] = {}
     for split in SPLITS:
-        rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        rows = split_rows(manifest, split)  # the rows build_split_caches caches
         if rows.empty:
             raise ValueError(f"the {split!r} split is empty ({len(manifest)} images in all): "
                              f"raise max_images / the fractions, or check the data folder")
