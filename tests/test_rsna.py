@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from utils.data.demo import make_demo
-from utils.data.images import dicom_to_png, png_conversion_status, read_image
+from utils.data.convert import dicom_to_png, png_conversion_status
+from utils.data.images import read_image
 from utils.data.rsna import MAPPING_NAME, PNG_DIR, nih_patient_of, rsna_manifest
 from utils.data.splits import assign_splits
 

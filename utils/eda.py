@@ -127,7 +127,7 @@ def convert_rsna(sources: dict[str, Path], dst_dir: str | Path | None = None) ->
     if "rsna" not in sources:
         print("rsna: not found; nothing to convert.")
         return pd.DataFrame({"status": pd.Series(dtype=str)})
-    from .data.images import dicom_to_png
+    from .data.convert import dicom_to_png
     from .data.rsna import DICOM_DIR, png_dir
 
     root = Path(sources["rsna"])

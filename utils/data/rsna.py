@@ -124,7 +124,7 @@ def png_dir(root: str | os.PathLike) -> Path:
 def _pick_images(root: Path) -> tuple[Path, str]:
     """The PNG folder when its conversion of `root`'s DICOMs is complete, else the DICOMs;
     with a sentence saying which and why."""
-    from .images import png_conversion_status  # lazy: the reader pulls in cv2/pydicom
+    from .convert import png_conversion_status  # lazy: the reader pulls in cv2/pydicom
 
     dicoms = root / DICOM_DIR
     for candidate in dict.fromkeys([root / PNG_DIR, png_dir(root)]):
