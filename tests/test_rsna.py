@@ -110,6 +110,10 @@ def test_a_complete_png_conversion_is_what_the_manifest_reads(demo_root, tmp_pat
     assert png[["width", "height"]].equals(dicom[["width", "height"]])
     for a, b in list(zip(dicom["path"], png["path"]))[:5]:
         assert (read_image(a) == read_image(b)).all()
+    from utils.data.dataset import test_fingerprint  # the same test images, ranked together
+
+    assert test_fingerprint(assign_splits(dicom, 0.15, 0.15, 42)) == \
+        test_fingerprint(assign_splits(png, 0.15, 0.15, 42))
 
 
 def test_a_changed_dicom_makes_the_conversion_stale(demo_root, tmp_path):

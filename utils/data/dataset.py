@@ -194,10 +194,13 @@ def manifest_fingerprint(manifest: pd.DataFrame) -> str:
 def test_fingerprint(manifest: pd.DataFrame) -> str:
     """A short hash of the test split: its files (relative to the source folder, so the same
     set on another machine matches) and binary labels. Only runs whose test fingerprints are
-    equal were measured on the same images, so only they are ranked together."""
+    equal were measured on the same images, so only they are ranked together. A source's
+    own image ids stand for the files where it has them (RSNA's `image_id`: its DICOMs and
+    01_preprocessing's PNGs of them are the same images)."""
     rows = manifest[manifest["split"] == "test"]
     base = manifest.attrs.get("source_dir", "")
-    names = [os.path.relpath(p, base) if base else p for p in rows["path"].astype(str)]
+    names = rows["image_id"].astype(str).tolist() if "image_id" in rows else \
+        [os.path.relpath(p, base) if base else p for p in rows["path"].astype(str)]
     keyed = sorted(zip(names, rows["label"].astype(int).tolist()))
     return hashlib.sha256(repr(keyed).encode()).hexdigest()[:16]
 
