@@ -17,20 +17,16 @@ The DICOM → PNG conversion of 01_preprocessing lives in `convert.py`.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
-
 
 __all__ = ["BadImageError", "read_image", "read_dicom", "image_size", "check_image",
            "is_dicom", "MAX_PIXELS", "DICOM_SUFFIXES"]
 
-log = logging.getLogger(__name__)
 
 # Radiographs and scanned films are legitimately large (CR plates ~3000×3500, some scans
 # larger); PIL's default bomb limit (~89 Mpx) was set for web images. Raise it once,
