@@ -27,10 +27,14 @@ def _run_notebook_cells(path: Path, params: dict) -> dict:
 
 
 def test_the_later_steps_read_what_01_made(tmp_path, monkeypatch):
+    import torch
+
     from utils.config import make_config
     from utils.data import cache as cache_module
-    from utils.data.dataset import load_manifest, make_loaders
+    from utils.data.dataset import make_loaders
     from utils.data.demo import make_demo
+    from utils.grid import StepGrid
+    from utils.notebook import RunContext
 
     demo = make_demo(tmp_path / "demo", seed=0, image_px=32, scale=0.3)
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
@@ -39,20 +43,27 @@ def test_the_later_steps_read_what_01_made(tmp_path, monkeypatch):
         "profile": "smoke", "data_root": str(demo), "step": "01_preprocessing",
         "reports_dir": str(tmp_path / "reports"), "checkpoint_dir": str(tmp_path / "ckpt")})
     built = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(built) == 6  # kermany and rsna, train/val/test each
+    assert len(built) == 9  # 3 sources × 3 splits (RSNA, NIH train/val: after the exclusions)
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("a loader decoded images 01_preprocessing had already cached")
 
     monkeypatch.setattr(cache_module, "_run_chunks", no_rebuild)
-    for dataset, model in (("kermany", "resnet18"), ("rsna", "simple_cnn")):
-        cfg = make_config({"dataset": dataset, "data_root": str(demo), "model": model,
-                           "cache": True, "step": f"later_{dataset}"}, "smoke")
-        manifest = load_manifest(cfg)
-        if dataset == "rsna":
-            assert all(p.endswith(".png") for p in manifest["path"])
-            assert manifest.attrs["images"].startswith("PNGs converted by 01_preprocessing")
-        loaders = make_loaders(cfg, manifest, cfg.model)
-        next(iter(loaders["train"]))
-        assert {Path(dl.dataset.cache.folder).name for dl in loaders.values()} <= set(built)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == built
+    cfg = make_config({"dataset": "kermany", "datasets": "all", "data_root": str(demo),
+                       "model": "simple_cnn", "cache": True, "step": "later"}, "smoke")
+    ctx = RunContext(device=torch.device("cpu"), data_root=demo, synthetic=True,
+                     repo_root=ROOT, environment={})
+    grid = StepGrid(cfg, ctx)  # what a model step trains and scores with
+    assert {r.dataset for r in grid.runs} == {"kermany", "rsna", "nih"}
+    opened = set()
+    for run in grid.runs:
+        exp = grid.prepare(run)
+        if run.dataset == "rsna":
+            assert all(p.endswith(".png") for p in exp.manifest["path"])
+            assert exp.manifest.attrs["images"].startswith("PNGs converted by 01_preprocessing")
+        next(iter(exp.loaders["train"]))
+        opened |= {Path(dl.dataset.cache.folder).name for dl in exp.loaders.values()}
+        for other in grid.external_sources:  # the external test splits too
+            test = make_loaders(run, grid.manifest(other), run.model, splits=("test",))
+            opened.add(Path(test["test"].dataset.cache.folder).name)
+    assert opened == set(built) and sorted(p.name for p in (tmp_path / "cache").iterdir()) == built

@@ -162,15 +162,16 @@ _MINIMUMS: dict[str, float] = {
 PROFILES: dict[str, dict[str, Any]] = {
     # the seeds' settings on the Kaggle data, for one GPU
     "full": {"image_size": 224, "epochs": 20, "batch_size": 32, "max_images": 0,
-             "num_workers": 4, "cache": True, "bootstrap": 1000, "seeds": 3},
+             "num_workers": 4, "cache": True, "bootstrap": 1000, "seeds": 3,
+             "sampler_cap": 10000},
     # synthetic data the project generates; tiny sizes; minutes on a laptop CPU
     "demo": {"image_size": 64, "epochs": 4, "batch_size": 32, "max_images": 0,
              "num_workers": 0, "cache": True, "bootstrap": 200, "pretrained": False,
-             "lr": 1e-3},
+             "lr": 1e-3, "sampler_cap": 60},
     # tests: seconds per notebook
     "smoke": {"image_size": 32, "epochs": 1, "batch_size": 8, "max_images": 48,
               "num_workers": 0, "cache": False, "bootstrap": 20, "pretrained": False,
-              "max_steps_per_epoch": 2, "lr": 1e-3},
+              "max_steps_per_epoch": 2, "lr": 1e-3, "sampler_cap": 8},
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

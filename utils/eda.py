@@ -138,37 +138,33 @@ def convert_rsna(sources: dict[str, Path], dst_dir: str | Path | None = None) ->
     return dicom_to_png(root / DICOM_DIR, dst_dir)
 
 
-def prepare_caches(cfg: Any, data_root: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Build the per-split caches the model steps' loaders open (`build_split_caches`), for
-    each source of `cfg.dataset_list()` found under `data_root` ("all": every binary source
-    found), at `cfg.image_size`; absent sources are skipped with a note.
+def prepare_caches(cfg: Any, ctx: Any) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Build the per-split caches the model steps' loaders will open, for every dataset of
+    `cfg.datasets` ("all": every binary source found, as the plan's model steps train).
+
+    The rows are found exactly as the model steps find them, through their own
+    `StepGrid.prepare` (patient splits, then RSNA ⊂ NIH exclusions when both are in play),
+    and the loaders it makes build the caches (`cache=True`) under their own keys.
 
     Returns a table (dataset, split, images, side, key, built now or already there, folder)
-    and each source's manifest.
+    and each dataset's manifest as its runs train on it.
     """
     import dataclasses
 
-    from .data.cache import cache_key
-    from .data.dataset import build_split_caches, cache_dir_for, load_manifest, split_rows
-    from .data.discover import find_sources
-    from .data.sources import list_sources
+    from .data.dataset import cache_dir_for
+    from .grid import StepGrid
 
-    found = find_sources(data_root)
-    wanted = cfg.dataset_list()
-    wanted = [d for d in list_sources(binary=True) if d in found] if wanted == ["all"] else wanted
+    before = {p.parent.name for p in cache_dir_for(cfg).glob("*/complete")}  # built earlier
+    grid = StepGrid(dataclasses.replace(cfg, cache=True, task="binary", seeds=1), ctx)
     rows, manifests = [], {}
-    for name in wanted:
-        if name not in found:
-            print(f"{name}: not under {data_root}; no cache built for it")
-            continue
-        manifest = manifests[name] = load_manifest(dataclasses.replace(cfg, dataset=name))
-        keys = {s: cache_key(split_rows(manifest, s)["path"], cfg.image_size)
-                for s in manifest["split"].unique()}
-        there = {s for s, k in keys.items() if (cache_dir_for(cfg) / k / "complete").exists()}
-        for split, cache in build_split_caches(cfg, manifest).items():
-            rows.append({"dataset": name, "split": split, "images": len(cache),
+    for run in grid.runs:
+        exp = grid.prepare(run)
+        manifests[run.dataset] = exp.manifest
+        for split, loader in exp.loaders.items():
+            cache = loader.dataset.cache
+            rows.append({"dataset": run.dataset, "split": split, "images": len(cache),
                          "side": cache.size, "key": cache.key[:12],
-                         "state": "already there" if split in there else "built now",
+                         "state": "already there" if cache.folder.name in before else "built now",
                          "folder": str(cache.folder)})
     return pd.DataFrame(rows), manifests
 

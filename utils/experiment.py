@@ -35,15 +35,17 @@ class Experiment:
 
 
 def prepare_data(cfg: RunConfig,
-                 exclude: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Experiment:
+                 exclude: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                 manifest: pd.DataFrame | None = None) -> Experiment:
     """Manifest with patient-level splits, and the train/val/test loaders.
 
     `exclude` drops rows after the splits are drawn (e.g. NIH patients behind another run's
     RSNA test images, `utils.data.overlap`), so the rows that remain keep their split.
+    `manifest`: `load_manifest(cfg)` done already (a step's runs share one per source).
     """
     from .data.dataset import class_names_for, load_manifest, make_loaders
 
-    manifest = load_manifest(cfg)
+    manifest = load_manifest(cfg) if manifest is None else manifest
     if exclude is not None:
         before = dict(zip(manifest["path"], manifest["split"]))
         manifest = exclude(manifest)
@@ -98,8 +100,14 @@ def _init_fingerprint(path: str) -> str:
             f"{len((ckpt.get('history') or {}).get('epochs', []))}")
 
 
-def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
-    """Reload the best checkpoint, choose the threshold on val, measure test, write JSON."""
+def evaluate_and_record(exp: Experiment, ctx: RunContext,
+                        external: Callable[[Experiment], tuple[list, dict]] | None = None
+                        ) -> dict[str, Any]:
+    """Reload the best checkpoint, choose the threshold on val, measure test, write JSON.
+
+    `external(exp)` (utils.grid) scores the model on other sources' test splits at this
+    run's threshold: `(results["external"] rows, {source: Predictions})`, recorded with it.
+    """
     from .evaluate import evaluate_run
     from .models import count_parameters
     from .results import build_results, write_predictions, write_results
@@ -134,9 +142,11 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     if skipped:  # on_bad_image="skip": the left-out files are listed beside the results
         atomic_write_text(Path(cfg.reports_dir) / "results" / f"{cfg.step}_skipped.txt",
                           "\n".join(map(str, skipped)) + "\n")
+    rows, scored = external(exp) if external is not None else ([], {})
+    exp.results["external"] = rows
     write_results(exp.results, cfg.reports_dir)
     write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir,
-                      dataset=cfg.dataset)
+                      dataset=cfg.dataset, external=scored)
     return exp.results
 
 

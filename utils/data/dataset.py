@@ -326,7 +326,8 @@ def build_split_caches(cfg, manifest: pd.DataFrame) -> dict[str, Any]:
             if (manifest["split"] == split).any()}
 
 
-def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, DataLoader]:
+def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
+                 splits: Sequence[str] = SPLITS) -> dict[str, DataLoader]:
     """train/val/test DataLoaders with the model's normalisation and the config's recipe.
 
     Train: `cfg.augmentation` transform, `cfg.sampler` (else a seeded shuffle), drop_last.
@@ -336,6 +337,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, Data
         cfg: the RunConfig (image_size, batch_size, num_workers, cache, sampler, seed...).
         manifest: from `load_manifest(cfg)`, with train/val/test splits.
         model_name: a registry name; its `model_info` gives mean/std.
+        splits: which loaders to build (e.g. `("test",)` to score another source).
     Example:
         >>> loaders = make_loaders(cfg, load_manifest(cfg), cfg.model)  # doctest: +SKIP
         >>> images, targets, metas = next(iter(loaders["train"]))        # doctest: +SKIP
@@ -349,7 +351,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, Data
     names = class_names_for(cfg)
     cuda = pick_device(cfg.device).type == "cuda"
     loaders: dict[str, DataLoader] = {}
-    for split in SPLITS:
+    for split in splits:
         rows = split_rows(manifest, split)  # the rows build_split_caches caches
         if rows.empty:
             raise ValueError(f"the {split!r} split is empty ({len(manifest)} images in all): "

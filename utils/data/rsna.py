@@ -83,11 +83,11 @@ def load_rsna_nih_mapping(path: str | os.PathLike) -> pd.DataFrame:
                          "nih_image": [n if n.endswith(".png") else n + ".png" for n in images]})
 
 
-def nih_patient_of(image_name: str) -> str | None:
+def nih_patient_of(image_name: str) -> str:
     """The NIH patient of an NIH file name `<patient>_<follow-up>.png`, as `nih_labels`
-    writes patient ids (`00000123_004.png` → `"123"`); None for other names."""
+    writes patient ids (`00000123_004.png` → `"123"`); "" for other names."""
     prefix = os.path.basename(str(image_name)).split("_")[0]
-    return str(int(prefix)) if prefix.isdigit() else None
+    return str(int(prefix)) if prefix.isdigit() else ""
 
 
 def _group_by_nih_patient(df: pd.DataFrame, root: Path, mapping) -> pd.DataFrame:
@@ -102,8 +102,8 @@ def _group_by_nih_patient(df: pd.DataFrame, root: Path, mapping) -> pd.DataFrame
         return df
     table = load_rsna_nih_mapping(path).drop_duplicates("rsna_patient_id")
     nih = df["image_id"].map(dict(zip(table["rsna_patient_id"], table["nih_image"])))
-    patient = nih.map(lambda n: nih_patient_of(n) if isinstance(n, str) else None)
-    mapped = patient.notna()
+    patient = nih.map(lambda n: nih_patient_of(n) if isinstance(n, str) else "")
+    mapped = patient != ""
     df["patient_id"] = ("nih:" + patient).where(mapped, df["image_id"])
     df.attrs.update(grouping="nih_patient", mapping=str(path), grouping_note=(
         f"grouped by NIH patient via {path}: {int(mapped.sum())} of {len(df)} images mapped "
