@@ -144,10 +144,14 @@ class RunConfig:
         if self.image_size < 32 and self.model in ("simple_cnn", "densenet121", "chexnet"):
             raise ConfigError(f"image_size={self.image_size} must be >= 32 for {self.model} "
                               f"(its poolings reduce a smaller image to nothing)")
-        unknown = [d for d in self.dataset_list() if d not in _CHOICES["dataset"]]
+        from .data.sources import list_sources  # lazy: the registry imports pandas
+
+        if self.dataset not in list_sources():
+            raise ConfigError(f"dataset={self.dataset!r} is not one of {sorted(list_sources())}")
+        unknown = [d for d in self.dataset_list() if d not in list_sources()]
         if unknown and self.datasets != "all":
             raise ConfigError(f"datasets={self.datasets!r}: {unknown} are not sources; use "
-                              f"'', 'all' or names from {sorted(_CHOICES['dataset'])}")
+                              f"'', 'all' or names from {sorted(list_sources())}")
         processes = self.nproc_per_node * self.nnodes
         if self.batch_size % processes:
             near = processes * max(1, self.batch_size // processes)
@@ -159,14 +163,14 @@ class RunConfig:
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ConfigError(f"nnodes={self.nnodes} needs rdzv_endpoint='HOST:PORT' of node 0 "
                               f"(the same on every node, e.g. 'node0.lab:29500')")
-        if self.task == "multilabel" and self.dataset != "nih":
-            raise ConfigError("task='multilabel' needs dataset='nih' (the 14-finding labels)")
+        if self.task == "multilabel" and self.dataset not in list_sources(multilabel=True):
+            raise ConfigError(f"task='multilabel' needs dataset= one of "
+                              f"{list_sources(multilabel=True)} (finding labels)")
         return self
 
 
 _CHOICES: dict[str, set] = {
     "profile": {"auto", "demo", "smoke", "full"},
-    "dataset": {"kermany", "rsna", "nih"},
     "task": {"binary", "multilabel"},
     "on_bad_image": {"error", "skip"},
     "optimizer": {"adamw", "adam", "sgd"},
