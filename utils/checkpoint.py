@@ -1,8 +1,12 @@
 """Checkpoints: read back what `fit` wrote, rebuild the model, and amend fields atomically.
 
 A checkpoint is a plain dict (tensors and builtins only, so it loads with
-`weights_only=True`): model name and weights, optimizer/scheduler state, config, class names,
-input size, normalisation, and the validation-chosen threshold once evaluation adds it.
+`weights_only=True`). `best.pt` holds what inference, the Grad-CAM gallery and
+`init_checkpoint` read: model name and weights, config, class names, input size,
+normalisation, history, and the validation-chosen threshold once evaluation adds it.
+`last.pt` adds what only a resume needs (optimizer, scheduler and scaler state, every rank's
+RNG state); `utils.experiment.evaluate_and_record` deletes it when the run has finished,
+unless `keep_last`. Both load with the functions below.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from .runtime import pick_device
 from .torchio import CheckpointError, read_torch_file, unsafe_file_error  # noqa: F401 (re-export)
 
 __all__ = ["CheckpointError", "read_torch_file", "load_checkpoint", "load_model",
-           "update_checkpoint", "plain"]
+           "update_checkpoint", "plain", "checkpoint_bytes"]
 
 
 def plain(obj: Any) -> Any:
@@ -79,3 +83,11 @@ def update_checkpoint(path: str | Path, **fields: Any) -> Path:
     ckpt = load_checkpoint(path)
     ckpt.update(plain(fields))
     return atomic_torch_save(ckpt, path)
+
+
+def checkpoint_bytes(checkpoint_dir: str | Path, run: str) -> int:
+    """Bytes on disk under `checkpoint_dir/run/` (0 when absent), for the index's disk column."""
+    folder = Path(checkpoint_dir) / run
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
