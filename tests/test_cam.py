@@ -137,6 +137,36 @@ def test_multilabel_target_index_and_bounds():
     np.testing.assert_allclose(per_image[0], per_class[0], atol=1e-5)
 
 
+class _OutOfPlaceDenseNet(nn.Module):
+    """torchvision's DenseNet forward with an out-of-place final ReLU (the reference)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = nn.functional.relu(self.net.features(x))  # not inplace=True
+        pooled = nn.functional.adaptive_avg_pool2d(features, 1).flatten(1)
+        return self.net.classifier(pooled)
+
+
+@pytest.mark.parametrize("name", ["densenet121", "chexnet"])
+def test_densenet_cam_on_cpu_equals_the_out_of_place_forward(name):
+    """On CPU pytorch-grad-cam's stored activation shares memory with the layer's output;
+    with norm5 as the CAM layer, torchvision's in-place ReLU overwrote it (on CUDA it is a
+    copy), so the same weights gave another CAM per device."""
+    from utils.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=1, image_size=128).eval()
+    x = torch.rand(2, 1, 128, 128)  # 4×4 maps: at 64 px (2×2) the min-max scaling hid it
+    layer = model.info.cam_layer(model)
+    ours = compute_cams(model, x)
+    reference = compute_cams(_OutOfPlaceDenseNet(model).eval(), x, target_layer=layer)
+    assert ours.max() > 0
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
 # --- localisation scores on hand-made CAMs ------------------------------------------------
 
 def test_pointing_hit_and_iou_known_answers():

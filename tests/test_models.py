@@ -62,6 +62,28 @@ def test_forward_backward_and_cam_layer(name):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_nothing_modifies_the_cam_layer_output_in_place(name):
+    """pytorch-grad-cam keeps the CAM layer's output with `.cpu()`: on CPU that is the same
+    memory, so an in-place op after the layer (DenseNet's F.relu(inplace=True) after norm5)
+    would change the stored activation on CPU but not on CUDA. Values must survive the
+    forward (an in-place op that leaves them equal, a ReLU of a ReLU output, is harmless)."""
+    model = _fourteen(name).eval()
+    kept = {}
+
+    def keep(module, inputs, output):
+        kept["output"], kept["copy"] = output, output.detach().clone()
+
+    hook = model.info.cam_layer(model).register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, 1, SIZE, SIZE))
+    finally:
+        hook.remove()
+    assert torch.equal(kept["output"], kept["copy"]), \
+        f"{name}: the forward modifies its CAM layer's output in place"
+
+
 # ViT-B and Mixer-B share vit_small's / mixer_small's code path; saving and reloading their
 # 340 MB of weights would only cost time.
 @pytest.mark.parametrize("name", sorted(set(list_models()) - {"vit", "mixer"}))

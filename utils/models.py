@@ -98,7 +98,7 @@ def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
     return grid.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
 
 
-def _cam_features(m: nn.Module) -> nn.Module: return m.features[-1]   # last conv block / norm5
+def _cam_features(m: nn.Module) -> nn.Module: return m.features[-1]   # last block / relu5
 def _cam_resnet(m: nn.Module) -> nn.Module: return m.layer4[-1]
 def _cam_effnet(m: nn.Module) -> nn.Module: return m._bn1             # last feature map
 def _cam_vit(m: nn.Module) -> nn.Module: return m.blocks[-1].norm1    # pytorch-grad-cam's choice
@@ -171,6 +171,14 @@ def _torchvision(arch: str, num_classes: int, pretrained: bool, in_chans: int,
     model = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None)
     if arch.startswith("densenet"):
         _set_in_chans(model.features.conv0, in_chans, pretrained)
+        # torchvision's forward applies F.relu(features, inplace=True) after norm5, so a
+        # CAM at norm5 stored the ReLU's values on CPU (pytorch-grad-cam's .cpu() is the
+        # same memory) and norm5's on CUDA (a copy). The CAM layer is an out-of-place ReLU
+        # appended instead: the in-place ReLU of its non-negative output changes nothing.
+        # nn.Threshold(0, 0) is that ReLU with a backward that reads its input (nn.ReLU's
+        # reads its output, which the in-place op bumps: autograd would refuse). No
+        # parameters: state_dict keys stay as they were.
+        model.features.add_module("relu5", nn.Threshold(0.0, 0.0))
         model.classifier = _linear_head(model.classifier.in_features, num_classes, dropout)
     else:
         _set_in_chans(model.conv1, in_chans, pretrained)
