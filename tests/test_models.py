@@ -36,11 +36,34 @@ def _fourteen(name: str) -> nn.Module:
 
 def test_registry_lists_every_study_model():
     expected = {"simple_cnn", "resnet18_scratch", "resnet18", "resnet50", "densenet121",
-                "chexnet", "efficientnet_b4", "vit", "vit_small", "vit_tiny", "mixer",
+                "efficientnet_b4", "vit", "vit_small", "vit_tiny", "mixer",
                 "mixer_small", "mixer_tiny"}
     assert set(list_models()) == expected
-    with pytest.raises(KeyError, match="choose one of"):
+    assert set(list_models(aliases=True)) == expected | {"chexnet"}
+    with pytest.raises(KeyError, match="choose one of.*'chexnet'"):
         model_info("resnet19")
+
+
+def test_chexnet_is_densenet121_under_its_own_name(tmp_path):
+    """One network, two names: `-p model=chexnet` builds DenseNet-121, and its checkpoints
+    and results say `chexnet` (the name the run used)."""
+    from dataclasses import replace
+
+    from utils.checkpoint import load_model
+
+    info = model_info("chexnet")
+    assert info.name == "chexnet" and replace(info, name="densenet121") == model_info("densenet121")
+    torch.manual_seed(0)
+    model = create_model("chexnet", num_classes=14, image_size=SIZE)
+    assert model.info == info
+    reference = create_model("densenet121", num_classes=14, image_size=SIZE)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    path = tmp_path / "best.pt"
+    torch.save({"model_name": "chexnet", "num_classes": 14, "input_size": SIZE,
+                "model_state": model.state_dict()}, path)
+    loaded, _ = load_model(path, device="cpu")
+    x = torch.rand(1, 1, SIZE, SIZE)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -7,7 +7,7 @@ normalisation) and Grad-CAM layer, so nothing downstream copies them by hand.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import socket
 import warnings
@@ -19,11 +19,12 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .cam import tokens_to_grid
 from .transfer import freeze_before, load_init_weights
 from .nets import BasicBlock, ResNet18Scratch, SimpleCNN, linear_head as _linear_head
 
 __all__ = ["ModelInfo", "PretrainedWeightsError", "register_model", "list_models",
-           "model_info", "create_model", "count_parameters", "tokens_to_map",
+           "model_info", "create_model", "count_parameters",
            "SimpleCNN", "BasicBlock", "ResNet18Scratch"]
 
 # 1-channel normalisation = the mean of the RGB statistics the weights were trained with
@@ -56,6 +57,11 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelInfo]] = {}
+# Other names for an entry: same network and settings, the alias as `info.name` (so
+# checkpoints and results keep the name a run used). CheXNet (Rajpurkar et al. 2017) *is*
+# an ImageNet DenseNet-121 with a sigmoid head (1 output, or 14 for NIH; the sigmoid lives in
+# the loss and in `evaluate`); what makes it CheXNet is training on NIH, 02_chexnet's part A.
+_ALIASES: dict[str, str] = {"chexnet": "densenet121"}
 
 
 def register_model(*, family: str, head: str, cam_layer: Callable[[nn.Module], nn.Module],
@@ -70,13 +76,16 @@ def register_model(*, family: str, head: str, cam_layer: Callable[[nn.Module], n
     return wrap
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def list_models(aliases: bool = False) -> list[str]:
+    """The registry's entries (with `aliases`, their other names too, e.g. `chexnet`)."""
+    return sorted([*_REGISTRY, *(_ALIASES if aliases else ())])
 
 
 def model_info(name: str) -> ModelInfo:
+    if name in _ALIASES:
+        return dataclasses.replace(model_info(_ALIASES[name]), name=name)
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; choose one of {list_models()}")
+        raise KeyError(f"unknown model {name!r}; choose one of {list_models(aliases=True)}")
     return _REGISTRY[name][1]
 
 
@@ -87,22 +96,13 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 # --- Grad-CAM handles (module-level functions, not lambdas, so ModelInfo pickles) --------
 
-def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
-    """`B×N×C` transformer tokens → `B×C×h×w`, dropping the leading class token (ViT).
-
-    A square patch grid is assumed (our images are square): with N = prefix + s², the
-    prefix tokens are the ones beyond the largest square.
-    """
-    side = math.isqrt(tokens.shape[1])
-    grid = tokens[:, tokens.shape[1] - side * side:, :]
-    return grid.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
-
-
 def _cam_features(m: nn.Module) -> nn.Module: return m.features[-1]   # last block / relu5
 def _cam_resnet(m: nn.Module) -> nn.Module: return m.layer4[-1]
 def _cam_effnet(m: nn.Module) -> nn.Module: return m._bn1             # last feature map
 def _cam_vit(m: nn.Module) -> nn.Module: return m.blocks[-1].norm1    # pytorch-grad-cam's choice
 def _cam_mixer(m: nn.Module) -> nn.Module: return m.blocks[-1]
+def _vit_tokens(t: torch.Tensor) -> torch.Tensor: return tokens_to_grid(t, 1)   # class token
+def _mixer_tokens(t: torch.Tensor) -> torch.Tensor: return tokens_to_grid(t, 0)
 
 
 # --- helpers shared by the factories -------------------------------------------------
@@ -196,20 +196,10 @@ def resnet50(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Modul
     return _torchvision("resnet50", num_classes, pretrained, in_chans, dropout)
 
 
-_DENSENET = dict(family="densenet", head="classifier", cam_layer=_cam_features,
-                 stages=("denseblock3", "denseblock4"))
-
-
-@register_model(**_DENSENET)
+@register_model(family="densenet", head="classifier", cam_layer=_cam_features,
+                stages=("denseblock3", "denseblock4"))
 def densenet121(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
-    return _torchvision("densenet121", num_classes, pretrained, in_chans, dropout)
-
-
-@register_model(**_DENSENET)
-def chexnet(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
-    """CheXNet (Rajpurkar et al. 2017) = ImageNet DenseNet-121 with a sigmoid head: 1 output
-    for pneumonia, 14 for NIH. The sigmoid lives in the loss (BCE-with-logits) and in
-    `evaluate`, so the model itself returns logits like every other entry."""
+    """DenseNet-121 (torchvision); `chexnet` is another name for it (see `_ALIASES`)."""
     return _torchvision("densenet121", num_classes, pretrained, in_chans, dropout)
 
 
@@ -246,9 +236,9 @@ def _timm(arch: str, num_classes: int, pretrained: bool, in_chans: int, dropout:
                                  in_chans=in_chans, img_size=size, drop_rate=dropout)
 
 
-_VIT = dict(family="vit", head="head", cam_layer=_cam_vit, cam_reshape=tokens_to_map,
+_VIT = dict(family="vit", head="head", cam_layer=_cam_vit, cam_reshape=_vit_tokens,
             stages=("last_blocks",), norm=TIMM_GRAY)
-_MIXER = dict(_VIT, family="mixer", cam_layer=_cam_mixer)
+_MIXER = dict(_VIT, family="mixer", cam_layer=_cam_mixer, cam_reshape=_mixer_tokens)
 
 
 @register_model(**_VIT)
@@ -308,7 +298,7 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
     """Build a registry model mapping `B×in_chans×H×W` to logits `B×num_classes`.
 
     Args:
-        name: one of `list_models()`.
+        name: one of `list_models(aliases=True)` (`chexnet` is `densenet121`).
         num_classes: 1 for binary pneumonia, 14 for NIH multilabel.
         pretrained: ImageNet weights from the torchvision/timm/efficientnet hubs.
         in_chans: input channels; 1 (grayscale) sums the pretrained RGB stem kernels.
@@ -326,11 +316,12 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
         >>> m(torch.zeros(2, 1, 64, 64)).shape, m.info.mean
         (torch.Size([2, 1]), 0.449)
     """
-    info = model_info(name)
+    info = model_info(name)  # an alias gets its target's network, with its own name
     if trainable_from not in info.stages:
         raise ValueError(f"trainable_from={trainable_from!r} is not a stage of {name}; "
                          f"valid: {list(info.stages)}")
-    model = _build(name, num_classes, pretrained, in_chans, dropout, image_size, fallback)
+    model = _build(_ALIASES.get(name, name), num_classes, pretrained, in_chans, dropout,
+                   image_size, fallback)
     model.info = info
     if init_checkpoint:
         load_init_weights(model, info.head, info.name, init_checkpoint)
