@@ -153,8 +153,10 @@ _MINIMUMS: dict[str, float] = {
     "bootstrap": 0,
 }
 
-# Profiles set only *scale* knobs; the recipe (model, loss, sampler...) belongs to the
-# notebook and its run_all step. Any key can still be overridden by a parameter.
+# Profiles set scale knobs, and the CPU profiles (demo, smoke) also switch ImageNet weights
+# off (`pretrained=False`: they run offline, on tiny synthetic images) and set `lr`; the rest
+# of the recipe (model, loss, sampler...) belongs to the notebook and its run_all step. Any
+# key can still be overridden by a parameter.
 PROFILES: dict[str, dict[str, Any]] = {
     # the seeds' settings on the Kaggle data, for one GPU
     "full": {"image_size": 224, "epochs": 20, "batch_size": 32, "max_images": 0,

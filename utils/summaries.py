@@ -1,6 +1,6 @@
 """Tables (and overlaid ROC figures) built from results JSON: what the reports show.
 
-Reads results only; imports no training code (DESIGN.md's one-way arrows).
+Reads results only; imports no training code (the one-way arrows of docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
