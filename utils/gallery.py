@@ -69,7 +69,8 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     model, ckpt = load_model(Path(cfg.checkpoint_dir) / step / "best.pt", device=ctx.device)
     run_cfg = _run_config(ckpt, cfg)
     test = make_loaders(run_cfg, load_manifest(run_cfg), run_cfg.model)["test"]
-    pred = predict(model, test, device=ctx.device, tta=run_cfg.tta)  # as the threshold saw it
+    pred = predict(model, test, device=ctx.device, tta=run_cfg.tta,  # as the threshold saw it
+                   amp=run_cfg.amp)
     threshold = float(ckpt.get("threshold", 0.5))
     cases = pick_cases(pred.probs[:, 0], pred.targets[:, 0], threshold, per_group)
     mean, std = float(ckpt["mean"]), float(ckpt["std"])
