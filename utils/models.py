@@ -7,7 +7,6 @@ normalisation) and Grad-CAM layer, so nothing downstream copies them by hand.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import warnings
@@ -24,7 +23,7 @@ from .transfer import freeze_before, load_init_weights
 from .nets import BasicBlock, ResNet18Scratch, SimpleCNN, linear_head as _linear_head
 
 __all__ = ["ModelInfo", "PretrainedWeightsError", "register_model", "list_models",
-           "model_info", "create_model", "count_parameters",
+           "model_info", "create_model", "count_parameters", "register_alias",
            "SimpleCNN", "BasicBlock", "ResNet18Scratch"]
 
 # 1-channel normalisation = the mean of the RGB statistics the weights were trained with
@@ -57,11 +56,7 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelInfo]] = {}
-# Other names for an entry: same network and settings, the alias as `info.name` (so
-# checkpoints and results keep the name a run used). CheXNet (Rajpurkar et al. 2017) *is*
-# an ImageNet DenseNet-121 with a sigmoid head (1 output, or 14 for NIH; the sigmoid lives in
-# the loss and in `evaluate`); what makes it CheXNet is training on NIH, 02_chexnet's part A.
-_ALIASES: dict[str, str] = {"chexnet": "densenet121"}
+_ALIASES: dict[str, str] = {}   # alias -> the entry it names (`register_alias`)
 
 
 def register_model(*, family: str, head: str, cam_layer: Callable[[nn.Module], nn.Module],
@@ -76,14 +71,22 @@ def register_model(*, family: str, head: str, cam_layer: Callable[[nn.Module], n
     return wrap
 
 
+def register_alias(alias: str, name: str) -> None:
+    """Another name for the entry `name`: its factory and settings, with `info.name` the
+    alias (checkpoints and results keep the name a run used)."""
+    from dataclasses import replace
+
+    factory, info = _REGISTRY[name]
+    _REGISTRY[alias] = (factory, replace(info, name=alias))
+    _ALIASES[alias] = name
+
+
 def list_models(aliases: bool = False) -> list[str]:
     """The registry's entries (with `aliases`, their other names too, e.g. `chexnet`)."""
-    return sorted([*_REGISTRY, *(_ALIASES if aliases else ())])
+    return sorted(n for n in _REGISTRY if aliases or n not in _ALIASES)
 
 
 def model_info(name: str) -> ModelInfo:
-    if name in _ALIASES:
-        return dataclasses.replace(model_info(_ALIASES[name]), name=name)
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; choose one of {list_models(aliases=True)}")
     return _REGISTRY[name][1]
@@ -199,8 +202,13 @@ def resnet50(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Modul
 @register_model(family="densenet", head="classifier", cam_layer=_cam_features,
                 stages=("denseblock3", "denseblock4"))
 def densenet121(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
-    """DenseNet-121 (torchvision); `chexnet` is another name for it (see `_ALIASES`)."""
     return _torchvision("densenet121", num_classes, pretrained, in_chans, dropout)
+
+
+# CheXNet (Rajpurkar et al. 2017) *is* an ImageNet DenseNet-121 with a sigmoid head (1 output
+# for pneumonia, 14 for NIH; the sigmoid lives in the loss and in `evaluate`): what makes it
+# CheXNet is its training on NIH, 02_chexnet's part A. One network, two names.
+register_alias("chexnet", "densenet121")
 
 
 @register_model(family="efficientnet", head="_fc", cam_layer=_cam_effnet, stages=("blocks_last",))
@@ -298,7 +306,7 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
     """Build a registry model mapping `B×in_chans×H×W` to logits `B×num_classes`.
 
     Args:
-        name: one of `list_models(aliases=True)` (`chexnet` is `densenet121`).
+        name: one of `list_models(aliases=True)` (`chexnet` is an alias of `densenet121`).
         num_classes: 1 for binary pneumonia, 14 for NIH multilabel.
         pretrained: ImageNet weights from the torchvision/timm/efficientnet hubs.
         in_chans: input channels; 1 (grayscale) sums the pretrained RGB stem kernels.
@@ -316,12 +324,11 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
         >>> m(torch.zeros(2, 1, 64, 64)).shape, m.info.mean
         (torch.Size([2, 1]), 0.449)
     """
-    info = model_info(name)  # an alias gets its target's network, with its own name
+    info = model_info(name)
     if trainable_from not in info.stages:
         raise ValueError(f"trainable_from={trainable_from!r} is not a stage of {name}; "
                          f"valid: {list(info.stages)}")
-    model = _build(_ALIASES.get(name, name), num_classes, pretrained, in_chans, dropout,
-                   image_size, fallback)
+    model = _build(name, num_classes, pretrained, in_chans, dropout, image_size, fallback)
     model.info = info
     if init_checkpoint:
         load_init_weights(model, info.head, info.name, init_checkpoint)
