@@ -16,7 +16,7 @@ from .fileio import atomic_write_text
 from .notebook import RunContext
 
 __all__ = ["Experiment", "prepare_data", "build_model", "train", "evaluate_and_record",
-           "needs_precise_bn", "run_experiment"]
+           "run_experiment"]
 
 
 @dataclass
@@ -109,20 +109,22 @@ def _trained_best_score(ckpt: dict[str, Any]) -> Any:
 def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     """Reload the best checkpoint, choose the threshold on val, measure test, write JSON."""
     from .evaluate import evaluate_run
+    from .losses import build_loss
     from .models import count_parameters
+    from .precise_bn import precise_bn_if_better, record_precise_bn
     from .results import build_results, write_predictions, write_results
-    from .train import load_model, recalibrate_batchnorm, update_checkpoint
+    from .train import load_model, update_checkpoint
 
     cfg = exp.cfg
     best = exp.checkpoint / "best.pt"
-    precise = needs_precise_bn(exp)  # read off the trained model, before it is replaced
     exp.model, _ = load_model(best, device=ctx.device)
-    fields = {}
-    if precise and recalibrate_batchnorm(exp.model, exp.loaders["train"]):
-        # BN statistics recomputed for the best weights; the checkpoint keeps them, and
-        # the history's row for them is measured again (no number for weights now gone)
+    # BN statistics recomputed for the best weights where validation says so; the history
+    # row then describes the weights best.pt keeps (utils.precise_bn)
+    loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
+    bn = precise_bn_if_better(exp.model, exp.loaders, loss_fn, cfg, ctx.device)
+    fields = record_precise_bn(exp.history, bn)
+    if bn["kept"]:
         fields["model_state"] = exp.model.state_dict()
-        fields.update(_rescore_best_epoch(exp, ctx))
     exp.evaluation = evaluate_run(exp.model, exp.loaders, cfg, device=ctx.device)
     update_checkpoint(best, threshold=exp.evaluation["threshold"]["value"],
                       threshold_policy=cfg.threshold_policy, threshold_tta=cfg.tta, **fields)
@@ -146,49 +148,6 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir,
                       dataset=cfg.dataset)
     return exp.results
-
-
-def needs_precise_bn(exp: Experiment) -> bool:
-    """Recompute BN statistics before evaluation only for a whole network trained from
-    random init (its BN layers then average over every batch, `momentum=None`).
-
-    There the running averages mix in the statistics of the early weights and eval outputs
-    drift; starting from trained weights (ImageNet, `init_checkpoint`) BN keeps PyTorch's
-    moving average (momentum 0.1), which follows the last steps. Measured on the demo data
-    with `python -m benchmarks.precise_bn` (source: trained from scratch on Kermany; then
-    fine-tuned from its best.pt on RSNA), val AUROC with precise BN minus without, mean
-    [min, max] over seeds 0-2: MEASUREMENT.
-    A partly frozen backbone (`trainable_from` a stage) keeps the statistics it trained with.
-    """
-    from torch import nn
-
-    if exp.cfg.trainable_from != "all" or exp.model is None:
-        return False
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None
-               for m in exp.model.modules())
-
-
-def _rescore_best_epoch(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
-    """Measure the best epoch's validation row again for the recalibrated weights.
-
-    The row's `val_loss`/`val_auroc`/`val_f1` (and `best_score`) then describe the weights
-    in best.pt; the values fit measured before recalibration stay as `<name>_as_trained`
-    (kept from the first recalibration when evaluation runs again). Returns the fields for
-    best.pt; `exp.history` (what the results JSON records) is updated in place.
-    """
-    from .losses import build_loss
-    from .train import validation_scores
-
-    hist, cfg = exp.history, exp.cfg
-    loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
-    scores = validation_scores(exp.model, exp.loaders["val"], loss_fn, ctx.device, amp=cfg.amp)
-    row = next(r for r in hist.epochs if r["epoch"] == hist.best_epoch)
-    for name, value in scores.items():
-        row.setdefault(f"{name}_as_trained", row[name])
-        row[name] = value
-    row["precise_bn"] = True
-    hist.best_score = row[hist.monitor]
-    return {"history": hist.to_dict(), "best_score": hist.best_score}
 
 
 def run_experiment(cfg: RunConfig, ctx: RunContext) -> Experiment:

@@ -40,7 +40,6 @@ from .fileio import atomic_torch_save
 from .runtime import pick_device, seed_everything
 
 __all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_batchnorm",
-           "validation_scores",
            # re-exported: checkpoints are read back where they are written
            "CheckpointError", "load_checkpoint", "load_model", "update_checkpoint"]
 
@@ -393,23 +392,3 @@ def recalibrate_batchnorm(model: nn.Module, loader, batches: int = 20, device=No
     model.eval()
     return True
 
-
-def validation_scores(model: nn.Module, loader, loss_fn: nn.Module, device=None, *,
-                      amp: bool = True) -> dict[str, float]:
-    """`val_loss`, `val_auroc`, `val_f1` (at 0.5) of `model` as it is now, as `fit` records
-    them each epoch (one pass, no TTA): for weights changed after training (precise BN),
-    so that their history row describes them. Equal to fit's up to float rounding."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval().to(device)
-    logits, targets = [], []
-    with torch.inference_mode(), autocast(device, amp):
-        for images, target, _ in loader:
-            logits.append(model(images.to(device, non_blocking=True)).float())
-            targets.append(target.to(device, non_blocking=True))
-    if not logits:
-        raise ValueError("the validation loader yielded no batches: the val split is empty")
-    logits, target = torch.cat(logits), torch.cat(targets)
-    with torch.inference_mode():
-        loss = loss_fn.to(device)(logits, target).item()  # mean losses: fit's batch-weighted mean
-    scores = summary_scores(target.cpu().numpy(), torch.sigmoid(logits).cpu().numpy(), 0.5)
-    return {"val_loss": loss, "val_auroc": scores["auroc"], "val_f1": scores["f1"]}
