@@ -43,6 +43,8 @@ def test_efficientnet_b4_stages_and_head_as_the_checkpoint_holds_them():
     assert inner["B4 layers"].sum() == len(model._blocks) == 32
     assert stages.loc["stem", "B4 channels"] == 48 and stages.loc["head", "B4 channels"] == 1792
     head = anatomy.efficientnet_head(model)
+    assert list(head["layer"]) == ["global average pool", "Linear", "ReLU", "Dropout p=0.3",
+                                   "Linear"]
     assert list(head["in"]) == [1792, 1792, 512, 512, 512]
     assert list(head["out"]) == [1792, 512, 512, 512, 1]
     assert list(head["params"]) == [0, 1792 * 512 + 512, 0, 0, 512 + 1]

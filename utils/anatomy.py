@@ -136,7 +136,8 @@ def efficientnet_head(model: nn.Module) -> pd.DataFrame:
              "out": model._conv_head.out_channels, "params": 0}]
     for layer in model._fc:
         n_in = getattr(layer, "in_features", rows[-1]["out"])
-        rows.append({"layer": repr(layer), "in": n_in,
+        label = type(layer).__name__ + (f" p={layer.p}" if isinstance(layer, nn.Dropout) else "")
+        rows.append({"layer": label, "in": n_in,
                      "out": getattr(layer, "out_features", n_in),
                      "params": sum(p.numel() for p in layer.parameters())})
     return pd.DataFrame(rows)
