@@ -95,7 +95,8 @@ def test_precise_bn_kept_when_validation_improves_and_put_back_when_not():
     model = _bn_model()
     with torch.no_grad():  # stale statistics, far from the data's
         model[1].running_mean.fill_(5.0)
-    good = precise_bn_if_better(model, {"train": _loader(x, y), "val": _loader(x, y)}, loss, cfg)
+    good = precise_bn_if_better(model, {"train": _loader(x, y), "val": _loader(x, y)}, cfg,
+                                loss_fn=loss)
     assert good["tried"] and good["kept"]
     assert good["after"]["val_loss"] < good["before"]["val_loss"]
     assert abs(float(model[1].running_mean)) < 0.5   # recalibrated statistics stay
@@ -106,7 +107,7 @@ def test_precise_bn_kept_when_validation_improves_and_put_back_when_not():
         model[1].running_var.fill_(2.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     shifted = {"train": _loader(x + 4.0, y), "val": _loader(x, y)}  # train looks different
-    bad = precise_bn_if_better(model, shifted, loss, cfg)
+    bad = precise_bn_if_better(model, shifted, cfg, loss_fn=loss)
     assert bad["tried"] and not bad["kept"]
     assert bad["after"]["val_loss"] > bad["before"]["val_loss"]
     for key, value in model.state_dict().items():   # put back as it was
@@ -117,6 +118,6 @@ def test_precise_bn_not_tried_without_bn_or_with_a_frozen_backbone():
     loaders = {"train": [], "val": []}
     loss = nn.BCEWithLogitsLoss()
     cfg = make_config({}, profile="smoke")
-    assert not precise_bn_if_better(nn.Linear(1, 1), loaders, loss, cfg)["tried"]
+    assert not precise_bn_if_better(nn.Linear(1, 1), loaders, cfg, loss_fn=loss)["tried"]
     frozen = make_config({"trainable_from": "head"}, profile="smoke")
-    assert not precise_bn_if_better(_bn_model(), loaders, loss, frozen)["tried"]
+    assert not precise_bn_if_better(_bn_model(), loaders, frozen)["tried"]  # no loss built

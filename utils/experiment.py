@@ -131,7 +131,6 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
     run's threshold: `(results["external"] rows, {source: Predictions})`, recorded with it.
     """
     from .evaluate import evaluate_run
-    from .losses import build_loss
     from .models import count_parameters
     from .precise_bn import precise_bn_if_better, record_precise_bn
     from .results import build_results, write_predictions, write_results
@@ -143,8 +142,7 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
     exp.model, ckpt = load_model(best, device=ctx.device)
     # BN statistics recomputed for the best weights where validation says so; the history
     # row then describes the weights best.pt keeps (utils.precise_bn)
-    loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
-    bn = precise_bn_if_better(exp.model, exp.loaders, loss_fn, cfg, ctx.device)
+    bn = precise_bn_if_better(exp.model, exp.loaders, cfg, ctx.device)
     fields = record_precise_bn(exp.history, bn)
     if bn["kept"]:
         fields["model_state"] = exp.model.state_dict()

@@ -12,11 +12,12 @@ recalibrating, mean [min, max] over the seeds:
 | resnet18 | +0.006 [-0.012, +0.029] | +0.011 [+0.000, +0.022] |
 | densenet121 | +0.025 [-0.026, +0.083] | +0.019 [-0.153, +0.116] |
 
-and validation BCE fell on average in all four cells (-0.60, -0.38, -0.08, -0.76). It helps
-on average, after fine-tuning too (a short fine-tune's moving averages, momentum 0.1, still
-carry the starting weights' statistics), but not in every run: each run therefore measures
-both on its own validation split (`cfg.monitor`) and keeps the better; test is never looked
-at. A partly frozen backbone (`trainable_from` a stage) keeps the statistics it trained with.
+and validation BCE fell on average in all four cells (row by row: -0.60, -0.38; -0.08,
+-0.76). It helps on average, after fine-tuning too (plausibly: a short fine-tune's moving
+averages, momentum 0.1, still carry the starting weights' statistics), but not in every
+run: each run therefore measures both on its own validation split (`cfg.monitor`) and keeps
+the better; test is never looked at. A partly frozen backbone (`trainable_from` a stage)
+keeps the statistics it trained with.
 """
 from __future__ import annotations
 
@@ -60,19 +61,23 @@ def _better(new: float, old: float, monitor: str) -> bool:
     return new < old if monitor == "val_loss" else new > old
 
 
-def precise_bn_if_better(model: nn.Module, loaders: dict, loss_fn: nn.Module, cfg,
-                         device=None) -> dict[str, Any]:
+def precise_bn_if_better(model: nn.Module, loaders: dict, cfg, device=None,
+                         loss_fn: nn.Module | None = None) -> dict[str, Any]:
     """Recalibrate BN over 20 training batches (`train.recalibrate_batchnorm`) and keep it
     only if `cfg.monitor` on validation improves; otherwise the weights are put back.
 
-    Returns `{"tried", "kept", "before", "after"}` (scores from `validation_scores`); a model
-    without BN or with a frozen part (`trainable_from` not `all`) is not tried.
+    Returns `{"tried", "kept", "before", "after"}` (scores from `validation_scores`, with
+    `loss_fn`, default the run's `build_loss`); a model without BN or with a frozen part
+    (`trainable_from` not `all`) is not tried.
     """
+    from .losses import build_loss
     from .train import recalibrate_batchnorm
 
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if cfg.trainable_from != "all" or not has_bn:
         return {"tried": False, "kept": False, "before": None, "after": None}
+    if loss_fn is None:
+        loss_fn = build_loss(cfg, loaders["train"].dataset.labels)
     score = lambda: validation_scores(model, loaders["val"], loss_fn, device, amp=cfg.amp)  # noqa: E731
     before = score()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
