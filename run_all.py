@@ -195,6 +195,7 @@ def build_parser(plan: list[Step]) -> argparse.ArgumentParser:
 def resolve_data(value: str) -> tuple[Path, bool]:
     """(root, synthetic) from `utils.data.discover`; imported lazily, it may build the demo."""
     try:
+        from utils.data.demo import ensure_demo
         from utils.data.discover import resolve_data_root
     except ImportError as exc:
         raise UsageError(f"cannot import utils/data/discover.py ({exc})") from exc
@@ -202,7 +203,7 @@ def resolve_data(value: str) -> tuple[Path, bool]:
     level = demo_log.level
     demo_log.setLevel(logging.WARNING)  # prepare()'s banner says "synthetic", once
     try:
-        root, synthetic = resolve_data_root(value, announce=False)
+        root, synthetic = resolve_data_root(value, announce=False, fallback=ensure_demo)
     except Exception as exc:  # noqa: BLE001 - any failure to find data is a setup error
         raise UsageError(f"data root {value or '(auto)'}: {type(exc).__name__}: {exc}") from exc
     finally:

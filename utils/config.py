@@ -133,18 +133,22 @@ class RunConfig:
         if self.image_size < 32 and self.model in ("simple_cnn", "densenet121", "chexnet"):
             raise ConfigError(f"image_size={self.image_size} must be >= 32 for {self.model} "
                               f"(its poolings reduce a smaller image to nothing)")
-        unknown = [d for d in self.dataset_list() if d not in _CHOICES["dataset"]]
+        from .data.sources import list_sources  # lazy: the registry imports pandas
+
+        if self.dataset not in list_sources():
+            raise ConfigError(f"dataset={self.dataset!r} is not one of {sorted(list_sources())}")
+        unknown = [d for d in self.dataset_list() if d not in list_sources()]
         if unknown and self.datasets != "all":
             raise ConfigError(f"datasets={self.datasets!r}: {unknown} are not sources; use "
-                              f"'', 'all' or names from {sorted(_CHOICES['dataset'])}")
-        if self.task == "multilabel" and self.dataset != "nih":
-            raise ConfigError("task='multilabel' needs dataset='nih' (the 14-finding labels)")
+                              f"'', 'all' or names from {sorted(list_sources())}")
+        if self.task == "multilabel" and self.dataset not in list_sources(multilabel=True):
+            raise ConfigError(f"task='multilabel' needs dataset= one of "
+                              f"{list_sources(multilabel=True)} (finding labels)")
         return self
 
 
 _CHOICES: dict[str, set] = {
     "profile": {"auto", "demo", "smoke", "full"},
-    "dataset": {"kermany", "rsna", "nih"},
     "task": {"binary", "multilabel"},
     "on_bad_image": {"error", "skip"},
     "optimizer": {"adamw", "adam", "sgd"},

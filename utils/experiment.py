@@ -161,6 +161,9 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
     skipped = exp.manifest.attrs.get("skipped", [])
     exp.results["data"]["skipped"] = len(skipped)
     exp.results["data"]["test_fingerprint"] = test_fingerprint(exp.manifest)
+    # how splits grouped images into patients: "patient", "nih_patient" (RSNA via its NIH
+    # mapping) or "image" (RSNA without the mapping: films of one person may cross splits)
+    exp.results["data"]["grouping"] = exp.manifest.attrs.get("grouping", "patient")
     if "dropped_for_rsna_overlap" in exp.manifest.attrs:  # 02 part A: the leak-free NIH set
         exp.results["data"]["dropped_for_rsna_overlap"] = len(
             exp.manifest.attrs["dropped_for_rsna_overlap"])
