@@ -73,9 +73,9 @@ def picked_cases(step: str, cfg, ctx, per_group: int = 4) -> Picked:
 def compound_scaling() -> pd.DataFrame:
     """B0…B7 as efficientnet-pytorch defines them: width, depth and resolution coefficients.
 
-    Compound scaling grows all three with one φ (depth α^φ, width β^φ, resolution γ^φ, with
-    α·β²·γ² ≈ 2), so the cost d·w²·r² roughly doubles per step of φ: `flops_vs_b0` is that
-    product (resolution relative to B0's 224) and `phi` its log2.
+    Compound scaling grows all three with one φ (depth α^φ, width β^φ, resolution γ^φ,
+    with α·β²·γ² ≈ 2), so the cost d·w²·r² roughly doubles per step of φ: `flops_vs_b0`
+    is that product (resolution relative to B0's 224) and `phi` its log2.
     """
     from efficientnet_pytorch.utils import efficientnet_params
 

@@ -21,8 +21,9 @@ from .runtime import pick_device
 from .stats import cluster_index, resample_weights
 
 __all__ = ["Predictions", "predict", "tta_probabilities", "black_value", "amp_dtype",
-           "autocast", "binary_metrics", "multilabel_metrics", "summary_scores", "choose_threshold", "bootstrap_ci", "calibration",
-           "evaluate_run", "THRESHOLD_POLICIES"]
+           "autocast", "binary_metrics", "multilabel_metrics", "summary_scores",
+           "choose_threshold", "bootstrap_ci", "calibration", "evaluate_run",
+           "THRESHOLD_POLICIES"]
 
 THRESHOLD_POLICIES = ("fixed", "max_f1", "youden", "sensitivity")
 _TTA_ANGLES = (5.0, -5.0)  # degrees; small enough to keep the anatomy where it was

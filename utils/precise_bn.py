@@ -78,7 +78,9 @@ def precise_bn_if_better(model: nn.Module, loaders: dict, cfg, device=None,
         return {"tried": False, "kept": False, "before": None, "after": None}
     if loss_fn is None:
         loss_fn = build_loss(cfg, loaders["train"].dataset.labels)
-    score = lambda: validation_scores(model, loaders["val"], loss_fn, device, amp=cfg.amp)  # noqa: E731
+    def score() -> dict[str, float]:
+        return validation_scores(model, loaders["val"], loss_fn, device, amp=cfg.amp)
+
     before = score()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     recalibrate_batchnorm(model, loaders["train"], device=device)
