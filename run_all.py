@@ -186,6 +186,9 @@ def build_parser(plan: list[Step]) -> argparse.ArgumentParser:
                    help="model checkpoints (default: checkpoints)")
     p.add_argument("--notebooks-dir", type=Path, default=ROOT / "notebooks",
                    help="where the plan's notebooks are (default: notebooks)")
+    p.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                   help="train each model step on N processes with torchrun (one per GPU, or "
+                   "CPU processes with gloo); -p STEP.nproc_per_node=N for one step")
     p.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
                    help="limit per notebook cell (default: none)")
     return p
@@ -330,6 +333,11 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
     if dangling := sorted({d for s in plan for d in s.after} - names):
         raise UsageError(f"the plan names unknown dependencies {dangling}")
     global_, per_step = parse_overrides(args.params, plan)
+    if args.nproc_per_node is not None:  # the training steps; -p STEP.nproc_per_node wins
+        for step in plan:
+            if step.name in MODEL_STEPS:
+                per_step.setdefault(step.name, {}).setdefault("nproc_per_node",
+                                                              args.nproc_per_node)
     steps = select_steps(plan, args.only, args.start)
     data_root, synthetic = resolve_data(args.data_root)
     if synthetic:

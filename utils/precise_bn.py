@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .evaluate import autocast, summary_scores
+from .history import HIGHER_IS_BETTER
 
 __all__ = ["validation_scores", "precise_bn_if_better", "record_precise_bn"]
 
@@ -58,7 +59,7 @@ def _better(new: float, old: float, monitor: str) -> bool:
         return False
     if math.isnan(old):
         return True
-    return new < old if monitor == "val_loss" else new > old
+    return new > old if HIGHER_IS_BETTER[monitor] else new < old
 
 
 def precise_bn_if_better(model: nn.Module, loaders: dict, cfg, device=None,
