@@ -48,7 +48,8 @@ class Step:
     """One notebook execution: `reports/<name>.ipynb|html`, `results/<name>.json`.
 
     `after`: steps whose outputs it reads (part of its fingerprint; it still runs when one
-    failed, reading what exists). `requires`: hard dependencies; blocked when one failed.
+    failed, reading what exists). No step needs another to have succeeded: every notebook
+    builds what it lacks, so the plan has no hard dependencies.
     """
 
     name: str
@@ -56,7 +57,6 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)
     profile_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     after: tuple[str, ...] = ()
-    requires: tuple[str, ...] = ()
 
 
 ABLATION_VARIANTS = tuple(_RECIPES)  # one 03 step per variant, in the study's order
@@ -331,7 +331,7 @@ class Run:
 def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
     """Check the whole command line and every step's config; raise UsageError on any fault."""
     names = {s.name for s in plan}
-    if dangling := sorted({d for s in plan for d in (*s.after, *s.requires)} - names):
+    if dangling := sorted({d for s in plan for d in s.after} - names):
         raise UsageError(f"the plan names unknown dependencies {dangling}")
     global_, per_step = parse_overrides(args.params, plan)
     if args.nproc_per_node is not None:  # the training steps; -p STEP.nproc_per_node wins
@@ -384,25 +384,14 @@ def print_plan(run: Run) -> None:
               + " ".join(f"{k}={v!r}" for k, v in shown.items()))
 
 
-def blocked_by(run: Run, step: Step) -> str:
-    for dep in step.requires:
-        status = run.outcomes.get(dep, {}).get("status") or run.state.get(dep, {}).get("status")
-        if status in ("failed", "blocked"):
-            return dep
-    return ""
-
-
 def run_step(run: Run, step: Step) -> dict[str, Any]:
-    """Skip, block or execute one step; record it in the state file at start and end."""
+    """Skip or execute one step; record it in the state file at start and end."""
     fp = run.fingerprint(step)
     why = run.why_run(step, fp)
     if not why:
         log.info("%s: unchanged, skipped", step.name)
         return {"status": "skipped-unchanged",
                 "duration_s": run.state[step.name].get("duration_s")}
-    if dep := blocked_by(run, step):
-        log.error("%s: blocked, its hard dependency %s failed", step.name, dep)
-        return {"status": "blocked", "error": f"blocked: {dep} failed"}
     log.info("%s: running %s (%s)", step.name, step.notebook, why)
     started = time.time()
     run.state[step.name] = {"status": "running", "fingerprint": fp,
@@ -446,7 +435,7 @@ def main(argv: list[str] | None = None, plan: list[Step] | None = None) -> int:
             index = run.write_index()
     rows = build_rows([s.name for s in run.steps], run.outcomes, run.state, run.reports)
     print(f"\n{summary_table(rows)}\n\nindex: {index}")
-    return 1 if any(o["status"] in ("failed", "blocked") for o in run.outcomes.values()) else 0
+    return 1 if any(o["status"] == "failed" for o in run.outcomes.values()) else 0
 
 
 def _setup_logging() -> None:

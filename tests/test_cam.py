@@ -1,7 +1,6 @@
 """Grad-CAM wrapper, token reshape, localisation scores, and a CAM that finds a learned blob."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from functools import partial
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ from torch import nn
 from utils.cam import (CAM_METHODS, CamExplainer, _methods, box_mask, cam_iou, compute_cams,
                        last_conv_layer, localisation_scores, overlay, peak_point, pointing_hit,
                        tokens_to_grid)
+from utils.models import create_model, list_models
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -124,6 +124,18 @@ def test_tokens_to_grid_drops_prefix_and_keeps_row_major_order():
         tokens_to_grid(torch.zeros(1, 1 + 12, 8), 1)
 
 
+def test_registry_token_reshapes_drop_vits_class_token_and_keep_all_mixer_tokens():
+    from utils.models import model_info
+
+    patches = torch.arange(16, dtype=torch.float32)[None, :, None].repeat(1, 1, 2)
+    with_cls = torch.cat([torch.full((1, 1, 2), -1.0), patches], dim=1)
+    vit = model_info("vit_tiny").cam_reshape(with_cls)
+    mixer = model_info("mixer_tiny").cam_reshape(patches)
+    assert vit.shape == mixer.shape == (1, 2, 4, 4)
+    torch.testing.assert_close(vit, mixer)  # the class token is gone, the grid row-major
+    assert mixer[0, 0, 1, 2] == 6
+
+
 def test_multilabel_target_index_and_bounds():
     torch.manual_seed(0)
     model = _resnet18_1ch(num_classes=3)
@@ -135,6 +147,34 @@ def test_multilabel_target_index_and_bounds():
             cam(x, target_index=3)
     assert not np.allclose(per_class[0], per_class[1])
     np.testing.assert_allclose(per_image[0], per_class[0], atol=1e-5)
+
+
+class _OutOfPlaceDenseNet(nn.Module):
+    """torchvision's DenseNet forward with an out-of-place final ReLU (the reference)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = nn.functional.relu(self.net.features(x))  # not inplace=True
+        pooled = nn.functional.adaptive_avg_pool2d(features, 1).flatten(1)
+        return self.net.classifier(pooled)
+
+
+@pytest.mark.parametrize("name", ["densenet121"])
+def test_densenet_cam_on_cpu_equals_the_out_of_place_forward(name):
+    """On CPU pytorch-grad-cam's stored activation shares memory with the layer's output;
+    with norm5 as the CAM layer, torchvision's in-place ReLU overwrote it (on CUDA it is a
+    copy), so the same weights gave another CAM per device."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=1, image_size=128).eval()
+    x = torch.rand(2, 1, 128, 128)  # 4×4 maps: at 64 px (2×2) the min-max scaling hid it
+    layer = model.info.cam_layer(model)
+    ours = compute_cams(model, x)
+    reference = compute_cams(_OutOfPlaceDenseNet(model).eval(), x, target_layer=layer)
+    assert ours.max() > 0
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 
 # --- localisation scores on hand-made CAMs ------------------------------------------------
@@ -256,17 +296,9 @@ def test_gradcam_points_at_the_learned_blob():
 
 # --- every registry model ------------------------------------------------------------------
 
-_HAVE_MODELS = importlib.util.find_spec("utils.models") is not None
-if _HAVE_MODELS:
-    from utils.models import create_model, list_models
-_MODEL_NAMES = list_models() if _HAVE_MODELS else ["<utils.models missing>"]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _MODEL_NAMES)
+@pytest.mark.parametrize("name", list_models())
 def test_cam_for_every_registry_model(name):
-    if not _HAVE_MODELS:
-        pytest.skip("utils/models.py does not exist yet")
     torch.manual_seed(0)
     model = create_model(name, num_classes=1, pretrained=False, image_size=64)
     before = _hook_count(model)

@@ -178,8 +178,6 @@ def test_load_manifest_demo_sources(demo_root, dataset, task):
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_make_loaders(demo_root, tmp_path, monkeypatch, cache):
-    pytest.importorskip("utils.transforms")
-    pytest.importorskip("utils.samplers")
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     cfg = make_config({"dataset": "rsna", "data_root": str(demo_root), "cache": cache,
                        "sampler": "balanced", "model": "simple_cnn", "batch_size": 4}, "smoke")

@@ -188,12 +188,41 @@ def test_predict_keeps_metas_and_tta_averages_views():
     assert list(pr.indices) == list(range(100, 112)) and pr.paths[3] == "/x/3.png"
     assert pr.patient_ids[3] == "p1" and np.array_equal(pr.targets, ds.targets.numpy())
     assert np.allclose(pr.probs, torch.sigmoid(model(ds.images)).detach().numpy(), atol=1e-6)
-    tta = ev.predict(model, loader(ds), device="cpu", tta=True)
+    with pytest.raises(ValueError, match="fill="):  # no .info: the black value is unknown
+        ev.predict(model, loader(ds), device="cpu", tta=True)
+    tta = ev.predict(model, loader(ds), device="cpu", tta=True, fill=-2.0)
     x = ds.images
-    views = [x, x.flip(-1)] + [tvf.rotate(x, a, interpolation=InterpolationMode.BILINEAR)
-                               for a in (5.0, -5.0)]
+    views = [x, x.flip(-1)] + [tvf.rotate(x + 2.0, a, interpolation=InterpolationMode.BILINEAR)
+                               - 2.0 for a in (5.0, -5.0)]
     expected = torch.stack([torch.sigmoid(model(v)) for v in views]).mean(0).detach().numpy()
     assert np.allclose(tta.probs, expected, atol=1e-6) and not np.allclose(tta.probs, pr.probs)
+
+
+def test_tta_rotations_fill_with_normalised_black():
+    """Training rotates uint8 images filling 0 (black) and then normalises; TTA rotates the
+    normalised tensor, so its fill must be (0 - mean) / std, not 0 (the mean grey)."""
+    from types import SimpleNamespace
+
+    model = Bright()
+    model.info = SimpleNamespace(mean=0.449, std=0.226)
+    black = torch.full((4, 1, 16, 16), -0.449 / 0.226)  # an all-black film, normalised
+    assert ev.black_value(model) == pytest.approx(-0.449 / 0.226)
+    plain = ev.tta_probabilities(model, black)
+    tta = ev.tta_probabilities(model, black, tta=True)  # rotating black adds only black
+    torch.testing.assert_close(tta, plain)
+
+
+def test_evaluation_autocast_follows_cfg_amp(monkeypatch):
+    seen = []
+    real = ev.autocast
+    monkeypatch.setattr(ev, "autocast", lambda device, enabled=True: seen.append(enabled)
+                        or real(device, enabled))
+    loaders = {"val": loader(make_split(20, 1)), "test": loader(make_split(20, 2))}
+    ev.evaluate_run(Bright(), loaders, cfg(amp=False, bootstrap=0), device="cpu")
+    assert seen and not any(seen)
+    seen.clear()
+    ev.evaluate_run(Bright(), loaders, cfg(bootstrap=0), device="cpu")
+    assert seen and all(seen)
 
 
 def cfg(**kw):

@@ -36,11 +36,34 @@ def _fourteen(name: str) -> nn.Module:
 
 def test_registry_lists_every_study_model():
     expected = {"simple_cnn", "resnet18_scratch", "resnet18", "resnet50", "densenet121",
-                "chexnet", "efficientnet_b4", "vit", "vit_small", "vit_tiny", "mixer",
+                "efficientnet_b4", "vit", "vit_small", "vit_tiny", "mixer",
                 "mixer_small", "mixer_tiny"}
     assert set(list_models()) == expected
-    with pytest.raises(KeyError, match="choose one of"):
+    assert set(list_models(aliases=True)) == expected | {"chexnet"}
+    with pytest.raises(KeyError, match="choose one of.*'chexnet'"):
         model_info("resnet19")
+
+
+def test_chexnet_is_densenet121_under_its_own_name(tmp_path):
+    """One network, two names: `-p model=chexnet` builds DenseNet-121, and its checkpoints
+    and results say `chexnet` (the name the run used)."""
+    from dataclasses import replace
+
+    from utils.checkpoint import load_model
+
+    info = model_info("chexnet")
+    assert info.name == "chexnet" and replace(info, name="densenet121") == model_info("densenet121")
+    torch.manual_seed(0)
+    model = create_model("chexnet", num_classes=14, image_size=SIZE)
+    assert model.info == info
+    reference = create_model("densenet121", num_classes=14, image_size=SIZE)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    path = tmp_path / "best.pt"
+    torch.save({"model_name": "chexnet", "num_classes": 14, "input_size": SIZE,
+                "model_state": model.state_dict()}, path)
+    loaded, _ = load_model(path, device="cpu")
+    x = torch.rand(1, 1, SIZE, SIZE)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -60,6 +83,28 @@ def test_forward_backward_and_cam_layer(name):
     cam = model.info.cam_reshape(feats[0]) if model.info.cam_reshape else feats[0]
     assert cam.ndim == 4 and cam.shape[0] == 2 and cam.shape[-1] == cam.shape[-2] >= 1
     model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_nothing_modifies_the_cam_layer_output_in_place(name):
+    """pytorch-grad-cam keeps the CAM layer's output with `.cpu()`: on CPU that is the same
+    memory, so an in-place op after the layer (DenseNet's F.relu(inplace=True) after norm5)
+    would change the stored activation on CPU but not on CUDA. Values must survive the
+    forward (an in-place op that leaves them equal, a ReLU of a ReLU output, is harmless)."""
+    model = _fourteen(name).eval()
+    kept = {}
+
+    def keep(module, inputs, output):
+        kept["output"], kept["copy"] = output, output.detach().clone()
+
+    hook = model.info.cam_layer(model).register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, 1, SIZE, SIZE))
+    finally:
+        hook.remove()
+    assert torch.equal(kept["output"], kept["copy"]), \
+        f"{name}: the forward modifies its CAM layer's output in place"
 
 
 # ViT-B and Mixer-B share vit_small's / mixer_small's code path; saving and reloading their

@@ -44,7 +44,7 @@ class RunConfig:
     num_workers: int = 2
     on_bad_image: str = "error"    # error | skip
     # --- model -------------------------------------------------------------------------
-    model: str = "resnet18"        # a name from utils.models.list_models()
+    model: str = "resnet18"        # a name from utils.models.list_models(aliases=True)
     pretrained: bool | str = True  # true/"imagenet", false/"none", or "xrv:<weights>"
                                    # (torchxrayvision's, utils.xrv); kept canonical
     allow_random_init: bool = False  # offline + pretrained: fall back to random weights
@@ -190,8 +190,10 @@ _MINIMUMS: dict[str, float] = {
     "bootstrap": 0, "nproc_per_node": 1, "nnodes": 1, "node_rank": 0, "rdzv_timeout": 1,
 }
 
-# Profiles set only *scale* knobs; the recipe (model, loss, sampler...) belongs to the
-# notebook and its run_all step. Any key can still be overridden by a parameter.
+# Profiles set scale knobs, and the CPU profiles (demo, smoke) also switch ImageNet weights
+# off (`pretrained=False`: they run offline, on tiny synthetic images) and set `lr`; the rest
+# of the recipe (model, loss, sampler...) belongs to the notebook and its run_all step. Any
+# key can still be overridden by a parameter.
 PROFILES: dict[str, dict[str, Any]] = {
     # the seeds' settings on the Kaggle data, for one GPU
     "full": {"image_size": 224, "epochs": 20, "batch_size": 32, "max_images": 0,

@@ -1,7 +1,7 @@
 """Tables and image samples for the EDA and preprocessing notebooks (no plotting here).
 
-Everything works from a source's manifest (DESIGN.md: EDA, splits and the cache read the
-manifest, never walk folders again).
+Everything works from a source's manifest (docs/ARCHITECTURE.md, "Data contracts"): EDA,
+like the splits and the cache, reads the manifest and never walks the folders again.
 """
 from __future__ import annotations
 

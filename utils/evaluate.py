@@ -20,9 +20,10 @@ from sklearn import metrics as skm
 from .runtime import pick_device
 from .stats import cluster_index, resample_weights
 
-__all__ = ["Predictions", "predict", "tta_probabilities", "amp_dtype", "autocast", "binary_metrics", "multilabel_metrics",
-           "summary_scores", "choose_threshold", "bootstrap_ci", "calibration",
-           "evaluate_run", "THRESHOLD_POLICIES"]
+__all__ = ["Predictions", "predict", "tta_probabilities", "black_value", "amp_dtype",
+           "autocast", "binary_metrics", "multilabel_metrics", "summary_scores",
+           "choose_threshold", "bootstrap_ci", "calibration", "evaluate_run",
+           "THRESHOLD_POLICIES"]
 
 THRESHOLD_POLICIES = ("fixed", "max_f1", "youden", "sensitivity")
 _TTA_ANGLES = (5.0, -5.0)  # degrees; small enough to keep the anatomy where it was
@@ -59,32 +60,52 @@ def autocast(device: torch.device | str, enabled: bool = True):
     return torch.autocast("cuda", dtype=amp_dtype())
 
 
-def _tta_views(images: torch.Tensor) -> list[torch.Tensor]:
+def black_value(model: torch.nn.Module) -> float:
+    """A black pixel after the model's normalisation, `(0 - mean) / std`: what training's
+    rotations fill the corners with (they rotate uint8 images, fill 0, then normalise)."""
+    info = getattr(model, "info", None)
+    if info is None or getattr(info, "mean", None) is None:
+        raise ValueError(f"{type(model).__name__} has no `.info.mean/std` (registry models "
+                         f"do): pass fill= (the normalised value of a black pixel) for TTA")
+    return -float(info.mean) / float(info.std)
+
+
+def _tta_views(images: torch.Tensor, fill: float) -> list[torch.Tensor]:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as tvf
 
+    # rotate (x - fill) with zero padding, then add fill back: exactly a rotation of the
+    # [0, 1] pixels with black corners, normalised afterwards (torchvision's own `fill=`
+    # blends the fill into bilinear edge pixels: a rotated black image would not stay black)
     views = [images, images.flip(-1)]
-    views += [tvf.rotate(images, a, interpolation=InterpolationMode.BILINEAR)
+    views += [tvf.rotate(images - fill, a, interpolation=InterpolationMode.BILINEAR) + fill
               for a in _TTA_ANGLES]
     return views
 
 
-def tta_probabilities(model: torch.nn.Module, images: torch.Tensor,
-                      tta: bool = False) -> torch.Tensor:
+def tta_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: bool = False, *,
+                      amp: bool = True, fill: float | None = None) -> torch.Tensor:
     """Sigmoid probabilities (B×K, on the images' device) of one batch; with `tta`, their
-    mean over identity, horizontal flip and ±5° rotations (rotated on the device)."""
-    views = _tta_views(images) if tta else [images]
-    with torch.inference_mode(), autocast(images.device):
+    mean over identity, horizontal flip and ±5° rotations (rotated on the device, corners
+    filled with `fill`, default `black_value(model)`). `amp`: autocast on CUDA, as the
+    run's `cfg.amp` says (training and validation used the same)."""
+    if tta:
+        views = _tta_views(images, black_value(model) if fill is None else fill)
+    else:
+        views = [images]
+    with torch.inference_mode(), autocast(images.device, amp):
         return torch.stack([torch.sigmoid(model(v).float()) for v in views]).mean(0)
 
 
 def predict(model: torch.nn.Module, loader, device: torch.device | str | None = None,
-            tta: bool = False) -> Predictions:
+            tta: bool = False, *, amp: bool = True, fill: float | None = None) -> Predictions:
     """Sigmoid probabilities for every item of `loader` (batches of `(image, target, meta)`).
 
     Args:
         device: defaults to the device the model's parameters are on.
         tta: average probabilities over identity, horizontal flip and ±5° rotations.
+        amp: mixed precision on CUDA (pass the run's `cfg.amp`).
+        fill: TTA's corner value; default a black pixel (`black_value(model)`).
     Example:
         >>> preds = predict(model, loaders["test"], tta=True)  # doctest: +SKIP
         >>> preds.probs.shape   # (N, K)
@@ -97,7 +118,8 @@ def predict(model: torch.nn.Module, loader, device: torch.device | str | None = 
     probs, targets, metas = [], [], []
     for images, target, meta in loader:
         # probabilities stay on the device until the end: no host sync per batch
-        probs.append(tta_probabilities(model, images.to(device, non_blocking=True), tta))
+        probs.append(tta_probabilities(model, images.to(device, non_blocking=True), tta,
+                                       amp=amp, fill=fill))
         targets.append(target)
         metas.extend(meta)
     if not probs:
@@ -313,7 +335,7 @@ def evaluate_run(model: torch.nn.Module, loaders: dict, cfg, device=None) -> dic
     missing = {"val", "test"} - set(loaders)
     if missing:
         raise KeyError(f"evaluate_run needs loaders for 'val' and 'test'; missing {sorted(missing)}")
-    preds = {split: predict(model, loaders[split], device, tta=cfg.tta)
+    preds = {split: predict(model, loaders[split], device, tta=cfg.tta, amp=cfg.amp)
              for split in ("val", "test")}
     K = preds["test"].probs.shape[1]
     names = preds["test"].class_names or (["Pneumonia"] if K == 1 else

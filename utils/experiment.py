@@ -122,8 +122,16 @@ def _init_fingerprint(path: str) -> str:
     except CheckpointError:  # a plain state_dict (create_model accepts one): its file facts
         st = Path(path).stat()
         return f"file:{st.st_size}:{st.st_mtime_ns}"
-    return (f"{ckpt.get('data_fingerprint', '?')}:{ckpt.get('best_score')}:"
-            f"{len((ckpt.get('history') or {}).get('epochs', []))}")
+    epochs = (ckpt.get("history") or {}).get("epochs", [])
+    return f"{ckpt.get('data_fingerprint', '?')}:{_trained_best_score(ckpt)}:{len(epochs)}"
+
+
+def _trained_best_score(ckpt: dict[str, Any]) -> Any:
+    """best.pt's best score as `fit` measured it (before precise BN re-measured it)."""
+    hist = ckpt.get("history") or {}
+    monitor = hist.get("monitor", "val_auroc")
+    row = next((r for r in hist.get("epochs", []) if r.get("epoch") == hist.get("best_epoch")), {})
+    return row.get(f"{monitor}_as_trained", ckpt.get("best_score"))
 
 
 def evaluate_and_record(exp: Experiment, ctx: RunContext,
@@ -136,16 +144,19 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
     """
     from .evaluate import evaluate_run
     from .models import count_parameters
+    from .precise_bn import precise_bn_if_better, record_precise_bn
     from .results import build_results, write_predictions, write_results
-    from .train import load_model, recalibrate_batchnorm, update_checkpoint
+    from .train import load_model, update_checkpoint
 
     cfg = exp.cfg
     best = exp.checkpoint / "best.pt"
     built = getattr(exp.model, "pretrained_weights", None)
     exp.model, ckpt = load_model(best, device=ctx.device)
-    fields = {}
-    if cfg.trainable_from == "all" and recalibrate_batchnorm(exp.model, exp.loaders["train"]):
-        # BN statistics recomputed for the final weights; the checkpoint keeps them
+    # BN statistics recomputed for the best weights where validation says so; the history
+    # row then describes the weights best.pt keeps (utils.precise_bn)
+    bn = precise_bn_if_better(exp.model, exp.loaders, cfg, ctx.device)
+    fields = record_precise_bn(exp.history, bn)
+    if bn["kept"]:
         fields["model_state"] = exp.model.state_dict()
     exp.evaluation = evaluate_run(exp.model, exp.loaders, cfg, device=ctx.device)
     update_checkpoint(best, threshold=exp.evaluation["threshold"]["value"],

@@ -2,6 +2,7 @@
 each model's CAMs land on the ground-truth boxes. Used by 08_gradcam_gallery."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import torch
 from .config import RunConfig, make_config
 from .notebook import RunContext
 
-__all__ = ["runs_with_checkpoints", "pick_cases", "build_gallery", "localisation_table"]
+__all__ = ["runs_with_checkpoints", "pick_cases", "Cases", "load_cases", "build_gallery",
+           "localisation_table"]
 
 _GROUPS = ("true positive (confident)", "false negative", "false positive")
 
@@ -56,14 +58,32 @@ def _to_uint8(image: torch.Tensor, mean: float, std: float) -> np.ndarray:
     return (np.clip(image[0].numpy() * std + mean, 0, 1) * 255).astype(np.uint8)
 
 
-def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4,
-                  max_localisation: int = 128) -> dict[str, Any]:
-    """Images, CAMs, boxes and titles of a step's picked test cases, plus its CAM-vs-box score.
+@dataclass
+class Cases:
+    """A run's best model, its test split and the test cases the gallery picks from it."""
 
-    Predictions are recomputed on the test split with the best checkpoint, and cases are
-    picked at the checkpoint's validation-chosen threshold.
-    """
-    from .cam import CamExplainer, is_flat, localisation_scores
+    model: torch.nn.Module
+    ckpt: dict[str, Any]
+    run_cfg: RunConfig
+    test: Any                       # the test DataLoader (its dataset is indexed below)
+    pred: Any                       # utils.evaluate.Predictions on the test split
+    threshold: float
+    picked: dict[str, np.ndarray]   # group -> dataset indices, as `pick_cases` orders them
+
+    def items(self) -> list[tuple[str, int, torch.Tensor, np.ndarray, dict]]:
+        """`(group, index, image tensor, uint8 image, meta)` of every picked case, in order."""
+        mean, std = float(self.ckpt["mean"]), float(self.ckpt["std"])
+        out = []
+        for group, indices in self.picked.items():
+            for i in indices:
+                image, _, meta = self.test.dataset[int(i)]
+                out.append((group, int(i), image, _to_uint8(image, mean, std), meta))
+        return out
+
+
+def load_cases(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4) -> Cases:
+    """A step's best checkpoint, test predictions recomputed with it, and its picked cases
+    (at the checkpoint's validation-chosen threshold): what 08 shows, for any notebook."""
     from .data.dataset import load_manifest, make_loaders
     from .evaluate import predict
     from .train import load_model
@@ -71,22 +91,35 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     model, ckpt = load_model(Path(cfg.checkpoint_dir) / step / "best.pt", device=ctx.device)
     run_cfg = _run_config(ckpt, cfg)
     test = make_loaders(run_cfg, load_manifest(run_cfg), run_cfg.model)["test"]
-    pred = predict(model, test, device=ctx.device, tta=run_cfg.tta)  # as the threshold saw it
+    pred = predict(model, test, device=ctx.device, tta=run_cfg.tta,  # as the threshold saw it
+                   amp=run_cfg.amp)
     threshold = float(ckpt.get("threshold", 0.5))
-    cases = pick_cases(pred.probs[:, 0], pred.targets[:, 0], threshold, per_group)
-    mean, std = float(ckpt["mean"]), float(ckpt["std"])
+    picked = pick_cases(pred.probs[:, 0], pred.targets[:, 0], threshold, per_group)
+    return Cases(model, ckpt, run_cfg, test, pred, threshold, picked)
+
+
+def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4,
+                  max_localisation: int = 128) -> dict[str, Any]:
+    """Images, CAMs, boxes and titles of a step's picked test cases, plus its CAM-vs-box score.
+
+    Predictions are recomputed on the test split with the best checkpoint, and cases are
+    picked at the checkpoint's validation-chosen threshold (`load_cases`).
+    """
+    from .cam import CamExplainer, is_flat, localisation_scores
+
+    cases = load_cases(step, cfg, ctx, per_group)
+    model, run_cfg, test, pred, threshold = (cases.model, cases.run_cfg, cases.test,
+                                             cases.pred, cases.threshold)
     out: dict[str, Any] = {"images": [], "titles": [], "boxes": [], "cams": []}
     has_box = test.dataset.manifest["boxes"].map(len).to_numpy() > 0  # no decode needed
     positives = np.flatnonzero((pred.targets[:, 0] == 1) & has_box)[:max_localisation]
     with CamExplainer(model.to(ctx.device)) as cam:
-        for group, indices in cases.items():
-            for i in indices:
-                image, _, meta = test.dataset[int(i)]
-                out["images"].append(_to_uint8(image, mean, std))
-                out["cams"].append(cam(image.to(ctx.device))[0])
-                out["boxes"].append(meta["boxes"].tolist())
-                flat = " (flat CAM)" if is_flat(out["cams"][-1]) else ""
-                out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}{flat}")
+        for group, i, image, image_u8, meta in cases.items():
+            out["images"].append(image_u8)
+            out["cams"].append(cam(image.to(ctx.device))[0])
+            out["boxes"].append(meta["boxes"].tolist())
+            flat = " (flat CAM)" if is_flat(out["cams"][-1]) else ""
+            out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}{flat}")
         items = [test.dataset[int(i)] for i in positives]
         cams = cam(torch.stack([it[0] for it in items]).to(ctx.device)) if items else []
         scores = localisation_scores(cams, [it[2]["boxes"].tolist() for it in items])

@@ -8,7 +8,6 @@ normalisation) and Grad-CAM layer, so nothing downstream copies them by hand, an
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -17,12 +16,13 @@ import torch
 from torch import nn
 
 from . import weights
+from .cam import tokens_to_grid
 from .transfer import freeze_before, load_init_weights
 from .weights import PretrainedWeightsError
 from .nets import BasicBlock, ResNet18Scratch, SimpleCNN, linear_head as _linear_head
 
 __all__ = ["ModelInfo", "PretrainedWeightsError", "register_model", "list_models",
-           "model_info", "create_model", "count_parameters", "tokens_to_map",
+           "model_info", "create_model", "count_parameters", "register_alias",
            "SimpleCNN", "BasicBlock", "ResNet18Scratch"]
 
 # 1-channel normalisation = the mean of the RGB statistics the weights were trained with
@@ -51,6 +51,7 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelInfo]] = {}
+_ALIASES: dict[str, str] = {}   # alias -> the entry it names (`register_alias`)
 
 
 def register_model(*, family: str, head: str, cam_layer: Callable[[nn.Module], nn.Module],
@@ -65,15 +66,26 @@ def register_model(*, family: str, head: str, cam_layer: Callable[[nn.Module], n
     return wrap
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def register_alias(alias: str, name: str) -> None:
+    """Another name for the entry `name`: its factory and settings, with `info.name` the
+    alias (checkpoints and results keep the name a run used)."""
+    from dataclasses import replace
+
+    factory, info = _REGISTRY[name]
+    _REGISTRY[alias] = (factory, replace(info, name=alias))
+    _ALIASES[alias] = name
+
+
+def list_models(aliases: bool = False) -> list[str]:
+    """The registry's entries (with `aliases`, their other names too, e.g. `chexnet`)."""
+    return sorted(n for n in _REGISTRY if aliases or n not in _ALIASES)
 
 
 def model_info(name: str, pretrained: bool | str = False) -> ModelInfo:
     """The entry's data settings for weights from `pretrained`: ImageNet or none share the
     entry's; torchxrayvision weights bring their own scaling and input size (`utils.xrv`)."""
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; choose one of {list_models()}")
+        raise KeyError(f"unknown model {name!r}; choose one of {list_models(aliases=True)}")
     info, source = _REGISTRY[name][1], weights.canonical_pretrained(pretrained)
     if isinstance(source, str):
         from .xrv import XRV_NORM, XRV_WEIGHTS
@@ -90,22 +102,13 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 # --- Grad-CAM handles (module-level functions, not lambdas, so ModelInfo pickles) --------
 
-def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
-    """`B×N×C` transformer tokens → `B×C×h×w`, dropping the leading class token (ViT).
-
-    A square patch grid is assumed (our images are square): with N = prefix + s², the
-    prefix tokens are the ones beyond the largest square.
-    """
-    side = math.isqrt(tokens.shape[1])
-    grid = tokens[:, tokens.shape[1] - side * side:, :]
-    return grid.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
-
-
-def _cam_features(m: nn.Module) -> nn.Module: return m.features[-1]   # last conv block / norm5
+def _cam_features(m: nn.Module) -> nn.Module: return m.features[-1]   # last block / relu5
 def _cam_resnet(m: nn.Module) -> nn.Module: return m.layer4[-1]
 def _cam_effnet(m: nn.Module) -> nn.Module: return m._bn1             # last feature map
 def _cam_vit(m: nn.Module) -> nn.Module: return m.blocks[-1].norm1    # pytorch-grad-cam's choice
 def _cam_mixer(m: nn.Module) -> nn.Module: return m.blocks[-1]
+def _vit_tokens(t: torch.Tensor) -> torch.Tensor: return tokens_to_grid(t, 1)   # class token
+def _mixer_tokens(t: torch.Tensor) -> torch.Tensor: return tokens_to_grid(t, 0)
 
 
 # --- helpers shared by the factories -------------------------------------------------
@@ -155,6 +158,14 @@ def _torchvision(arch: str, num_classes: int, pretrained: bool, in_chans: int,
         model = torchvision.models.get_model(arch, weights=None)
     if arch.startswith("densenet"):
         _set_in_chans(model.features.conv0, in_chans, pretrained)
+        # torchvision's forward applies F.relu(features, inplace=True) after norm5, so a
+        # CAM at norm5 stored the ReLU's values on CPU (pytorch-grad-cam's .cpu() is the
+        # same memory) and norm5's on CUDA (a copy). The CAM layer is an out-of-place ReLU
+        # appended instead: the in-place ReLU of its non-negative output changes nothing.
+        # nn.Threshold(0, 0) is that ReLU with a backward that reads its input (nn.ReLU's
+        # reads its output, which the in-place op bumps: autograd would refuse). No
+        # parameters: state_dict keys stay as they were.
+        model.features.add_module("relu5", nn.Threshold(0.0, 0.0))
         model.classifier = _linear_head(model.classifier.in_features, num_classes, dropout)
     else:
         _set_in_chans(model.conv1, in_chans, pretrained)
@@ -172,21 +183,16 @@ def resnet50(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Modul
     return _torchvision("resnet50", num_classes, pretrained, in_chans, dropout)
 
 
-_DENSENET = dict(family="densenet", head="classifier", cam_layer=_cam_features,
-                 stages=("denseblock3", "denseblock4"))
-
-
-@register_model(**_DENSENET)
+@register_model(family="densenet", head="classifier", cam_layer=_cam_features,
+                stages=("denseblock3", "denseblock4"))
 def densenet121(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
     return _torchvision("densenet121", num_classes, pretrained, in_chans, dropout)
 
 
-@register_model(**_DENSENET)
-def chexnet(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
-    """CheXNet (Rajpurkar et al. 2017) = ImageNet DenseNet-121 with a sigmoid head: 1 output
-    for pneumonia, 14 for NIH. The sigmoid lives in the loss (BCE-with-logits) and in
-    `evaluate`, so the model itself returns logits like every other entry."""
-    return _torchvision("densenet121", num_classes, pretrained, in_chans, dropout)
+# CheXNet (Rajpurkar et al. 2017) *is* an ImageNet DenseNet-121 with a sigmoid head (1 output
+# for pneumonia, 14 for NIH; the sigmoid lives in the loss and in `evaluate`): what makes it
+# CheXNet is its training on NIH, 02_chexnet's part A. One network, two names.
+register_alias("chexnet", "densenet121")
 
 
 def _efficientnet(variant: str, pretrained: bool, in_chans: int, image_size: int | None
@@ -257,9 +263,9 @@ def _timm(arch: str, num_classes: int, pretrained: bool, in_chans: int, dropout:
     return model
 
 
-_VIT = dict(family="vit", head="head", cam_layer=_cam_vit, cam_reshape=tokens_to_map,
+_VIT = dict(family="vit", head="head", cam_layer=_cam_vit, cam_reshape=_vit_tokens,
             stages=("last_blocks",), norm=TIMM_GRAY)
-_MIXER = dict(_VIT, family="mixer", cam_layer=_cam_mixer)
+_MIXER = dict(_VIT, family="mixer", cam_layer=_cam_mixer, cam_reshape=_mixer_tokens)
 
 
 @register_model(**_VIT)
@@ -346,7 +352,7 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool | str = False
     """Build a registry model mapping `B×in_chans×H×W` to logits `B×num_classes`.
 
     Args:
-        name: one of `list_models()`.
+        name: one of `list_models(aliases=True)` (`chexnet` is an alias of `densenet121`).
         num_classes: 1 for binary pneumonia, 14 for NIH multilabel.
         pretrained: the starting weights: `True`/"imagenet" (the torchvision/timm/
             efficientnet hubs, or their caches offline), `False`/"none", or

@@ -206,6 +206,7 @@ def predict_files(checkpoint: str | os.PathLike, files: Sequence[str | os.PathLi
     dev = pick_device(device)
     model, ckpt = load_model(checkpoint, device=dev)
     spec = _Spec.of(ckpt)
+    amp = bool(ckpt.get("config", {}).get("amp", True))  # as evaluation chose the threshold
     if tta is None:
         tta = spec.tta
     elif tta != spec.tta:
@@ -228,7 +229,7 @@ def predict_files(checkpoint: str | os.PathLike, files: Sequence[str | os.PathLi
             probs: dict[int, np.ndarray] = {}
             if ok:
                 batch = torch.stack([loaded[i][0] for i in ok]).to(dev)
-                out = tta_probabilities(model, batch, tta=tta).float().cpu().numpy()
+                out = tta_probabilities(model, batch, tta=tta, amp=amp).float().cpu().numpy()
                 probs = dict(zip(ok, out))
                 if cam_dir:
                     _write_cams(model, batch, [loaded[i][1] for i in ok],

@@ -36,7 +36,7 @@ class StepRow:
     """One line of the index: what happened to a step and what its results file says."""
 
     name: str
-    status: str          # ok | failed | skipped-unchanged | blocked | running | not run
+    status: str          # ok | failed | skipped-unchanged | running | not run
     duration_s: float | None = None
     report: str | None = None        # href of <step>.html relative to the index, if it exists
     error: str = ""
@@ -100,7 +100,7 @@ h1{margin-bottom:.2rem} .meta{color:#555;margin-bottom:1rem}
 table{border-collapse:collapse;width:100%;font-size:.92rem}
 th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#1b7f3b;font-weight:600} .failed,.blocked{color:#b00020;font-weight:600}
+.ok{color:#1b7f3b;font-weight:600} .failed{color:#b00020;font-weight:600}
 .skipped-unchanged{color:#555} .not-run,.running{color:#999}
 .badge{background:#fde2e4;color:#b00020;border-radius:4px;padding:0 .3rem;font-size:.8rem;
  white-space:nowrap} .err{color:#b00020;font-family:monospace;font-size:.85rem}

@@ -1,6 +1,6 @@
 """Tables of one run built from its results JSON (the comparison of runs: utils.comparison).
 
-Reads results only; imports no training code (DESIGN.md's one-way arrows).
+Reads results only; imports no training code (the one-way arrows of docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
