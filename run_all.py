@@ -84,7 +84,7 @@ def _model_steps() -> list[Step]:
             Step("04_efficientnet_b4", "04_efficientnet_b4.ipynb",
                  {"model": "efficientnet_b4", **_COMMON},
                  profile_params=_small("efficientnet_b0")),
-            Step("05_vit", "05_vit.ipynb", dict(_COMMON), profile_params=_small("vit_tiny")),
+            Step("05_vit", "05_vit.ipynb", dict(_COMMON), profile_params=_small("vit_mini")),
             Step("06_mlp_mixer", "06_mlp_mixer.ipynb", dict(_COMMON),
                  profile_params=_small("mixer_tiny"))]
 
