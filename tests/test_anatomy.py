@@ -139,6 +139,18 @@ def test_attention_rollout_of_a_vit_with_uniform_attention():
     assert maps.shape == (3, 4, 4) and maps.min() == 0.0 and maps.max() == pytest.approx(1.0)
 
 
+def test_rollout_of_a_pooling_vit_is_the_mean_of_the_token_rows():
+    model = create_model("vit_mini", 1, image_size=SIZE).eval()  # no class token: GAP
+    images = torch.rand(2, 1, SIZE, SIZE)
+    with anatomy.recorded_attention(model) as records, torch.no_grad():
+        model(images)
+    mean_row = anatomy.rollout(records).mean(1).reshape(2, 4, 4)
+    lo = mean_row.amin((1, 2), keepdim=True)
+    expected = (mean_row - lo) / (mean_row.amax((1, 2), keepdim=True) - lo)
+    np.testing.assert_allclose(anatomy.attention_rollout(model, images), expected.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_token_mixing_maps_are_fc1_rows_on_the_patch_grid():
     model = create_model("mixer_tiny", 1, image_size=SIZE)
     fc1 = model.blocks[0].mlp_tokens.fc1

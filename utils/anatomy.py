@@ -244,12 +244,16 @@ def rollout(attentions: list[torch.Tensor], residual: float = 0.5) -> torch.Tens
 def attention_rollout(model: nn.Module, images: torch.Tensor,
                       residual: float = 0.5) -> np.ndarray:
     """The class token's rollout over the patches, `N×h×w`, each scaled to [0, 1]: where
-    the ViT's prediction draws its information from (attention only, no gradients)."""
+    the ViT's prediction draws its information from (attention only, no gradients). A ViT
+    that pools all tokens instead (`vit_mini`, no class token) predicts from their mean, so
+    its rollout is the mean of the tokens' rows."""
     gh, gw = _patch_embed(model).grid_size
     model.eval()
     with recorded_attention(model) as records, torch.no_grad():
         model(images)
-    cls_row = rollout(records, residual)[:, 0, -gh * gw:].reshape(-1, gh, gw)
+    flow = rollout(records, residual)
+    pooled = flow[:, 0] if getattr(model, "num_prefix_tokens", 1) else flow.mean(1)
+    cls_row = pooled[:, -gh * gw:].reshape(-1, gh, gw)
     lo = cls_row.amin((1, 2), keepdim=True)
     span = (cls_row.amax((1, 2), keepdim=True) - lo).clamp_min(1e-12)
     return ((cls_row - lo) / span).cpu().numpy()
