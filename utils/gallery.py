@@ -13,8 +13,8 @@ import torch
 from .config import RunConfig, make_config
 from .notebook import RunContext
 
-__all__ = ["runs_with_checkpoints", "pick_cases", "Cases", "load_cases", "build_gallery",
-           "localisation_table"]
+__all__ = ["runs_with_checkpoints", "pick_cases", "Cases", "load_cases", "cam_candidates",
+           "choose_cam_layer", "build_gallery", "localisation_table"]
 
 _GROUPS = ("true positive (confident)", "false negative", "false positive")
 
@@ -69,6 +69,7 @@ class Cases:
     pred: Any                       # utils.evaluate.Predictions on the test split
     threshold: float
     picked: dict[str, np.ndarray]   # group -> dataset indices, as `pick_cases` orders them
+    val: Any = None                 # the validation DataLoader (the CAM layer is chosen on it)
 
     def items(self) -> list[tuple[str, int, torch.Tensor, np.ndarray, dict]]:
         """`(group, index, image tensor, uint8 image, meta)` of every picked case, in order."""
@@ -90,12 +91,78 @@ def load_cases(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4) -
 
     model, ckpt = load_model(Path(cfg.checkpoint_dir) / step / "best.pt", device=ctx.device)
     run_cfg = _run_config(ckpt, cfg)
-    test = make_loaders(run_cfg, load_manifest(run_cfg), run_cfg.model)["test"]
+    loaders = make_loaders(run_cfg, load_manifest(run_cfg), run_cfg.model, splits=("val", "test"))
+    test = loaders["test"]
     pred = predict(model, test, device=ctx.device, tta=run_cfg.tta,  # as the threshold saw it
                    amp=run_cfg.amp)
     threshold = float(ckpt.get("threshold", 0.5))
     picked = pick_cases(pred.probs[:, 0], pred.targets[:, 0], threshold, per_group)
-    return Cases(model, ckpt, run_cfg, test, pred, threshold, picked)
+    return Cases(model, ckpt, run_cfg, test, pred, threshold, picked, loaders["val"])
+
+
+def cam_candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The layers Grad-CAM may explain, finest first, ending with the registry's default.
+
+    The default is the last feature map (CheXNet's choice), which at the demo's 64 px is 2×2
+    for the CNNs: upsampled, it peaks in a corner. The ends of the earlier stages keep more
+    resolution and a smaller receptive field. Transformers keep one token grid throughout,
+    so they only have the default.
+    """
+    default = model.info.cam_layer(model)
+    family = model.info.family
+    if family == "resnet":
+        layers = {n: getattr(model, n)[-1] for n in ("layer1", "layer2", "layer3")}
+    elif family == "densenet":
+        layers = {f"features.{n}": getattr(model.features, n)
+                  for n in ("denseblock1", "denseblock2", "denseblock3")}
+    elif family == "cnn":
+        layers = {f"features.{i}": block for i, block in enumerate(model.features)}
+    elif family == "efficientnet":  # the last block of each resolution (before a stride 2)
+        blocks = model._blocks
+        stride = [int(np.max(b._block_args.stride)) for b in blocks]  # an int or a list
+        layers = {f"_blocks.{i}": blocks[i] for i in range(1, len(blocks) - 1)
+                  if stride[i + 1] > 1}
+    else:
+        layers = {}
+    layers = {n: m for n, m in layers.items() if m is not default}
+    return {**layers, "default": default}
+
+
+def _positives_with_boxes(loader, limit: int) -> tuple[torch.Tensor | None, list]:
+    dataset = loader.dataset
+    has_box = dataset.manifest["boxes"].map(len).to_numpy() > 0  # no decode needed
+    rows = np.flatnonzero((dataset.labels[:, 0] == 1) & has_box)[:limit]
+    items = [dataset[int(i)] for i in rows]
+    if not items:
+        return None, []
+    return torch.stack([it[0] for it in items]), [it[2]["boxes"].tolist() for it in items]
+
+
+def _scores(model, layer, reshape, images, boxes, device) -> dict[str, float]:
+    from .cam import CamExplainer, localisation_scores
+
+    with CamExplainer(model, target_layer=layer, reshape=reshape) as cam:
+        return localisation_scores(cam(images.to(device)), boxes)
+
+
+def choose_cam_layer(cases: Cases, device, limit: int = 48) -> dict[str, Any]:
+    """The candidate layer whose Grad-CAM peaks inside the boxes most often on the
+    *validation* positives (ties: the deeper layer); the default when val has no boxes.
+    Test boxes never take part in the choice."""
+    model, info = cases.model, cases.model.info
+    candidates = cam_candidates(model)
+    images, boxes = (_positives_with_boxes(cases.val, limit) if cases.val is not None
+                     else (None, []))
+    if images is None or len(candidates) == 1:
+        return {"layer": "default", "chosen_on": "default (no validation boxes)",
+                "val_hit_rate": float("nan")}
+    best, best_rate = "default", -1.0
+    for name in reversed(list(candidates)):  # deepest first: a later layer wins ties
+        reshape = info.cam_reshape if name == "default" else None
+        rate = _scores(model, candidates[name], reshape, images, boxes, device)["hit_rate"]
+        if rate > best_rate:
+            best, best_rate = name, rate
+    return {"layer": best, "chosen_on": "val", "val_hit_rate": best_rate}
 
 
 def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4,
@@ -105,33 +172,41 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     Predictions are recomputed on the test split with the best checkpoint, and cases are
     picked at the checkpoint's validation-chosen threshold (`load_cases`).
     """
-    from .cam import CamExplainer, is_flat, localisation_scores
+    from .cam import CamExplainer, is_flat
 
     cases = load_cases(step, cfg, ctx, per_group)
-    model, run_cfg, test, pred, threshold = (cases.model, cases.run_cfg, cases.test,
-                                             cases.pred, cases.threshold)
-    out: dict[str, Any] = {"images": [], "titles": [], "boxes": [], "cams": []}
-    has_box = test.dataset.manifest["boxes"].map(len).to_numpy() > 0  # no decode needed
-    positives = np.flatnonzero((pred.targets[:, 0] == 1) & has_box)[:max_localisation]
-    with CamExplainer(model.to(ctx.device)) as cam:
+    model, run_cfg, pred = cases.model.to(ctx.device), cases.run_cfg, cases.pred
+    choice = choose_cam_layer(cases, ctx.device)
+    candidates = cam_candidates(model)
+    layer = candidates[choice["layer"]]
+    reshape = model.info.cam_reshape if choice["layer"] == "default" else None
+    out: dict[str, Any] = {"images": [], "titles": [], "boxes": [], "cams": [],
+                           "layer": choice["layer"]}
+    with CamExplainer(model, target_layer=layer, reshape=reshape) as cam:
         for group, i, image, image_u8, meta in cases.items():
             out["images"].append(image_u8)
             out["cams"].append(cam(image.to(ctx.device))[0])
             out["boxes"].append(meta["boxes"].tolist())
             flat = " (flat CAM)" if is_flat(out["cams"][-1]) else ""
             out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}{flat}")
-        items = [test.dataset[int(i)] for i in positives]
-        cams = cam(torch.stack([it[0] for it in items]).to(ctx.device)) if items else []
-        scores = localisation_scores(cams, [it[2]["boxes"].tolist() for it in items])
+    images, boxes = _positives_with_boxes(cases.test, max_localisation)
+    nan = float("nan")
+    scores = (_scores(model, layer, reshape, images, boxes, ctx.device) if images is not None
+              else {"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan})
+    default = (scores if choice["layer"] == "default" or images is None else
+               _scores(model, candidates["default"], model.info.cam_reshape, images, boxes,
+                       ctx.device))
     out["localisation"] = {"step": step, "model": run_cfg.model, "dataset": run_cfg.dataset,
-                           "threshold": threshold, **scores}
+                           "threshold": cases.threshold, **scores, **choice,
+                           "default_hit_rate": default["hit_rate"]}
     return out
 
 
 def localisation_table(galleries: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per model: pointing-game hit rate and IoU against the random-point baseline."""
     rows = [g["localisation"] for g in galleries.values()]
-    table = pd.DataFrame(rows, columns=["step", "model", "dataset", "n", "hit_rate",
-                                        "random_hit_rate", "mean_iou", "threshold"])
+    table = pd.DataFrame(rows, columns=["step", "model", "dataset", "n", "layer", "chosen_on",
+                                        "val_hit_rate", "hit_rate", "random_hit_rate",
+                                        "default_hit_rate", "mean_iou", "threshold"])
     table["hit_rate_vs_random"] = table["hit_rate"] / table["random_hit_rate"]
     return table
