@@ -200,19 +200,22 @@ def scaling(rows: list[dict], key: Callable[[dict], float] = seconds_per_row) ->
     return key(large) / key(small)
 
 
-def print_rows(rows: list[dict]) -> None:
-    print(f"{'rows':>7} {'manifest_s':>10} {'cache_img_per_s':>15} {'peak_rss_mb':>11} "
+HEADER = (f"{'rows':>7} {'manifest_s':>10} {'cache_img_per_s':>15} {'peak_rss_mb':>11} "
           f"{'peak_pss_mb':>11} {'cache_s':>8} {'cpu_s':>7} {'load before/after':>17}")
-    for r in rows:
-        print(f"{r['rows']:>7} {r['manifest_s']:>10.2f} {r['cache_img_per_s']:>15.0f} "
-              f"{r['peak_rss_mb']:>11.0f} {r['peak_pss_mb']:>11.0f} {r['cache_s']:>8.2f} "
-              f"{r['cpu_s']:>7.1f} {r['load'][0]:>8.1f}/{r['load'][1]:.1f}")
+
+
+def print_row(r: dict) -> None:
+    print(f"{r['rows']:>7} {r['manifest_s']:>10.2f} {r['cache_img_per_s']:>15.0f} "
+          f"{r['peak_rss_mb']:>11.0f} {r['peak_pss_mb']:>11.0f} {r['cache_s']:>8.2f} "
+          f"{r['cpu_s']:>7.1f} {r['load'][0]:>8.1f}/{r['load'][1]:.1f}", flush=True)
+
+
+def print_details(rows: list[dict]) -> None:
     print("\nmanifest_s by step (s): " + "; ".join(
         f"{r['rows']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["parts"].items())
         for r in rows))
     print("splits: " + "; ".join(f"{r['rows']}: {r['split']}" for r in rows))
-    print(f"layout writing (not counted): " + ", ".join(f"{r['layout_s']:.1f} s"
-                                                         for r in rows))
+    print("layout writing (not counted): " + ", ".join(f"{r['layout_s']:.1f} s" for r in rows))
 
 
 def main(argv: list[str] | None = None) -> float | None:
@@ -246,12 +249,16 @@ def main(argv: list[str] | None = None) -> float | None:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="cxr-nih-scale-"))
     print(f"nih_scale: {os.cpu_count()} CPUs, cache {args.image_size} px, workers "
           f"{args.workers or os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, in {work}")
+    print(HEADER, flush=True)
+    rows = []
     try:
-        rows = [run_size(entries, bbox, n, work, args) for n in sizes]
+        for n in sizes:
+            rows.append(run_size(entries, bbox, n, work, args))
+            print_row(rows[-1])
     finally:
         if not args.keep and not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    print_rows(rows)
+    print_details(rows)
     cpu = scaling(rows, lambda r: r["cpu_s"] / r["rows"])
     print(f"cpu scaling (cpu seconds per row, largest / smallest): {cpu:.2f}")
     print("goal: scaling <= 1.5, peak_rss_mb <= 4096 at 112,120 rows")

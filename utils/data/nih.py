@@ -133,7 +133,7 @@ def _read_list(path: Path) -> set[str] | None:
 
 
 def _official_split(names: pd.Series, root: Path) -> list[str]:
-    """"test" for the official test images, "" for the rest (val is carved from it).
+    """The official split: "test" for the test images, "" for the rest (val is carved there).
 
     The official lists partition the full set by patient: `test_list.txt` is the test split;
     with only `train_val_list.txt`, the images outside it are. An image in both lists is an
