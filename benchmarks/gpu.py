@@ -170,6 +170,8 @@ def _epoch(args, device, state: dict) -> None:
         "fixed on-device batches (no input pipeline: see part 2)":
             (_fixed_batches(args, device), None)}
     label, (loader, on_batch) = next(iter(loaders.items()))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     r = parts.train_from_loader(args.models[0], loader, args.image_size, device,
                                 args.epoch_seconds, on_batch)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0

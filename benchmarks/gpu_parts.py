@@ -97,7 +97,8 @@ def train_rate(name: str, mode: tuple[str, bool, bool], image_size: int, batch_s
     loss.item()
     _sync(device)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    cuda = device.type == "cuda"
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
     return {"model": name, "mode": label, "dtype": str(step.dtype or torch.float32).split(".")[-1],
             "images_per_s": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps,
             "peak_gb": peak}

@@ -79,7 +79,8 @@ def write_layout(entries: pd.DataFrame, root: str | os.PathLike, *,
     is in `entries`), `train_val_list.txt` / `test_list.txt` (by patient, see the module
     docstring) and one placeholder PNG per row.
     Example:
-        >>> write_layout(read_entries("Data_Entry_2017_v2020.csv.gz").head(500), "/tmp/nih")  # doctest: +SKIP
+        >>> rows = read_entries("Data_Entry_2017_v2020.csv.gz").head(500)  # doctest: +SKIP
+        >>> write_layout(rows, "/tmp/nih")                                  # doctest: +SKIP
     """
     root = Path(root)
     names = entries["Image Index"].astype(str).tolist()

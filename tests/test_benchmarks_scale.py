@@ -77,6 +77,7 @@ def test_scaling_is_seconds_per_row_largest_over_smallest():
     assert nih_scale.scaling(rows) == pytest.approx(1.5)
 
 
+@pytest.mark.slow
 def test_nih_scale_end_to_end_on_a_few_hundred_rows(tmp_path, capsys):
     shared_path("nih", "Data_Entry_2017_v2020.csv.gz")
     result = nih_scale.main(["--sizes", "200", "--image-size", "16", "--workers", "1",
@@ -127,6 +128,7 @@ BLOCKER = """
 """
 
 
+@pytest.mark.slow
 def test_gpu_cpu_smoke_without_the_packages_a_gpu_machine_lacks(tmp_path):
     """Parts 1 and 3 need torch only; the rest says which module it missed."""
     script = tmp_path / "blocked.py"
