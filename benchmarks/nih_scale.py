@@ -79,23 +79,24 @@ def measure(layout: str | os.PathLike, image_size: int, cache_dir: str | os.Path
     finished children) and `split` (images per split).
     """
     from utils.config import make_config
-    from utils.data import dataset, nih
+    from utils.data import dataset
     from utils.data.cache import build_cache
 
     parts: dict[str, float] = {}
-    patched = [(nih, "nih_manifest"), (dataset, "assign_splits"), (dataset, "check_images"),
-               (dataset, "check_no_patient_leak")]
-    originals = [getattr(mod, name) for mod, name in patched]
-    for mod, name in patched:  # where load_manifest's time goes; absent names are skipped
-        setattr(mod, name, _timed(parts, name, getattr(mod, name)))
+    steps = {"build_manifest": "nih_manifest", "assign_splits": "assign_splits",
+             "check_images": "check_images", "check_no_patient_leak": "check_no_patient_leak"}
+    steps = {name: label for name, label in steps.items() if hasattr(dataset, name)}
+    originals = {name: getattr(dataset, name) for name in steps}
+    for name, label in steps.items():  # where load_manifest's time goes, step by step
+        setattr(dataset, name, _timed(parts, label, originals[name]))
     cfg = make_config({"dataset": "nih", "data_root": str(layout), "max_images": 0,
                        "image_size": image_size}, profile="full")
     cpu0, start = _cpu_seconds(), time.perf_counter()
     try:
         manifest = dataset.load_manifest(cfg)
     finally:
-        for (mod, name), fn in zip(patched, originals):
-            setattr(mod, name, fn)
+        for name, fn in originals.items():
+            setattr(dataset, name, fn)
     fingerprints = time.perf_counter()
     dataset.manifest_fingerprint(manifest)
     dataset.test_fingerprint(manifest)
