@@ -12,9 +12,21 @@ draft + CACHE_VERSION: a changed file list, file or size is a new folder, never 
 
     images.npy     N×S×S uint8, opened read-only as a memmap (rows aligned with the manifest)
     sizes.npy      N×2 int32 original (h, w) of each image, to rescale boxes
-    meta.json      key, version, size, margin, draft, cache_size, paths
-    progress.json  completed chunk ids: an interrupted build resumes where it stopped
+    meta.json      key, version, size, margin, draft, cache_size, count, paths
+    progress.json  key and chunk size of the build (written once, when the folder is made)
+    done.log       ids of the chunks whose pixels are on disk, one per line, appended
     complete       written last; a folder without it is a partial build
+
+Resume and crash safety: workers write their chunk's rows into the memmaps and return; the
+parent fsyncs both arrays every few seconds (`SYNC_SECONDS`) and only then appends the ids
+of the chunks finished before that sync to `done.log`. A killed build therefore loses at
+most a few seconds of work and never lists a chunk whose pixels might be missing, and a
+resume reads a torn last line as "not done". Why not a JSON list rewritten per chunk, or a
+flush per chunk (as before): at 112,120 images (1,752 chunks) the atomic rewrites alone took
+34 s and the two msyncs ~30 ms a chunk on the 2-core VM, more than decoding 64 small PNGs.
+Two processes of one machine asking for the same cache at once (e.g. DDP ranks) take turns
+on a lock file in the temp folder (`cache_state.build_lock`): the second waits, then opens
+the first one's complete cache.
 """
 from __future__ import annotations
 
@@ -31,7 +43,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_text
+from .cache_state import DoneLog, build_lock, prepare, read_json
 from .images import BadImageError, image_size, read_image
 
 __all__ = ["CACHE_VERSION", "CacheError", "ImageCache", "build_cache", "cache_key"]
@@ -107,18 +120,26 @@ def build_cache(manifest, size: int, cache_dir: str | os.PathLike = "data/cache"
     cache_size = int(round(size * margin))
     key = cache_key(paths, size, margin, draft)
     folder = Path(cache_dir) / key
-    if force and folder.exists():
-        shutil.rmtree(folder)
-    if (folder / "complete").exists():
+    if not force and (folder / "complete").exists():
         return ImageCache.open(folder)
-
     settings = {"key": key, "version": CACHE_VERSION, "size": size, "margin": margin,
                 "cache_size": cache_size, "draft": draft, "count": len(paths)}
-    done, chunk_size = _prepare(folder, settings, paths, chunk_size)
+    with build_lock(folder):
+        if force and folder.exists():
+            shutil.rmtree(folder)
+        if not (folder / "complete").exists():  # else another process built it meanwhile
+            _build(folder, paths, settings, chunk_size, workers or os.cpu_count() or 1,
+                   progress)
+    return ImageCache.open(folder)
+
+
+def _build(folder: Path, paths: list[str], settings: dict, chunk_size: int, workers: int,
+           progress: bool) -> None:
+    """Decode the chunks not done yet; write `complete` only when every image is in."""
+    done, chunk_size = prepare(folder, settings, paths, chunk_size)
     chunks = [(c, c * chunk_size, paths[c * chunk_size:(c + 1) * chunk_size])
               for c in range(-(-len(paths) // chunk_size)) if c not in done]
-    failures = _run_chunks(folder, chunks, done, settings, chunk_size,
-                           workers or os.cpu_count() or 1, progress, len(paths))
+    failures = _run_chunks(folder, chunks, done, settings, workers, progress, len(paths))
     if failures:
         shutil.rmtree(folder)  # its key names these exact files: it could never be reused
         listed = "\n".join("  " + (msg if p in msg else f"{p}: {msg}")
@@ -126,8 +147,7 @@ def build_cache(manifest, size: int, cache_dir: str | os.PathLike = "data/cache"
         raise CacheError(f"{len(failures)} of {len(paths)} images could not be read, so the "
                          f"cache {folder} was not written:\n{listed}\nFix or remove these "
                          f"files (and rebuild the manifest), then build the cache again.")
-    atomic_write_text(folder / "complete", key)  # last: only now may the cache be trusted
-    return ImageCache.open(folder)
+    atomic_write_text(folder / "complete", settings["key"])  # last: only now is it trusted
 
 
 def _paths_of(manifest) -> list[str]:
@@ -139,58 +159,19 @@ def _paths_of(manifest) -> list[str]:
     return [str(p) for p in manifest]
 
 
-def _prepare(folder: Path, settings: dict, paths: list[str],
-             chunk_size: int) -> tuple[set[int], int]:
-    """Reuse a partial build of the same key (done chunks, its chunk size) or start afresh."""
-    n, side = len(paths), settings["cache_size"]
-    state = _read_json(folder / "progress.json")
-    if state and state.get("key") == settings["key"] and _arrays_ok(folder, n, side):
-        return set(state["done"]), int(state["chunk_size"])
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for name, dtype, shape in (("images", np.uint8, (n, side, side)),
-                               ("sizes", np.int32, (n, 2))):
-        np.lib.format.open_memmap(folder / f"{name}.npy", "w+", dtype, shape).flush()
-    atomic_write_json(folder / "meta.json", {**settings, "paths": paths})
-    _write_progress(folder, settings["key"], chunk_size, set())  # last: the folder is ready
-    return set(), chunk_size
-
-
-def _write_progress(folder: Path, key: str, chunk_size: int, done: set[int]) -> None:
-    atomic_write_json(folder / "progress.json",
-                      {"key": key, "chunk_size": chunk_size, "done": sorted(done)})
-
-
-def _arrays_ok(folder: Path, n: int, side: int) -> bool:
-    try:
-        images = np.load(folder / "images.npy", mmap_mode="r")
-        sizes = np.load(folder / "sizes.npy", mmap_mode="r")
-    except (OSError, ValueError):
-        return False
-    return images.shape == (n, side, side) and sizes.shape == (n, 2)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _run_chunks(folder: Path, chunks: list, done: set[int], settings: dict, chunk_size: int,
-                workers: int, progress: bool, total: int) -> list[tuple[str, str]]:
-    """Decode the pending chunks (in a process pool when workers > 1); record each one done."""
+def _run_chunks(folder: Path, chunks: list, done: set[int], settings: dict, workers: int,
+                progress: bool, total: int) -> list[tuple[str, str]]:
+    """Decode the pending chunks (in a process pool when workers > 1); log the done ones."""
     failures: list[tuple[str, str]] = []
     side, draft = settings["cache_size"], settings["draft"]
     bar = tqdm(total=total, initial=total - sum(len(c[2]) for c in chunks),
                desc=f"caching {side}px", unit="img", disable=not progress)
+    done_log = DoneLog(folder, done)
 
     def record(chunk_id: int, n_images: int, chunk_failures: list) -> None:
         failures.extend(chunk_failures)
         if not chunk_failures:  # a chunk with holes is never marked done
-            done.add(chunk_id)
-            _write_progress(folder, settings["key"], chunk_size, done)
+            done_log.add(chunk_id)
         bar.update(n_images)
 
     try:
@@ -211,6 +192,8 @@ def _run_chunks(folder: Path, chunks: list, done: set[int], settings: dict, chun
                     raise
     finally:
         bar.close()
+        if not failures:  # a build with bad files is deleted: nothing to keep
+            done_log.commit()  # what did finish stays done, even after Ctrl-C
     return sorted(failures)
 
 
@@ -229,9 +212,7 @@ def _build_chunk(folder: str, start: int, paths: Sequence[str], side: int,
         sizes[i] = (h, w)
         images[i] = img if img.shape == (side, side) else cv2.resize(
             img, (side, side), interpolation=cv2.INTER_AREA)  # area: no aliasing when shrinking
-    images.flush()
-    sizes.flush()
-    return failures
+    return failures  # no flush: the parent fsyncs the files in batches (`cache_state.DoneLog`)
 
 
 def _decode(path: str, side: int, draft: bool) -> tuple[np.ndarray, tuple[int, int]]:
@@ -252,13 +233,15 @@ def _decode(path: str, side: int, draft: bool) -> tuple[np.ndarray, tuple[int, i
 class ImageCache:
     """Read-only view of a built cache; row i is manifest row i as an S×S uint8 array.
 
-    The memmap is opened lazily in each process, so a DataLoader pickles only the folder
-    name to its workers, never the array.
+    The memmap is opened lazily in each process, and the file list stays in `meta.json`
+    (read again by `paths`), so a DataLoader pickles a folder name and an N×2 int32 array to
+    its workers, never the pixels nor 100k Python strings whose reference counts would
+    copy-on-write the pages that hold them into every worker.
     """
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        meta = _read_json(self.folder / "meta.json")
+        meta = read_json(self.folder / "meta.json")
         if not (self.folder / "complete").exists() or meta is None:
             raise CacheError(f"{self.folder} is not a complete image cache (interrupted "
                              f"build?); run build_cache again to finish or rebuild it")
@@ -266,7 +249,7 @@ class ImageCache:
         self.size: int = int(meta["cache_size"])
         self.output_size: int = int(meta["size"])
         self.margin: float = float(meta["margin"])
-        self.paths: list[str] = list(meta["paths"])
+        self._count = len(meta["paths"])
         self._sizes = np.load(self.folder / "sizes.npy")
         self._images: np.ndarray | None = None
         self._pid = -1
@@ -276,8 +259,13 @@ class ImageCache:
         """Open a complete cache folder (`cache_dir/<key>`)."""
         return cls(folder)
 
+    @property
+    def paths(self) -> list[str]:
+        """The source file of each row, in order (read from `meta.json` on each call)."""
+        return list(read_json(self.folder / "meta.json")["paths"])
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return self._count
 
     def __getitem__(self, i: int) -> np.ndarray:
         """Row i as a writable S×S uint8 copy (small, and detached from the memmap)."""

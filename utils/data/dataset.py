@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from .checks import check_images  # noqa: F401 - re-exported: it was defined here
 from .discover import find_sources, is_synthetic, not_found, resolve_data_root
 from .nih import NIH_FINDINGS
 from .sources import build_manifest
@@ -233,51 +233,6 @@ def load_manifest(cfg) -> pd.DataFrame:
     manifest.attrs["skipped"] = list(dict.fromkeys(
         [*source.attrs.get("skipped", []), *unreadable]))  # missing + unreadable, in order
     return manifest
-
-
-def check_images(manifest: pd.DataFrame, on_bad_image: str = "error",
-                 workers: int = 8) -> pd.DataFrame:
-    """Refuse (or, with `skip`, drop and list) unreadable images before any training.
-
-    Uses `check_image` (header and end-of-file checks, milliseconds per file) in threads,
-    since the work is mostly I/O. Skipped paths are appended to `attrs["skipped"]` and their
-    reasons to `attrs["skipped_reasons"]`, so the change to the numbers is never silent.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    from .images import BadImageError, check_image
-
-    def problem(path: str) -> str:
-        try:
-            check_image(path)
-        except BadImageError as exc:
-            return str(exc)
-        return ""
-
-    paths = manifest["path"].tolist()
-    with ThreadPoolExecutor(workers) as pool:
-        problems = list(tqdm(pool.map(problem, paths, chunksize=64), total=len(paths),
-                             desc="checking images", unit="img", leave=False,
-                             disable=len(paths) < 2000 or os.environ.get("CXR_QUIET") == "1"))
-    bad = [p for p in problems if p]
-    if not bad:
-        return manifest
-    if on_bad_image == "error":
-        listing = "\n  ".join(bad[:10])
-        raise BadImageError(f"{len(bad)} of {len(paths)} images", f"unreadable:\n  {listing}",
-                            "replace or delete these files, or pass on_bad_image='skip' "
-                            "(-p on_bad_image=skip) to leave them out, listed with the results")
-    mask = np.array([bool(p) for p in problems])
-    warnings.warn(f"skipping {len(bad)} unreadable image(s) of {len(paths)}, e.g. {bad[0]}",
-                  stacklevel=2)
-    kept = manifest.loc[~mask].reset_index(drop=True)
-    kept.attrs.update(manifest.attrs)
-    kept.attrs["skipped"] = list(manifest.attrs.get("skipped", [])) + \
-        manifest.loc[mask, "path"].tolist()
-    kept.attrs["skipped_reasons"] = bad
-    return kept
 
 
 def _seed_worker(worker_id: int) -> None:
