@@ -26,3 +26,62 @@ def test_localisation_table_ratio_to_random():
     table = localisation_table(galleries)
     assert table["hit_rate_vs_random"].tolist() == pytest.approx([10.0, 0.0])
     assert list(table["step"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("name, sides", [
+    ("resnet18", [16, 8, 4, 2]), ("densenet121", [16, 8, 4, 2]),
+    ("simple_cnn", [32, 16, 8, 4, 2]), ("efficientnet_b0", [16, 8, 4, 2]),
+    ("vit_mini", [None])])
+def test_cam_candidates_run_fine_to_coarse_and_end_with_the_default(name, sides):
+    import torch
+
+    from utils.gallery import cam_candidates
+    from utils.models import create_model
+
+    model = create_model(name, 1, image_size=64).eval()
+    layers = cam_candidates(model)
+    assert list(layers)[-1] == "default" and layers["default"] is model.info.cam_layer(model)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(tuple(o.shape)))
+             for m in layers.values()]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 64, 64))
+    for h in hooks:
+        h.remove()
+    assert [s[-1] if len(s) == 4 else None for s in seen] == sides
+
+
+class _Loader:
+    """A loader whose dataset holds two boxed positives (or raises when it is the test's)."""
+
+    def __init__(self, forbidden: bool = False):
+        import pandas as pd
+        import torch
+
+        self.forbidden = forbidden
+        self.labels = np.array([[1.0], [1.0], [0.0]])
+        self.manifest = pd.DataFrame({"boxes": [[[1, 1, 4, 4]], [[2, 2, 4, 4]], []]})
+        self.item = (torch.zeros(1, 16, 16), torch.ones(1), {"boxes": torch.ones(1, 4)})
+
+    @property
+    def dataset(self):
+        assert not self.forbidden, "the CAM layer must not be chosen on the test split"
+        return self
+
+    def __getitem__(self, i):
+        return self.item
+
+
+def test_the_cam_layer_is_chosen_on_validation_boxes_deeper_on_ties(monkeypatch):
+    from utils import gallery
+    from utils.models import create_model
+
+    model = create_model("resnet18", 1, image_size=64)
+    rates = {"layer1": 0.5, "layer2": 0.7, "layer3": 0.7, "default": 0.0}
+    names = {id(m): n for n, m in gallery.cam_candidates(model).items()}
+    monkeypatch.setattr(gallery, "_scores", lambda m, layer, *a: {"hit_rate": rates[names[id(layer)]]})
+    cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
+    choice = gallery.choose_cam_layer(cases, "cpu")
+    assert choice == {"layer": "layer3", "chosen_on": "val", "val_hit_rate": 0.7}
+    cases.val = None
+    assert gallery.choose_cam_layer(cases, "cpu")["layer"] == "default"
