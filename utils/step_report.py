@@ -48,10 +48,10 @@ table.cxr-params td,table.cxr-params th{border-bottom:1px solid #eee;padding:.05
  text-align:left} table.cxr-params code{white-space:nowrap}
 table.cxr-params tr.injected td:nth-child(2){font-weight:700}
 table.cxr-params caption{text-align:left;font-weight:600}
-.jp-RenderedHTMLCommon td,.jp-RenderedHTMLCommon th{white-space:nowrap}
-.jp-RenderedHTMLCommon caption{caption-side:top;text-align:left;font-weight:600;
+body .jp-RenderedHTMLCommon td,body .jp-RenderedHTMLCommon th{white-space:nowrap}
+body .jp-RenderedHTMLCommon caption{caption-side:top;text-align:left;font-weight:600;
  padding:.2rem 0;color:#333;white-space:normal}
-"""
+"""  # `body` outranks the lab theme's rules, which come after this block
 
 SCRIPT = """
 (function(){var b=document.getElementById('cxr-toggle-code');if(!b)return;
