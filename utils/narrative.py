@@ -73,7 +73,9 @@ def _test_patients(res: Mapping[str, Any]) -> int | None:
     known = (res.get("data") or {}).get("test_patients")
     if isinstance(known, int):
         return known
-    csv = Path(str(res.get("_path", ""))).with_name(f"{res.get('step')}_predictions.csv")
+    if not res.get("_path"):
+        return None
+    csv = Path(str(res["_path"])).with_name(f"{res.get('step')}_predictions.csv")
     try:
         pred = pd.read_csv(csv, usecols=["split", "patient_id"], dtype=str)
     except (OSError, ValueError):
