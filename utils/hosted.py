@@ -55,6 +55,7 @@ if ROOT is None and HOSTED:
         raise SystemExit(f"git clone {{REPO}} failed: turn the notebook's internet on "
                          "(Kaggle: Settings > Internet) or set CXR_REPO_URL to a reachable copy.")
 if ROOT is None:
+    __import__("warnings").filterwarnings("ignore", "To exit")  # IPython's aside on SystemExit
     raise SystemExit("This notebook needs the cxr-pneumonia project around it (its utils "
                      f"package). Get it with: git clone {{REPO}}; cd cxr-pneumonia; "
                      "pip install -r requirements.txt; then open notebooks/ from there "
