@@ -204,3 +204,15 @@ def test_saved_figure_keeps_its_caption_inside_the_image(tmp_path: Path) -> None
     from PIL import Image
 
     assert Image.open(with_caption).height > Image.open(plain).height
+
+
+def test_failed_run_says_so_first(tmp_path: Path) -> None:
+    nb = executed_notebook()
+    nb.cells[5].outputs = [nbformat.v4.new_output("error", ename="ValueError",
+                                                  evalue="bad input", traceback=[])]
+    nbformat.write(nb, tmp_path / "05_vit.ipynb")
+    page = render_notebook_html(tmp_path / "05_vit.ipynb", tmp_path / "05_vit.html").read_text()
+    lead = page[page.index('<div class="cxr-lead">'):]
+    assert lead.startswith('<div class="cxr-lead"><p>This run FAILED at code cell 4 of 4 with '
+                           "ValueError: bad input")
+

@@ -131,6 +131,18 @@ def _description(cell: Any) -> str:
     return re.sub(r"`([^`]*)`|\*\*([^*]*)\*\*", lambda m: m.group(1) or m.group(2) or "", text)
 
 
+def _first_error(nb: Any) -> str:
+    """A failed run's first error, in words (its report keeps the outputs up to there)."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, cell in enumerate(code, 1):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return (f"This run FAILED at code cell {i} of {len(code)} with "
+                        f"{out.get('ename')}: {str(out.get('evalue', ''))[:300]}; the cells "
+                        "before it ran and are shown below, the results may be older.")
+    return ""
+
+
 def _header(step: str, sentences: list[str], notebook_name: str, synthetic: bool) -> str:
     esc = html.escape
     banner = ('<div class="cxr-banner">SYNTHETIC DEMO DATA: not clinical results</div>'
@@ -164,6 +176,8 @@ def render_notebook_html(ipynb: str | Path, target: str | Path,
     notebook_name = Path(notebook_name).name or f"{step}.ipynb"
     names = [p.stem for p in ipynb.parent.glob("*.ipynb") if not p.name.startswith(".")]
     sentences = step_summary(step, results_dir, _description(title) if title else "", names)
+    if failure := _first_error(nb):
+        sentences.insert(0, failure)
     synthetic = any("synthetic demo data" in s for s in sentences) or \
         "SYNTHETIC DEMO DATA" in str([o.get("text", "") for c in nb.cells[:6]
                                       for o in c.get("outputs", [])])
