@@ -63,19 +63,32 @@ class Step:
 
 
 ABLATION_VARIANTS = tuple(_RECIPES)  # one 03 step per variant, in the study's order
-_SMALL = ("demo", "smoke")   # CPU-sized profiles get the small transformer variants
+_SMALL = ("demo", "smoke")   # CPU-sized profiles get small stand-ins of the big networks
+# Common ground (issue 11): each architecture of the study trains on every source found;
+# the ablation's intermediate variants (v1-v3, no-regularisation) stay on their own dataset.
+_COMMON = {"datasets": "all"}
+_COMMON_VARIANTS = ("cnn", "resnet18_scratch", "final")
+
+
+def _small(model: str) -> dict[str, dict[str, Any]]:
+    return {p: {"model": model} for p in _SMALL}
+
+
+def _ablation_step(variant: str) -> Step:
+    standin = _small("resnet18") if _RECIPES[variant]["model"] == "resnet50" else {}
+    params = {"variant": variant, **(_COMMON if variant in _COMMON_VARIANTS else {})}
+    return Step(f"03_resnet_ablation_{variant}", "03_resnet_ablation.ipynb", params,
+                profile_params=standin)
 
 
 def _model_steps() -> list[Step]:
-    return [Step("02_chexnet", "02_chexnet.ipynb"),
-            *[Step(f"03_resnet_ablation_{v}", "03_resnet_ablation.ipynb", {"variant": v})
-              for v in ABLATION_VARIANTS],
+    return [Step("02_chexnet", "02_chexnet.ipynb", dict(_COMMON)),
+            *[_ablation_step(v) for v in ABLATION_VARIANTS],
             Step("04_efficientnet_b4", "04_efficientnet_b4.ipynb",
-                 {"model": "efficientnet_b4"}),
-            Step("05_vit", "05_vit.ipynb", profile_params={p: {"model": "vit_tiny"}
-                                                           for p in _SMALL}),
-            Step("06_mlp_mixer", "06_mlp_mixer.ipynb",
-                 profile_params={p: {"model": "mixer_tiny"} for p in _SMALL})]
+                 {"model": "efficientnet_b4", **_COMMON}),
+            Step("05_vit", "05_vit.ipynb", dict(_COMMON), profile_params=_small("vit_tiny")),
+            Step("06_mlp_mixer", "06_mlp_mixer.ipynb", dict(_COMMON),
+                 profile_params=_small("mixer_tiny"))]
 
 
 MODEL_STEPS = tuple(s.name for s in _model_steps())

@@ -57,7 +57,7 @@ def test_setup_resolves_auto_profile_on_demo_data(tmp_path, monkeypatch) -> None
                      verbose=False)
     assert ctx.synthetic and cfg.profile == "demo"
     assert cfg.sampler == "balanced" and cfg.loss == "weighted_bce"  # the v2 recipe
-    assert cfg.step == "resnet18_kermany_v2"                        # interactive run name
+    assert cfg.step == "resnet50_kermany_v2"                        # interactive run name
     assert cfg.reports_dir.startswith("/")                          # made absolute
 
 

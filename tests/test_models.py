@@ -171,7 +171,7 @@ def test_pretrained_offline_fails_fast_with_one_message(name, monkeypatch, tmp_p
     import torchvision.models._api
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", _offline)
     monkeypatch.setattr(efficientnet_pytorch.utils.model_zoo, "load_url", _offline)
-    monkeypatch.setattr("utils.models._hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("utils.weights.hub_reachable", lambda *a, **k: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty
     start = time.monotonic()
     with pytest.raises(PretrainedWeightsError) as err:

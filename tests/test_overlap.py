@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from utils.data.demo import make_demo
-from utils.data.overlap import (MAPPING_NAME, drop_rsna_holdout_patients,
+from utils.data.overlap import (MAPPING_NAME, drop_nih_test_patients, drop_rsna_holdout_patients,
+                                nih_patient_of,
                                 find_rsna_nih_mapping, holdout_exclusion,
                                 load_rsna_nih_mapping, missing_mapping_message)
 
@@ -43,17 +44,21 @@ def case() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return nih, rsna, mapping
 
 
-def test_drops_every_film_of_each_holdout_patient_and_nothing_else(case):
+def test_drops_every_training_film_of_each_holdout_patient_and_nothing_else(case):
     nih, rsna, mapping = case
     out = drop_rsna_holdout_patients(nih, rsna, mapping)
     kept = sorted(Path(p).name for p in out["path"])
-    assert kept == ["00000002_000.png", "00000004_000.png"]
+    # NIH's own test rows stay (patient 3): one NIH test set for every model
+    assert kept == ["00000002_000.png", "00000003_000.png", "00000003_001.png",
+                    "00000004_000.png"]
     assert out.attrs["dropped_for_rsna_overlap"] == [
-        "00000001_000.png", "00000001_001.png", "00000003_000.png", "00000003_001.png",
-        "00000005_000.png", "scan_a.png", "scan_b.png"]
-    assert out.attrs["dropped_patients_for_rsna_overlap"] == ["1", "3", "5", "7"]
+        "00000001_000.png", "00000001_001.png", "00000005_000.png", "scan_a.png", "scan_b.png"]
+    assert out.attrs["dropped_patients_for_rsna_overlap"] == ["1", "5", "7"]
     assert out.attrs["root"] == "/data/nih" and out.attrs["skipped"] == []
-    assert list(out["split"]) == ["train", "val"]  # remaining rows keep their split
+    assert list(out["split"]) == ["train", "test", "test", "val"]  # rows keep their split
+    every = drop_rsna_holdout_patients(nih, rsna, mapping, splits=("train", "val", "test"))
+    assert sorted(Path(p).name for p in every["path"]) == ["00000002_000.png",
+                                                           "00000004_000.png"]
     assert len(nih) == 9 and "dropped_for_rsna_overlap" not in nih.attrs  # input untouched
 
 
@@ -150,7 +155,22 @@ def test_demo_mapping_links_real_ids_and_removes_nih_images(demo_root):
     holdout = set(rsna.loc[rsna["split"] != "train", "patient_id"])
     leaked = set(mapping.loc[mapping["rsna_patient_id"].isin(holdout), "nih_image"])
     gone = set(nih.loc[names.isin(leaked), "patient_id"])
-    assert not set(out["patient_id"]) & gone and set(dropped) >= leaked
+    learnt = out[out["split"] != "test"]
+    assert not set(learnt["patient_id"]) & gone
+    assert set(dropped) >= leaked - set(names[nih["split"] == "test"])
+
+
+def test_rsna_training_drops_the_films_of_nih_test_patients(case):
+    nih, _, mapping = case
+    rsna = pd.DataFrame({"path": [f"/r/{r}.dcm" for r in ["r1", "r2", "r3", "r5"]],
+                         "patient_id": ["1", "2", "3", "5"],
+                         "split": ["train", "val", "test", "train"]})
+    out = drop_nih_test_patients(rsna, nih, mapping)  # r3 → NIH patient 3, in NIH test
+    assert out["path"].tolist() == ["/r/r1.dcm", "/r/r2.dcm", "/r/r3.dcm", "/r/r5.dcm"]
+    out = drop_nih_test_patients(rsna.assign(split="train"), nih, mapping)
+    assert out["path"].tolist() == ["/r/r1.dcm", "/r/r2.dcm", "/r/r5.dcm"]
+    assert out.attrs["dropped_for_nih_overlap"] == ["/r/r3.dcm"]
+    assert nih_patient_of("00000013_005.png") == "13" and nih_patient_of("scan_a.png") == ""
 
 
 def test_prepare_data_exclude_keeps_the_remaining_splits(demo_root):

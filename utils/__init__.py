@@ -1,8 +1,9 @@
 """cxr-pneumonia's shared package: every line of logic the notebooks need lives here.
 
 Modules (see docs/ARCHITECTURE.md): config, data (sources, splits, dataset, cache, demo),
-transforms, losses, samplers, models (+ nets), train (+ checkpoint), evaluate, cam, plots,
-results, summaries, eda, gallery, experiment, notebook, predict.
+transforms, losses, samplers, models (+ nets, weights, xrv), train (+ checkpoint), evaluate,
+cam, plots, results, summaries, stats, comparison (+ comparison_view), eda, gallery,
+experiment, notebook, predict.
 
 The public names below are imported lazily (PEP 562), so `import utils` stays light and
 `from utils import plots` does not drag in the training stack.
@@ -18,6 +19,7 @@ _LAZY = {
     "setup": "notebook", "RunContext": "notebook",
     "create_model": "models", "list_models": "models", "model_info": "models",
     "count_parameters": "models", "PretrainedWeightsError": "models",
+    "describe_weights": "weights",
     "build_transform": "transforms", "build_loss": "losses", "FocalLoss": "losses",
     "make_sampler": "samplers",
     "fit": "train", "History": "train",

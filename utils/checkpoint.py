@@ -7,6 +7,7 @@ input size, normalisation, and the validation-chosen threshold once evaluation a
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from torch import nn
 from .fileio import atomic_torch_save
 from .runtime import pick_device
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_model", "update_checkpoint", "plain"]
+__all__ = ["CheckpointError", "read_torch_file", "load_checkpoint", "load_model",
+           "update_checkpoint", "plain"]
 
 
 class CheckpointError(RuntimeError):
@@ -36,6 +38,38 @@ def plain(obj: Any) -> Any:
     return str(obj) if isinstance(obj, Path) else obj
 
 
+def read_torch_file(path: str | Path, what: str = "checkpoint",
+                    map_location: Any = "cpu") -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain values only, so a file from a
+    stranger cannot run code while it loads (a pickle's `__reduce__` can call anything).
+
+    Args:
+        what: how the errors name the file ("checkpoint", "init_checkpoint"...).
+    Raises:
+        CheckpointError: truncated or corrupt, or it holds other objects (named).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"corrupt or incomplete {what} {path}: delete it and "
+                                  f"re-run") from exc
+        raise unsafe_file_error(what, path, exc) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"corrupt or incomplete {what} {path}: delete it and "
+                              f"re-run ({type(exc).__name__})") from exc
+
+
+def unsafe_file_error(what: str, path: str | Path, exc: Exception) -> CheckpointError:
+    """The refusal of a file whose pickle calls something (named) beyond tensors/builtins."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return CheckpointError(f"{what} {path} holds objects other than tensors and plain values "
+                           f"({found[1] if found else 'code'}), so it was not loaded: loading "
+                           f"it could run code. Only if you trust its author, re-save its "
+                           f"tensors with torch.load(weights_only=False) and "
+                           f"torch.save(obj.state_dict())")
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `fit`, with an error that names the file and the fix.
 
@@ -46,17 +80,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (run the training step "
                                 f"first, or check checkpoint_dir and step)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"corrupt or incomplete checkpoint {path}: delete it and "
-                                  f"re-run") from exc
-        raise CheckpointError(f"{path} holds objects other than tensors and plain values; "
-                              f"only if you trust it, use torch.load(weights_only=False)") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"corrupt or incomplete checkpoint {path}: delete it and "
-                              f"re-run ({type(exc).__name__})") from exc
+    ckpt = read_torch_file(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
         raise CheckpointError(f"{path} is not a cxr-pneumonia checkpoint (no model_state)")
     return ckpt
@@ -74,6 +98,11 @@ def load_model(path: str | Path, device=None) -> tuple[nn.Module, dict[str, Any]
     model = create_model(ckpt["model_name"], ckpt["num_classes"], pretrained=False,
                          image_size=ckpt["input_size"],
                          dropout=ckpt.get("config", {}).get("dropout", 0.0))
+    source = ckpt.get("config", {}).get("pretrained", False)
+    if isinstance(source, str):  # xrv weights: model.info keeps their pixel scaling
+        from .models import model_info
+
+        model.info = model_info(ckpt["model_name"], pretrained=source)
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as exc:

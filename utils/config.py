@@ -45,7 +45,8 @@ class RunConfig:
     on_bad_image: str = "error"    # error | skip
     # --- model -------------------------------------------------------------------------
     model: str = "resnet18"        # a name from utils.models.list_models()
-    pretrained: bool = True
+    pretrained: bool | str = True  # true/"imagenet", false/"none", or "xrv:<weights>"
+                                   # (torchxrayvision's, utils.xrv); kept canonical
     allow_random_init: bool = False  # offline + pretrained: fall back to random weights
     dropout: float = 0.0
     trainable_from: str = "all"    # all | head | layer3 | layer4 | ... (see utils.models)
@@ -86,6 +87,15 @@ class RunConfig:
     reports_dir: str = "reports"
     checkpoint_dir: str = "checkpoints"
     cache_dir: str = "data/cache"      # pre-resized image caches (utils.data.cache)
+
+    def __post_init__(self) -> None:
+        # one spelling per weights source ("imagenet" is True): resume and fingerprints agree
+        from .weights import canonical_pretrained
+
+        try:
+            self.pretrained = canonical_pretrained(self.pretrained)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,15 +168,16 @@ _MINIMUMS: dict[str, float] = {
 PROFILES: dict[str, dict[str, Any]] = {
     # the seeds' settings on the Kaggle data, for one GPU
     "full": {"image_size": 224, "epochs": 20, "batch_size": 32, "max_images": 0,
-             "num_workers": 4, "cache": True, "bootstrap": 1000, "seeds": 3},
+             "num_workers": 4, "cache": True, "bootstrap": 1000, "seeds": 3,
+             "sampler_cap": 10000},
     # synthetic data the project generates; tiny sizes; minutes on a laptop CPU
     "demo": {"image_size": 64, "epochs": 4, "batch_size": 32, "max_images": 0,
              "num_workers": 0, "cache": True, "bootstrap": 200, "pretrained": False,
-             "lr": 1e-3},
+             "lr": 1e-3, "sampler_cap": 60},
     # tests: seconds per notebook
     "smoke": {"image_size": 32, "epochs": 1, "batch_size": 8, "max_images": 48,
               "num_workers": 0, "cache": False, "bootstrap": 20, "pretrained": False,
-              "max_steps_per_epoch": 2, "lr": 1e-3},
+              "max_steps_per_epoch": 2, "lr": 1e-3, "sampler_cap": 8},
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -175,6 +186,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 def _check_type(key: str, value: Any) -> Any:
     """nanoGPT-style type check; ints are accepted where floats are expected."""
     expected = type(getattr(RunConfig(), key))
+    if key == "pretrained" and type(value) is str:  # a named source; __post_init__ checks it
+        return value
     if expected is float and type(value) is int:
         return float(value)
     if type(value) is not expected:

@@ -18,6 +18,7 @@ import torch
 from sklearn import metrics as skm
 
 from .runtime import pick_device
+from .stats import cluster_index, resample_weights
 
 __all__ = ["Predictions", "predict", "tta_probabilities", "amp_dtype", "autocast", "binary_metrics", "multilabel_metrics",
            "summary_scores", "choose_threshold", "bootstrap_ci", "calibration",
@@ -241,17 +242,6 @@ def _weighted_scores(y: np.ndarray, p: np.ndarray, W: np.ndarray,
                 "auprc": np.where(pos[:, 0] > 0, auprc, np.nan)}
 
 
-def _group_index(groups: Sequence[Any] | None, n: int) -> np.ndarray:
-    """Cluster index per image: its patient, or itself when no patient id is known."""
-    if groups is None or len(groups) == 0:
-        return np.arange(n)
-    if len(groups) != n:
-        raise ValueError(f"{len(groups)} group ids for {n} predictions")
-    first: dict[str, int] = {}  # numbered by first appearance: unique ids give arange(n)
-    return np.array([first.setdefault(str(g) or f"\0image{i}", len(first))
-                     for i, g in enumerate(groups)])
-
-
 def bootstrap_ci(y: Any, p: Any, threshold: float, n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05,
                  groups: Sequence[Any] | None = None) -> dict[str, tuple[float, float]]:
@@ -270,16 +260,9 @@ def bootstrap_ci(y: Any, p: Any, threshold: float, n_boot: int = 1000, seed: int
     n = len(y)
     if n == 0 or n_boot <= 0:
         raise ValueError(f"bootstrap_ci needs data and n_boot > 0 (got n={n}, n_boot={n_boot})")
-    index = _group_index(groups, n)
-    g = int(index.max()) + 1
     rng = np.random.default_rng(seed)
-    chunk = max(1, 4_000_000 // n)  # bound memory: R×N weights per chunk
-    parts: list[dict[str, np.ndarray]] = []
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        draws = rng.integers(0, g, size=(rows, g)) + g * np.arange(rows)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=rows * g).reshape(rows, g)
-        parts.append(_weighted_scores(y, p, counts[:, index].astype(float), threshold))
+    parts = [_weighted_scores(y, p, W, threshold)  # W: R×N patient draw counts, in chunks
+             for W in resample_weights(cluster_index(groups, n), n_boot, rng)]
     out = {}
     for name in parts[0]:
         values = np.concatenate([part[name] for part in parts])

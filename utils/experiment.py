@@ -35,15 +35,21 @@ class Experiment:
 
 
 def prepare_data(cfg: RunConfig,
-                 exclude: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Experiment:
+                 exclude: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                 manifest: pd.DataFrame | None = None) -> Experiment:
     """Manifest with patient-level splits, and the train/val/test loaders.
 
     `exclude` drops rows after the splits are drawn (e.g. NIH patients behind another run's
     RSNA test images, `utils.data.overlap`), so the rows that remain keep their split.
+    `manifest`: `load_manifest(cfg)` done already (a step's runs share one per source).
     """
     from .data.dataset import class_names_for, load_manifest, make_loaders
 
-    manifest = load_manifest(cfg)
+    if isinstance(cfg.pretrained, str) and not cfg.allow_random_init:
+        from .xrv import require_file  # an absent weights file fails before the data work
+
+        require_file(cfg.pretrained, cfg.model)
+    manifest = load_manifest(cfg) if manifest is None else manifest
     if exclude is not None:
         before = dict(zip(manifest["path"], manifest["split"]))
         manifest = exclude(manifest)
@@ -73,12 +79,22 @@ def train(exp: Experiment, ctx: RunContext):
     cfg = exp.cfg
     loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
     exp.checkpoint = Path(cfg.checkpoint_dir) / cfg.step
+    record = getattr(exp.model, "pretrained_weights", None)
     meta = {"class_names": exp.class_names, "synthetic": ctx.synthetic,
             "data_fingerprint": manifest_fingerprint(exp.manifest),
-            "init_fingerprint": _init_fingerprint(cfg.init_checkpoint)}
+            "init_fingerprint": _init_fingerprint(cfg.init_checkpoint),
+            # the weights it started from: a fallback run must not resume as a pretrained one
+            "pretrained_weights": record, "weights_fingerprint": _weights_fingerprint(record)}
     exp.history = fit(exp.model, exp.loaders["train"], exp.loaders["val"], cfg,
                       loss_fn=loss_fn, ckpt_dir=exp.checkpoint, device=ctx.device, meta=meta)
     return exp.history
+
+
+def _weights_fingerprint(record: dict | None) -> str:
+    if not record:
+        return ""
+    loaded = "loaded" if record["loaded"] else "random"
+    return f"{record['source']}:{record['sha256'] or loaded}"
 
 
 def _init_fingerprint(path: str) -> str:
@@ -98,8 +114,14 @@ def _init_fingerprint(path: str) -> str:
             f"{len((ckpt.get('history') or {}).get('epochs', []))}")
 
 
-def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
-    """Reload the best checkpoint, choose the threshold on val, measure test, write JSON."""
+def evaluate_and_record(exp: Experiment, ctx: RunContext,
+                        external: Callable[[Experiment], tuple[list, dict]] | None = None
+                        ) -> dict[str, Any]:
+    """Reload the best checkpoint, choose the threshold on val, measure test, write JSON.
+
+    `external(exp)` (utils.grid) scores the model on other sources' test splits at this
+    run's threshold: `(results["external"] rows, {source: Predictions})`, recorded with it.
+    """
     from .evaluate import evaluate_run
     from .models import count_parameters
     from .results import build_results, write_predictions, write_results
@@ -107,7 +129,8 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
 
     cfg = exp.cfg
     best = exp.checkpoint / "best.pt"
-    exp.model, _ = load_model(best, device=ctx.device)
+    built = getattr(exp.model, "pretrained_weights", None)
+    exp.model, ckpt = load_model(best, device=ctx.device)
     fields = {}
     if cfg.trainable_from == "all" and recalibrate_batchnorm(exp.model, exp.loaders["train"]):
         # BN statistics recomputed for the final weights; the checkpoint keeps them
@@ -122,6 +145,8 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
                                 synthetic=ctx.synthetic)
     from .data.dataset import test_fingerprint
 
+    # what training started from (the checkpoint's record: a resumed run keeps its own)
+    exp.results["pretrained"] = ckpt.get("pretrained_weights") or built
     skipped = exp.manifest.attrs.get("skipped", [])
     exp.results["data"]["skipped"] = len(skipped)
     exp.results["data"]["test_fingerprint"] = test_fingerprint(exp.manifest)
@@ -131,9 +156,11 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     if skipped:  # on_bad_image="skip": the left-out files are listed beside the results
         atomic_write_text(Path(cfg.reports_dir) / "results" / f"{cfg.step}_skipped.txt",
                           "\n".join(map(str, skipped)) + "\n")
+    rows, scored = external(exp) if external is not None else ([], {})
+    exp.results["external"] = rows
     write_results(exp.results, cfg.reports_dir)
     write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir,
-                      dataset=cfg.dataset)
+                      dataset=cfg.dataset, external=scored)
     return exp.results
 
 

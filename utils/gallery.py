@@ -18,7 +18,8 @@ _GROUPS = ("true positive (confident)", "false negative", "false positive")
 
 
 def runs_with_checkpoints(reports_dir: str | Path, checkpoint_dir: str | Path) -> pd.DataFrame:
-    """Binary runs with a results JSON and a best checkpoint (NIH 14-label runs excluded)."""
+    """Each step's first run (its own dataset, first seed) with a results JSON and a best
+    checkpoint; NIH 14-label runs excluded. The other runs of the grid are in 07."""
     from .results import load_results
 
     runs = load_results(reports_dir)
@@ -26,7 +27,8 @@ def runs_with_checkpoints(reports_dir: str | Path, checkpoint_dir: str | Path) -
         return runs
     has_ckpt = runs["step"].map(lambda s: (Path(checkpoint_dir) / s / "best.pt").exists())
     binary = ~runs["step"].str.endswith("_nih")
-    return runs[has_ckpt & binary].reset_index(drop=True)
+    first = runs["step"] == runs["plan_step"]  # each step's own dataset and first seed
+    return runs[has_ckpt & binary & first].reset_index(drop=True)
 
 
 def pick_cases(probs: np.ndarray, targets: np.ndarray, threshold: float,

@@ -3,23 +3,22 @@
 Adding a model is one decorated factory; tests parametrised over `list_models()` cover it.
 Every model maps a grayscale batch `B×1×H×W` to logits `B×num_classes` (no sigmoid: the
 losses and `evaluate` apply it) and carries `model.info`, its data settings (input size,
-normalisation) and Grad-CAM layer, so nothing downstream copies them by hand.
+normalisation) and Grad-CAM layer, so nothing downstream copies them by hand, and
+`model.pretrained_weights`, the record of the weights it started from (`utils.weights`).
 """
 from __future__ import annotations
 
 import math
-import os
-import socket
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator
-from urllib.parse import urlparse
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch import nn
 
+from . import weights
 from .transfer import freeze_before, load_init_weights
+from .weights import PretrainedWeightsError
 from .nets import BasicBlock, ResNet18Scratch, SimpleCNN, linear_head as _linear_head
 
 __all__ = ["ModelInfo", "PretrainedWeightsError", "register_model", "list_models",
@@ -31,10 +30,6 @@ __all__ = ["ModelInfo", "PretrainedWeightsError", "register_model", "list_models
 IMAGENET_GRAY = (0.449, 0.226)   # torchvision / efficientnet-pytorch ImageNet weights
 TIMM_GRAY = (0.5, 0.5)           # timm's augreg ViT and Mixer weights use mean = std = 0.5
 SCRATCH_GRAY = (0.5, 0.25)       # no pretrained statistics: centre [0, 1] pixels roughly
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were asked for but could not be obtained (usually: offline)."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +69,18 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def model_info(name: str) -> ModelInfo:
+def model_info(name: str, pretrained: bool | str = False) -> ModelInfo:
+    """The entry's data settings for weights from `pretrained`: ImageNet or none share the
+    entry's; torchxrayvision weights bring their own scaling and input size (`utils.xrv`)."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; choose one of {list_models()}")
-    return _REGISTRY[name][1]
+    info, source = _REGISTRY[name][1], weights.canonical_pretrained(pretrained)
+    if isinstance(source, str):
+        from .xrv import XRV_NORM, XRV_WEIGHTS
+
+        size = XRV_WEIGHTS[source.removeprefix("xrv:")].input_size
+        info = replace(info, input_size=size, mean=XRV_NORM[0], std=XRV_NORM[1])
+    return info
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -122,30 +125,6 @@ def _set_in_chans(conv: nn.Conv2d, in_chans: int, pretrained: bool) -> None:
     conv.weight = nn.Parameter(weight)
 
 
-def _hub_reachable(url: str, timeout: float = 3.0) -> bool:
-    """Quick TCP probe; behind a proxy we cannot tell, so assume reachable."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
-        return True
-    try:
-        socket.create_connection((urlparse(url).hostname, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def _hf_offline_if_unreachable() -> Iterator[None]:
-    """Offline, huggingface_hub retries 5 times with back-off (~50 s) before failing; in
-    offline mode it fails at once, or loads weights already in its cache."""
-    from huggingface_hub import constants
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = before or not _hub_reachable(constants.ENDPOINT)
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
-
-
 # --- the entries ---------------------------------------------------------------------
 
 @register_model(family="cnn", head="classifier", cam_layer=_cam_features, norm=SCRATCH_GRAY)
@@ -168,7 +147,12 @@ def resnet18_scratch(num_classes: int, pretrained: bool, in_chans: int, dropout:
 def _torchvision(arch: str, num_classes: int, pretrained: bool, in_chans: int,
                  dropout: float) -> nn.Module:
     import torchvision
-    model = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None)
+    if pretrained:
+        with weights.from_hub("torchvision", arch) as src:
+            model = torchvision.models.get_model(arch, weights="DEFAULT")
+        model.pretrained_weights = weights.weights_record("imagenet", True, src)
+    else:
+        model = torchvision.models.get_model(arch, weights=None)
     if arch.startswith("densenet"):
         _set_in_chans(model.features.conv0, in_chans, pretrained)
         model.classifier = _linear_head(model.classifier.in_features, num_classes, dropout)
@@ -213,11 +197,17 @@ def efficientnet_b4(num_classes, pretrained, in_chans, dropout, image_size) -> n
     sets the static "same" padding of this implementation (other sizes still run)."""
     from efficientnet_pytorch import EfficientNet
     size = {"image_size": image_size or 224}
-    model = (EfficientNet.from_pretrained("efficientnet-b4", **size) if pretrained
-             else EfficientNet.from_name("efficientnet-b4", **size))
+    if pretrained:
+        with weights.from_hub("efficientnet-pytorch", "efficientnet-b4") as src:
+            model = EfficientNet.from_pretrained("efficientnet-b4", **size)
+        record = weights.weights_record("imagenet", True, src)
+    else:
+        model = EfficientNet.from_name("efficientnet-b4", **size)
     _set_in_chans(model._conv_stem, in_chans, pretrained)  # its own in_channels re-inits
     model._fc = nn.Sequential(nn.Linear(model._fc.in_features, 512), nn.ReLU(inplace=True),
                               nn.Dropout(dropout or 0.3), nn.Linear(512, num_classes))
+    if pretrained:
+        model.pretrained_weights = record
     return model
 
 
@@ -233,9 +223,15 @@ def _timm(arch: str, num_classes: int, pretrained: bool, in_chans: int, dropout:
     if pretrained and not timm.models.get_pretrained_cfg(arch).has_weights:
         raise PretrainedWeightsError(f"timm has no pretrained weights for {arch}: pass "
                                      f"pretrained=False or allow_random_init=True")
-    with _hf_offline_if_unreachable():
-        return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes,
-                                 in_chans=in_chans, img_size=size, drop_rate=dropout)
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, img_size=size, drop_rate=dropout)
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    with weights.from_hub("timm", arch):
+        model = timm.create_model(arch, pretrained=True, **kwargs)
+    # the file it loaded: the hub cache has it now (downloaded or placed there by hand)
+    model.pretrained_weights = weights.weights_record("imagenet", True,
+                                                      weights.locate("timm", arch))
+    return model
 
 
 _VIT = dict(family="vit", head="head", cam_layer=_cam_vit, cam_reshape=tokens_to_map,
@@ -293,7 +289,7 @@ def _no_weights(name: str, pretrained: bool) -> None:
 
 # --- the factory ---------------------------------------------------------------------
 
-def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
+def create_model(name: str, num_classes: int = 1, pretrained: bool | str = False, *,
                  in_chans: int = 1, dropout: float = 0.0, trainable_from: str = "all",
                  init_checkpoint: str = "", image_size: int | None = None,
                  fallback: bool = False) -> nn.Module:
@@ -302,7 +298,10 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
     Args:
         name: one of `list_models()`.
         num_classes: 1 for binary pneumonia, 14 for NIH multilabel.
-        pretrained: ImageNet weights from the torchvision/timm/efficientnet hubs.
+        pretrained: the starting weights: `True`/"imagenet" (the torchvision/timm/
+            efficientnet hubs, or their caches offline), `False`/"none", or
+            "xrv:<weights>" (torchxrayvision's, `utils.xrv`; densenet121/chexnet/resnet50).
+            `model.pretrained_weights` records what was loaded (file + sha256).
         in_chans: input channels; 1 (grayscale) sums the pretrained RGB stem kernels.
         dropout: rate right before the final linear layer; 0 = the entry's default
             (none for the pretrained backbones, 0.3 for simple_cnn and efficientnet_b4).
@@ -311,8 +310,9 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
         init_checkpoint: a checkpoint (`model_state`) or plain state_dict to start from; a
             head with another class count is replaced (e.g. NIH 14 → Kermany 1).
         image_size: input resolution (ViT/Mixer need it, a multiple of 16); default 224.
-        fallback: when pretrained weights cannot be downloaded, warn and use random init
-            instead of raising `PretrainedWeightsError` (RunConfig.allow_random_init).
+        fallback: when pretrained weights cannot be had, warn and use random init instead
+            of raising `PretrainedWeightsError` (RunConfig.allow_random_init); the record
+            then says `loaded: False`.
     Example:
         >>> m = create_model("resnet18", num_classes=1, pretrained=False)
         >>> m(torch.zeros(2, 1, 64, 64)).shape, m.info.mean
@@ -323,10 +323,11 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool = False, *,
         raise ValueError(f"trainable_from={trainable_from!r} is not a stage of {name}; "
                          f"valid: {list(info.stages)}")
     model = _build(name, num_classes, pretrained, in_chans, dropout, image_size, fallback)
-    model.info = info
+    model.info = model_info(name, pretrained)  # the data settings follow the weights asked for
     if init_checkpoint:
         load_init_weights(model, info.head, info.name, init_checkpoint)
-    elif not pretrained:
+        model.pretrained_weights["init_checkpoint"] = init_checkpoint  # replaced the backbone
+    elif not model.pretrained_weights["loaded"]:
         _cumulative_batchnorm(model)
     freeze_before(model, trainable_from, _stage_prefix(model, info, trainable_from), info.head)
     return model
@@ -346,24 +347,31 @@ def _cumulative_batchnorm(model: nn.Module) -> None:
             module.momentum = None
 
 
-def _build(name: str, num_classes: int, pretrained: bool, in_chans: int, dropout: float,
-           image_size: int | None, fallback: bool) -> nn.Module:
-    factory = _REGISTRY[name][0]
+def _build(name: str, num_classes: int, pretrained: bool | str, in_chans: int,
+           dropout: float, image_size: int | None, fallback: bool) -> nn.Module:
+    """The factory's model with `pretrained_weights` set (`utils.weights.weights_record`)."""
+    factory, source = _REGISTRY[name][0], weights.source_name(pretrained)
     try:
-        return factory(num_classes, pretrained, in_chans, dropout, image_size)
+        model = factory(num_classes, source == "imagenet", in_chans, dropout, image_size)
+        if source.startswith("xrv:"):
+            from .xrv import load_xrv
+
+            model.pretrained_weights = load_xrv(model, _REGISTRY[name][1].head, name,
+                                                source.removeprefix("xrv:"), num_classes)
     except (OSError, PretrainedWeightsError) as err:  # URLError, HF hub and socket errors
-        if not pretrained:
+        if source == "none":
             raise
-        msg = str(err) if isinstance(err, PretrainedWeightsError) else (
-            f"could not download pretrained weights for {name} (offline?): pass "
-            f"pretrained=False (-p pretrained=false) or set allow_random_init=True "
-            f"(-p allow_random_init=true) to fall back to random weights, or place the "
-            f"weights in the torch/huggingface cache. Cause: {type(err).__name__}: {err}")
+        msg = weights.unavailable_message(name, err) if isinstance(
+            err, (OSError, weights.HubUnavailable)) else str(err)
         if not fallback:
             raise PretrainedWeightsError(msg) from None
         warnings.warn(f"{msg}\n-> using RANDOM initial weights for {name} "
                       f"(allow_random_init)", stacklevel=3)
-        return factory(num_classes, False, in_chans, dropout, image_size)
+        model = factory(num_classes, False, in_chans, dropout, image_size)
+        model.pretrained_weights = weights.weights_record(source, False, reason=msg)
+    if not hasattr(model, "pretrained_weights"):
+        model.pretrained_weights = weights.weights_record(source, False)
+    return model
 
 
 def _stage_prefix(model: nn.Module, info: ModelInfo, stage: str) -> str:

@@ -25,7 +25,8 @@ from .captions import add_caption
 from .fileio import atomic_path
 
 __all__ = ["plot_history", "plot_roc_pr", "plot_confusion", "plot_reliability",
-           "plot_threshold_sweep", "plot_metric_bars", "plot_per_finding_auroc",
+           "plot_threshold_sweep", "plot_metric_bars", "plot_seed_points",
+           "plot_external_matrix", "plot_per_finding_auroc",
            "plot_class_balance", "plot_image_sizes", "image_grid", "plot_box_stats",
            "plot_cooccurrence", "save_figure", "SYNTHETIC_STAMP"]
 
@@ -264,6 +265,70 @@ def plot_metric_bars(df: pd.DataFrame, metric: str, ci: bool = True, label: str 
     if hue:
         _legend(ax, title=hue)
     return _finish(fig, _auto_synthetic(df, synthetic), caption)
+
+
+def plot_seed_points(rows: Sequence[Mapping[str, Any]], metric: str = "auroc",
+                     title: str = "", synthetic: bool = False) -> Figure:
+    """Each seed's test `metric` as a dot, the mean over seeds with its 95% CI as a bar.
+
+    Args:
+        rows: `07_comparison.json`'s `common` rows of one dataset (`label`, `<metric>`,
+            `<metric>_lo`/`_hi`, `per_seed`: list of dicts with `<metric>`).
+    """
+    if not rows:
+        return _empty("no runs to plot", synthetic)
+    fig, (ax,) = _figure(size=(7, 0.55 * len(rows) + 1.6))
+    for y, row in enumerate(rows):
+        seeds = [s[metric] for s in row.get("per_seed", []) if s.get(metric) is not None]
+        jitter = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else [0.0]
+        ax.scatter(seeds, y + np.asarray(jitter[:len(seeds)]), s=18, color="grey", zorder=3,
+                   label="one seed" if y == 0 else None)
+        lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+        err = None if lo is None or hi is None else [[row[metric] - lo], [hi - row[metric]]]
+        ax.errorbar(row[metric], y, xerr=err, fmt="D", color="crimson", capsize=4, zorder=4,
+                    label="mean over seeds, 95% CI" if y == 0 else None)
+    ax.set_yticks(range(len(rows)), [str(r.get("label", r.get("model"))) for r in rows])
+    ax.invert_yaxis()  # best (first row) on top
+    ax.set(xlabel=f"test {metric}", title=title or f"test {metric} per model")
+    _legend(ax, loc="best")
+    return _finish(fig, synthetic)
+
+
+def plot_external_matrix(external: Sequence[Mapping[str, Any]],
+                         common: Sequence[Mapping[str, Any]] = (), metric: str = "auroc",
+                         synthetic: bool = False) -> Figure:
+    """Train × test `metric` per architecture, the CI in every cell; the diagonal is the
+    model's own test split (`common` rows), the rest its scores on other sources' tests."""
+    cells: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
+    for row in common:
+        cells.setdefault(str(row.get("label", row["model"])), {})[
+            (row["dataset"], row["dataset"])] = row
+    for row in external:
+        cells.setdefault(str(row.get("label", row["model"])), {})[
+            (row["train_dataset"], row["test_dataset"])] = row
+    models = sorted(m for m, c in cells.items() if any(a != b for a, b in c))
+    if not models:
+        return _empty("no external scores: no model was tested on another source", synthetic)
+    sources = sorted({d for c in cells.values() for pair in c for d in pair})
+    ncols = min(3, len(models))
+    nrows = math.ceil(len(models) / ncols)
+    fig, axes = _figure(ncols, (4.2 * ncols, 0.9 * len(sources) * nrows + 1.5), nrows)
+    for ax, model in zip(axes, models):
+        grid = np.full((len(sources), len(sources)), np.nan)
+        for (train, test), row in cells[model].items():
+            i, j = sources.index(train), sources.index(test)
+            grid[i, j] = row.get(metric) if row.get(metric) is not None else np.nan
+            lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+            ci = "" if lo is None or hi is None else f"\n[{lo:.2f}, {hi:.2f}]"
+            ax.text(j, i, f"{grid[i, j]:.3f}{ci}", ha="center", va="center", fontsize=8)
+        ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=1.0)
+        ax.set_xticks(range(len(sources)), sources)
+        ax.set_yticks(range(len(sources)), sources)
+        ax.set(xlabel="tested on (test split)", ylabel="trained on", title=model)
+    for ax in axes[len(models):]:
+        ax.set_axis_off()
+    fig.suptitle(f"external validation: test {metric} [95% CI], train source × test source")
+    return _finish(fig, synthetic)
 
 
 def _finding_table(table: Any) -> pd.DataFrame:

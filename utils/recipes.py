@@ -9,8 +9,10 @@ from typing import Any
 
 __all__ = ["ABLATION_VARIANTS", "recipe_for"]
 
+# The study ran its ablation v1 → final on ResNet-50; run_all swaps in ResNet-18 for the
+# CPU-sized profiles (demo, smoke), as it swaps ViT-B for ViT-Ti.
 _BASE_V1: dict[str, Any] = {
-    "model": "resnet18", "augmentation": "basic", "loss": "bce", "sampler": "none",
+    "model": "resnet50", "augmentation": "basic", "loss": "bce", "sampler": "none",
     "scheduler": "none", "threshold_policy": "fixed", "threshold": 0.5, "tta": False,
     "early_stopping": 0, "dropout": 0.0,
 }

@@ -25,9 +25,9 @@ METRICS = ("auroc", "auprc", "f1", "accuracy", "precision", "recall", "specifici
 RESULT_COLUMNS = (["step", "plan_step", "dataset", "seed", "seed_index", "model", "synthetic",
                    "params", "train_seconds", "images_per_second"]
                   + [c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
-                  + ["threshold", "threshold_policy", "variant", "test_fingerprint"])
+                  + ["threshold", "threshold_policy", "variant", "test_fingerprint", "weights"])
 _TEXT_COLUMNS = ("step", "plan_step", "dataset", "model", "synthetic", "threshold_policy",
-                 "variant", "test_fingerprint")
+                 "variant", "test_fingerprint", "weights")
 
 
 def _clean(obj: Any) -> Any:
@@ -132,11 +132,20 @@ def _row(res: dict[str, Any]) -> dict[str, Any]:
            "train_seconds": (res.get("timing") or {}).get("train_seconds"),
            "images_per_second": (res.get("timing") or {}).get("train_images_per_second"),
            "threshold": thr.get("value"), "threshold_policy": thr.get("policy"),
-           "variant": res.get("variant", "")}
+           "variant": res.get("variant", ""), "weights": _weights_label(res.get("pretrained"))}
     for m in METRICS:
         lo, hi = (test.get(f"{m}_ci") or [None, None])[:2]
         row.update({m: test.get(m), f"{m}_lo": lo, f"{m}_hi": hi})
     return row
+
+
+def _weights_label(record: dict | None) -> str | None:
+    """`imagenet`, `xrv:<name>`, `none`, or `random (imagenet requested)` for a fallback."""
+    if not record:
+        return None  # a results file from before the record existed
+    if record.get("requested") and not record.get("loaded"):
+        return f"random ({record.get('source')} requested)"
+    return record.get("source")
 
 
 def load_results(reports_dir: str | Path = "reports") -> pd.DataFrame:

@@ -109,6 +109,13 @@ def fingerprint(notebook: Path, params: dict[str, Any], code: str,
         ...                  code_digest("utils"), {})  # doctest: +SKIP
     """
     kept = {k: v for k, v in params.items() if k not in PATH_PARAMS}
+    if "pretrained" in kept:  # -p pretrained=imagenet is -p pretrained=true (utils.weights)
+        from .weights import canonical_pretrained
+
+        try:
+            kept["pretrained"] = canonical_pretrained(kept["pretrained"])
+        except ValueError:
+            pass  # make_config reports it
     parts = [_sha(Path(notebook).read_bytes()), json.dumps(kept, sort_keys=True, default=str),
              code, json.dumps(upstream, sort_keys=True)]
     if data is not None:

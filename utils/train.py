@@ -51,7 +51,7 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "sampler_cap", "augmentation", "early_stopping", "monitor", "grad_clip",
                "max_steps_per_epoch", "seed")
 # `meta` fields that identify the inputs beyond the config (set by utils.experiment.train)
-RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint")
+RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint", "weights_fingerprint")
 _HIGHER_IS_BETTER = {"val_auroc": True, "val_f1": True, "val_loss": False}
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
+
+from .checkpoint import read_torch_file
 
 __all__ = ["freeze_before", "load_init_weights"]
 
@@ -36,17 +37,16 @@ def load_init_weights(model: nn.Module, head: str, name: str, path: str) -> None
     """Load another run's weights (a checkpoint's `model_state`, or a plain state_dict).
 
     Tensors whose shape differs must belong to the head (`head...`), which keeps its fresh
-    initialisation; any other mismatch is an error naming the keys.
+    initialisation; any other mismatch is an error naming the keys. The file is read with
+    `weights_only=True` (`CheckpointError` if it holds anything else).
     """
     path_ = Path(path)
     if not path_.is_file():
         raise FileNotFoundError(f"init_checkpoint {path} does not exist: run the step that "
                                 f"writes it first, or pass init_checkpoint=''")
-    try:  # our checkpoints hold config dicts and RNG states, hence weights_only=False
-        ckpt = torch.load(path_, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise RuntimeError(f"corrupt or incomplete checkpoint {path}: delete it and re-run "
-                           f"({type(err).__name__}: {err})") from None
+    # weights_only=True: our checkpoints are plain dicts of tensors and builtins, and a
+    # file from a stranger must not run code while it loads (CheckpointError otherwise)
+    ckpt = read_torch_file(path_)
     state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else ckpt
     state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()

@@ -298,7 +298,8 @@ def _cache_for(rows: pd.DataFrame, cfg) -> Any:
     return build_cache(rows, cfg.image_size, cache_dir)  # decodes in parallel on every core
 
 
-def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, DataLoader]:
+def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
+                 splits: Sequence[str] = SPLITS) -> dict[str, DataLoader]:
     """train/val/test DataLoaders with the model's normalisation and the config's recipe.
 
     Train: `cfg.augmentation` transform, `cfg.sampler` (else a seeded shuffle), drop_last.
@@ -308,6 +309,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, Data
         cfg: the RunConfig (image_size, batch_size, num_workers, cache, sampler, seed...).
         manifest: from `load_manifest(cfg)`, with train/val/test splits.
         model_name: a registry name; its `model_info` gives mean/std.
+        splits: which loaders to build (e.g. `("test",)` to score another source).
     Example:
         >>> loaders = make_loaders(cfg, load_manifest(cfg), cfg.model)  # doctest: +SKIP
         >>> images, targets, metas = next(iter(loaders["train"]))        # doctest: +SKIP
@@ -317,11 +319,11 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str) -> dict[str, Data
     from ..samplers import make_sampler
     from ..transforms import build_transform
 
-    info = model_info(model_name)
+    info = model_info(model_name, cfg.pretrained)  # xrv weights bring their own scaling
     names = class_names_for(cfg)
     cuda = pick_device(cfg.device).type == "cuda"
     loaders: dict[str, DataLoader] = {}
-    for split in SPLITS:
+    for split in splits:
         rows = manifest[manifest["split"] == split].reset_index(drop=True)
         if rows.empty:
             raise ValueError(f"the {split!r} split is empty ({len(manifest)} images in all): "

@@ -22,13 +22,15 @@ import pandas as pd
 from .discover import find_sources
 
 __all__ = ["MAPPING_NAME", "MAPPING_URL", "find_rsna_nih_mapping", "load_rsna_nih_mapping",
-           "drop_rsna_holdout_patients", "missing_mapping_message", "holdout_exclusion"]
+           "drop_rsna_holdout_patients", "drop_nih_test_patients", "nih_patient_of",
+           "missing_mapping_message", "holdout_exclusion", "cross_source_exclusion"]
 
 MAPPING_NAME = "pneumonia-challenge-dataset-mappings_2018.json"
 MAPPING_URL = ("https://www.rsna.org/artificial-intelligence/ai-image-challenge/"
                "rsna-pneumonia-detection-challenge-2018")
 _KEYS = ("subset_img_id", "img_id")
 _HOLDOUT = ("val", "test")
+_TRAINING = ("train", "val")  # the splits a model learns from or is selected on
 
 
 def find_rsna_nih_mapping(root: str | os.PathLike) -> Path | None:
@@ -64,9 +66,18 @@ def load_rsna_nih_mapping(path: str | os.PathLike) -> pd.DataFrame:
                          "nih_image": [n if n.endswith(".png") else n + ".png" for n in images]})
 
 
+def nih_patient_of(image_name: str) -> str:
+    """The NIH patient of an `Image Index` (`00000013_005.png` → `13`), as nih_labels writes it."""
+    prefix = os.path.basename(image_name).split("_")[0]
+    return str(int(prefix)) if prefix.isdigit() else ""
+
+
 def drop_rsna_holdout_patients(nih_manifest: pd.DataFrame, rsna_manifest: pd.DataFrame,
-                               mapping: pd.DataFrame) -> pd.DataFrame:
-    """NIH rows minus every image of each NIH patient behind an RSNA val/test image.
+                               mapping: pd.DataFrame,
+                               splits: tuple[str, ...] = _TRAINING) -> pd.DataFrame:
+    """NIH rows of `splits` minus every image of each NIH patient behind an RSNA val/test
+    image. NIH's own test rows stay by default: one NIH test set for every model, and a
+    model never learns from (nor is selected on) the films it will be tested on in RSNA.
 
     Patient-level: another film of the same person is as much a leak as the film itself.
     NIH patients are taken from the manifest rows whose file name is a mapped image, and
@@ -83,11 +94,66 @@ def drop_rsna_holdout_patients(nih_manifest: pd.DataFrame, rsna_manifest: pd.Dat
     patients = set(patient_ids[names.isin(mapped)])
     prefixes = (n.split("_")[0] for n in mapped)
     patients |= {str(int(p)) for p in prefixes if p.isdigit()}  # as nih_labels writes them
-    drop = patient_ids.isin(patients)
+    drop = patient_ids.isin(patients) & nih_manifest["split"].isin(splits)
     out = nih_manifest[~drop].reset_index(drop=True)
     out.attrs.update(nih_manifest.attrs, dropped_for_rsna_overlap=sorted(names[drop]),
                      dropped_patients_for_rsna_overlap=sorted(set(patient_ids[drop])))
     return out
+
+
+def drop_nih_test_patients(rsna_manifest: pd.DataFrame, nih_manifest: pd.DataFrame,
+                           mapping: pd.DataFrame) -> pd.DataFrame:
+    """RSNA train/val rows minus the images of NIH patients in NIH's test split.
+
+    The other direction of the overlap: a model trained on RSNA and scored on NIH's test
+    split (external validation) must not have learnt from those patients' films. RSNA rows
+    are matched by file stem (RSNA's patientId), whatever their `patient_id` grouping is.
+    `attrs["dropped_for_nih_overlap"]` lists the dropped files.
+    """
+    test_patients = set(nih_manifest.loc[nih_manifest["split"] == "test", "patient_id"]
+                        .astype(str))
+    nih_of = dict(zip(mapping["rsna_patient_id"], mapping["nih_image"].map(nih_patient_of)))
+    stems = rsna_manifest["path"].map(lambda p: Path(p).stem)
+    drop = stems.map(nih_of).isin(test_patients) & rsna_manifest["split"].isin(_TRAINING)
+    out = rsna_manifest[~drop].reset_index(drop=True)
+    out.attrs.update(rsna_manifest.attrs,
+                     dropped_for_nih_overlap=sorted(rsna_manifest.loc[drop, "path"]))
+    return out
+
+
+def cross_source_exclusion(dataset: str, manifests: dict[str, pd.DataFrame],
+                           data_root: str | os.PathLike
+                           ) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
+    """The `prepare_data(exclude=)` for a run on `dataset` when RSNA and NIH are both used.
+
+    RSNA's images are NIH films, so a model trained on one and tested on the other (02's
+    NIH pre-training → RSNA; external validation NIH → RSNA and RSNA → NIH) must not have
+    trained on the test films of the other: NIH training drops the NIH patients behind RSNA
+    val/test images; RSNA training drops the images of NIH test patients. Test splits are
+    never touched, so every model of a source is tested on the same images.
+
+    Args:
+        dataset: the source the run trains on.
+        manifests: the split manifests of the sources in play (`load_manifest` results),
+            keyed by source; only "rsna" and "nih" matter.
+    Returns None when the other source is not in play; without the mapping file it says
+    loudly that cross-source numbers are not leak-free, and returns None.
+    """
+    other = {"nih": "rsna", "rsna": "nih"}.get(dataset)
+    if other is None or other not in manifests:
+        return None
+    path = find_rsna_nih_mapping(data_root)
+    if path is None:
+        message = missing_mapping_message(data_root)
+        print("!" * 88 + f"\n{message}\n" + "!" * 88)
+        warnings.warn(message, stacklevel=2)
+        return None
+    mapping = load_rsna_nih_mapping(path)
+    if dataset == "nih":
+        return functools.partial(drop_rsna_holdout_patients, rsna_manifest=manifests["rsna"],
+                                 mapping=mapping)
+    return functools.partial(drop_nih_test_patients, nih_manifest=manifests["nih"],
+                             mapping=mapping)
 
 
 def missing_mapping_message(root: str | os.PathLike) -> str:

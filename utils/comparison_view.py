@@ -1,0 +1,179 @@
+"""What the 07 notebook shows of the comparison report: tables of strings, sentences, the answer.
+
+Each CI is formatted as one string per cell ("0.912 [0.880, 0.940]") and tables are styled
+not to wrap, so no number is split across lines. Everything reads the dict that
+`utils.comparison.build_report` returns (or its JSON), nothing else.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["fmt_ci", "fmt_p", "rows", "sentence", "sentences", "sentences_markdown",
+           "common_table", "paired_table", "external_table", "cost_table", "apart_table",
+           "styled", "seed_note", "study_answer"]
+
+_NAMES = {"auroc": "AUROC", "f1": "F1", "sensitivity": "sensitivity",
+          "specificity": "specificity"}
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt_ci(value: Any, lo: Any = None, hi: Any = None, digits: int = 3) -> str:
+    """`0.912 [0.880, 0.940]`; the bare value without a CI; `–` without a value."""
+    if _missing(value):
+        return "–"
+    text = f"{value:.{digits}f}"
+    return text if _missing(lo) or _missing(hi) else f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def fmt_p(p: Any) -> str:
+    if _missing(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def sentence(row: dict[str, Any], alpha: float = 0.05) -> str:
+    """`densenet121 vs vit: ΔAUROC 0.031 [0.012, 0.050], p_adj = 0.004 — distinguishable`."""
+    p = row.get("p_adjusted")
+    verdict = ("distinguishable" if not _missing(p) and p < alpha
+               else f"not distinguishable at α = {alpha:g}")
+    p_text = fmt_p(p)
+    p_text = p_text if p_text.startswith("<") else f"= {p_text}"
+    return (f"{row['a']} vs {row['b']}: Δ{_NAMES.get(row['metric'], row['metric'])} "
+            f"{fmt_ci(row['delta'], row['lo'], row['hi'])}, p_adj {p_text} — {verdict}")
+
+
+def rows(report: dict[str, Any], key: str, dataset: str | None = None) -> list[dict]:
+    """The report's `key` list (`common`, `paired`, ...), only `dataset`'s rows if given."""
+    return [r for r in report.get(key) or [] if dataset is None or r.get("dataset") == dataset]
+
+
+def sentences(report: dict[str, Any], dataset: str) -> list[str]:
+    """One sentence per paired comparison on `dataset`, AUROC first."""
+    ordered = sorted(rows(report, "paired", dataset), key=lambda r: r["metric"] != "auroc")
+    return [sentence(r, report.get("alpha", 0.05)) for r in ordered]
+
+
+def sentences_markdown(report: dict[str, Any], dataset: str) -> str:
+    """`sentences` as a Markdown list (or why there is none)."""
+    lines = sentences(report, dataset)
+    return "\n".join(f"- {line}" for line in lines) if lines else \
+        f"_{dataset}: a single ranked model, nothing to compare._"
+
+
+def _sd(row: dict[str, Any], metric: str) -> str:
+    return "n/a (1 seed)" if row["seeds"] < 2 or _missing(row.get(f"{metric}_sd")) \
+        else f"{row[f'{metric}_sd']:.3f}"
+
+
+def common_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
+    """Best first: mean over seeds [hierarchical 95% CI], sd over seeds, each seed's AUROC."""
+    out = []
+    for r in rows(report, "common", dataset):
+        row = {"model": r["label"], "step": r["step"], "seeds": r["seeds"],
+               "AUROC [95% CI]": fmt_ci(r["auroc"], r["auroc_lo"], r["auroc_hi"]),
+               "AUROC sd (seeds)": _sd(r, "auroc"),
+               "AUROC per seed": ", ".join(f"{s['auroc']:.3f}" for s in r["per_seed"]
+                                           if not _missing(s["auroc"]))}
+        row.update({f"{_NAMES[m]} [95% CI]": fmt_ci(r[m], r.get(f"{m}_lo"), r.get(f"{m}_hi"))
+                    for m in ("f1", "sensitivity", "specificity")})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def paired_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
+    return pd.DataFrame([{"a (best)": r["a"], "b": r["b"], "metric": _NAMES.get(r["metric"]),
+                          "Δ = a − b [95% CI]": fmt_ci(r["delta"], r["lo"], r["hi"]),
+                          "p": fmt_p(r["p_value"]), "p (Holm)": fmt_p(r["p_adjusted"]),
+                          "test": r["test"]} for r in rows(report, "paired", dataset)])
+
+
+def external_table(report: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame([{"model": r["label"], "trained on": r["train_dataset"],
+                          "tested on": r["test_dataset"], "seeds": r["seeds"], "images": r["n"],
+                          "AUROC [95% CI]": fmt_ci(r["auroc"], r["auroc_lo"], r["auroc_hi"]),
+                          "sensitivity": fmt_ci(r.get("sensitivity")),
+                          "specificity": fmt_ci(r.get("specificity"))}
+                         for r in report.get("external") or []])
+
+
+def cost_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
+    """Parameters, training time and throughput (means over seeds), smallest model first."""
+    ordered = sorted(rows(report, "common", dataset), key=lambda r: r.get("params") or 0)
+    return pd.DataFrame([{"model": r["label"], "step": r["step"],
+                          "parameters (M)": fmt_ci((r.get("params") or math.nan) / 1e6, digits=2),
+                          "train time (s)": fmt_ci(r.get("train_seconds"), digits=1),
+                          "train images/s": fmt_ci(r.get("images_per_second"), digits=1),
+                          "test AUROC": fmt_ci(r["auroc"])} for r in ordered])
+
+
+def apart_table(report: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(report.get("apart") or [],
+                        columns=["dataset", "step", "model", "test_fingerprint", "reason"])
+
+
+def styled(table: pd.DataFrame, caption: str):
+    """A captioned Styler that never wraps a cell (one CI stays on one line); an empty
+    table shows "none" rather than a bare header."""
+    if table.empty:
+        table = pd.DataFrame({"": ["none"]})
+    return (table.style.hide(axis="index").set_caption(caption)
+            .set_properties(**{"white-space": "nowrap", "text-align": "left"})
+            .set_table_styles([{"selector": "caption", "props": "font-weight: bold; "
+                                "text-align: left; caption-side: top"}]))
+
+
+def seed_note(report: dict[str, Any], profile: str = "") -> str:
+    """How many seeds each model has, and what one seed means for the numbers."""
+    seeds = sorted({r["seeds"] for r in report.get("common") or []})
+    if not seeds:
+        return "No training runs with predictions were found."
+    where = f" in the {profile} profile" if profile else ""
+    text = f"Seeds per model{where}: {', '.join(map(str, seeds))}."
+    if seeds[0] < 2:
+        text += (" With one seed, sd reads 'n/a (1 seed)' and that model's CIs carry test "
+                 "sampling only (the full profile trains 3 seeds).")
+    return text
+
+
+def _verdict(row: dict[str, Any], alpha: float, margin: float) -> str:
+    name = row["b"]
+    ci = f"Δ AUROC (CheXNet − {name}) {fmt_ci(row['delta'], row['lo'], row['hi'])}, " \
+         f"p_adj {'< 0.001' if row['p_adjusted'] < 0.001 else '= ' + fmt_p(row['p_adjusted'])}"
+    if row["p_adjusted"] < alpha:
+        side = "falls short of" if row["delta"] > 0 else "beats"
+        return f"{name} {side} CheXNet ({row['a']}): {ci}."
+    if -margin <= row["lo"] and row["hi"] <= margin:
+        return f"{name} matches CheXNet ({row['a']}) within ±{margin:g} AUROC: {ci}."
+    reach = max(abs(row["lo"]), abs(row["hi"]))
+    return (f"The data cannot tell whether {name} matches CheXNet ({row['a']}): {ci}; "
+            f"differences up to {reach:.3f} AUROC are compatible with these test images.")
+
+
+def study_answer(report: dict[str, Any]) -> str:
+    """The study's question — do ViT and Mixer match CheXNet with less inductive bias? —
+    answered per dataset from the `question` rows (DeLong, Holm over ViT and Mixer)."""
+    alpha, margin = report.get("alpha", 0.05), report.get("margin", 0.02)
+    lines = []
+    for dataset in report.get("datasets") or []:
+        found = rows(report, "question", dataset)
+        if not found:
+            roles = (report.get("roles") or {}).get(dataset, {})
+            names = (("chexnet", "CheXNet (02_chexnet)"), ("vit", "ViT (05_vit)"),
+                     ("mixer", "Mixer (06_mlp_mixer)"))
+            missing = [name for role, name in names if not roles.get(role)]
+            lines.append(f"{dataset}: no answer — no run of {' or '.join(missing)} on its "
+                         f"common test set.")
+            continue
+        lines.append(f"{dataset}: " + " ".join(_verdict(r, alpha, margin) for r in found))
+    if not lines:
+        lines.append("No dataset holds CheXNet and ViT or Mixer on one test set: the question "
+                     "cannot be answered from these runs.")
+    if report.get("synthetic"):
+        lines.insert(0, "Synthetic demo data: these sentences show the machinery, not a "
+                        "finding about the architectures.")
+    seeds = seed_note(report)
+    return "\n\n".join([*lines, seeds] if seeds.startswith("Seeds") else lines)
