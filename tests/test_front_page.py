@@ -36,6 +36,13 @@ def test_headline_prefers_07s_common_list(tmp_path: Path) -> None:
     html = render_headline(rows, source, existing={"05_vit.html"})
     assert '<a href="05_vit.html">05_vit</a>' in html and "[0.750, 0.860]" in html
     assert "<svg" in html and "rsna, test split" in html
+    # 07's labels name the models; a part-A run links to its step's report; 07's answer leads
+    common.append({**common[0], "label": "CheXNet part A", "step": "02_chexnet_nih",
+                   "auroc": 0.7, "auroc_lo": 0.6, "auroc_hi": 0.8})
+    html = render_headline(common, source, existing={"02_chexnet.html"},
+                           answer="rsna: ViT falls short of CheXNet.\n\nSeeds: 3.")
+    assert '<td>CheXNet part A</td><td><a href="02_chexnet.html">02_chexnet_nih</a>' in html
+    assert "<p>rsna: ViT falls short of CheXNet.</p><p>Seeds: 3.</p>" in html
 
 
 def test_headline_groups_by_test_set_and_ranks_within_it(tmp_path: Path) -> None:

@@ -173,6 +173,12 @@ FIGURES = {  # every figure function of utils.plots, with a small valid input
     "plot_threshold_sweep": lambda c: plots.plot_threshold_sweep([0, 1], [.2, .8], 0.5, caption=c),
     "plot_metric_bars": lambda c: plots.plot_metric_bars(
         pd.DataFrame({"name": ["a"], "auroc": [.9]}), "auroc", ci=False, caption=c),
+    "plot_seed_points": lambda c: plots.plot_seed_points(
+        [{"label": "a", "auroc": .9, "auroc_lo": .8, "auroc_hi": .95,
+          "per_seed": [{"auroc": .9}]}], caption=c),
+    "plot_external_matrix": lambda c: plots.plot_external_matrix(
+        [{"model": "a", "train_dataset": "rsna", "test_dataset": "nih", "auroc": .7}],
+        caption=c),
     "plot_per_finding_auroc": lambda c: plots.plot_per_finding_auroc({"Mass": 0.7}, caption=c),
     "plot_class_balance": lambda c: plots.plot_class_balance(pd.DataFrame(
         {"split": ["train", "test"], "label": [0, 1], "patient_id": ["a", "b"]}), caption=c),

@@ -173,15 +173,16 @@ def comparison_summary(common: list[Mapping[str, Any]]) -> list[str]:
         rows.sort(key=lambda r: -r["auroc"])
         best = rows[0]
         best_ci = fmt_ci(best["auroc"], [best.get("auroc_lo"), best.get("auroc_hi")])
+        name = lambda r: r.get("label") or r.get("model")  # noqa: E731 - 07 labels its models
         if len(rows) == 1:
-            out.append(f"On {dataset}'s test set one model so far: {best.get('model')} "
+            out.append(f"On {dataset}'s test set one model so far: {name(best)} "
                        f"({best.get('step')}), AUROC {best_ci}.")
             continue
         text = (f"On {dataset}'s common test set, {len(rows)} models compared: the best AUROC "
-                f"is {best.get('model')}'s {best_ci}")
+                f"is {name(best)}'s {best_ci}")
         if len(rows) > 1:
             low, second = rows[-1], rows[1]
-            text += (f", the lowest {low.get('model')}'s "
+            text += (f", the lowest {name(low)}'s "
                      f"{fmt_ci(low['auroc'], [low.get('auroc_lo'), low.get('auroc_hi')])}")
             overlap = (isinstance(second.get("auroc_hi"), (int, float))
                        and isinstance(best.get("auroc_lo"), (int, float))
@@ -224,7 +225,8 @@ def step_summary(step: str, results_dir: str | Path, description: str = "",
         return runs_summary(runs)
     own = _read(results_dir / f"{step}.json") or {}
     if own.get("common"):
-        return comparison_summary(own["common"])
+        answer = own.get("answer") if isinstance(own.get("answer"), str) else ""
+        return comparison_summary(own["common"]) + [p for p in answer.split("\n\n") if p]
     if own.get("sources"):
         return eda_summary(own["sources"])
     if step == COMPARISON_STEP:  # 07 before it writes its own JSON: the runs it compared

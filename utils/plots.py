@@ -268,7 +268,8 @@ def plot_metric_bars(df: pd.DataFrame, metric: str, ci: bool = True, label: str 
 
 
 def plot_seed_points(rows: Sequence[Mapping[str, Any]], metric: str = "auroc",
-                     title: str = "", synthetic: bool = False) -> Figure:
+                     title: str = "", synthetic: bool = False,
+                     caption: str | None = None) -> Figure:
     """Each seed's test `metric` as a dot, the mean over seeds with its 95% CI as a bar.
 
     Args:
@@ -276,7 +277,7 @@ def plot_seed_points(rows: Sequence[Mapping[str, Any]], metric: str = "auroc",
             `<metric>_lo`/`_hi`, `per_seed`: list of dicts with `<metric>`).
     """
     if not rows:
-        return _empty("no runs to plot", synthetic)
+        return _empty("no runs to plot", synthetic, caption)
     fig, (ax,) = _figure(size=(7, 0.55 * len(rows) + 1.6))
     for y, row in enumerate(rows):
         seeds = [s[metric] for s in row.get("per_seed", []) if s.get(metric) is not None]
@@ -291,12 +292,12 @@ def plot_seed_points(rows: Sequence[Mapping[str, Any]], metric: str = "auroc",
     ax.invert_yaxis()  # best (first row) on top
     ax.set(xlabel=f"test {metric}", title=title or f"test {metric} per model")
     _legend(ax, loc="best")
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 def plot_external_matrix(external: Sequence[Mapping[str, Any]],
                          common: Sequence[Mapping[str, Any]] = (), metric: str = "auroc",
-                         synthetic: bool = False) -> Figure:
+                         synthetic: bool = False, caption: str | None = None) -> Figure:
     """Train × test `metric` per architecture, the CI in every cell; the diagonal is the
     model's own test split (`common` rows), the rest its scores on other sources' tests."""
     cells: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
@@ -308,7 +309,8 @@ def plot_external_matrix(external: Sequence[Mapping[str, Any]],
             (row["train_dataset"], row["test_dataset"])] = row
     models = sorted(m for m, c in cells.items() if any(a != b for a, b in c))
     if not models:
-        return _empty("no external scores: no model was tested on another source", synthetic)
+        return _empty("no external scores: no model was tested on another source", synthetic,
+                      caption)
     sources = sorted({d for c in cells.values() for pair in c for d in pair})
     ncols = min(3, len(models))
     nrows = math.ceil(len(models) / ncols)
@@ -328,7 +330,7 @@ def plot_external_matrix(external: Sequence[Mapping[str, Any]],
     for ax in axes[len(models):]:
         ax.set_axis_off()
     fig.suptitle(f"external validation: test {metric} [95% CI], train source × test source")
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 def _finding_table(table: Any) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .fileio import atomic_write_text
-from .headline import headline_rows, render_headline
+from .headline import comparison_answer, headline_rows, render_headline
 from .html_page import CSS, SORT_JS, esc, fmt_bytes, fmt_duration, fmt_metric, table
 from .narrative import owner_step
 
@@ -190,7 +190,8 @@ def write_index(path: str | Path, rows: list[StepRow], *,
     headline, versions and data facts are read from the reports folder beside it."""
     reports = Path(path).parent
     existing = {p.name for p in reports.glob("*.html")}
-    headline = render_headline(*headline_rows(reports), existing=existing)
+    headline = render_headline(*headline_rows(reports), existing=existing,
+                               answer=comparison_answer(reports))
     try:
         data = _data_table(str(meta.get("data_root", "")), reports)
     except Exception as exc:  # noqa: BLE001 - facts are a courtesy; the page must render
