@@ -88,7 +88,7 @@ def test_summary_contents_and_no_network_assets(report) -> None:
     assert ("On the rsna test split (n = 300 images, 3 patients) resnet18 reaches AUROC 0.91 "
             "[0.88, 0.94], F1 0.80 [0.75, 0.85], sensitivity 0.90 [0.85, 0.95] and "
             "specificity 0.70 [0.60, 0.80].") in page
-    assert '<nav class="cxr-toc">' in page and ">Sizes (per split)</a>" in page
+    assert '<nav class="cxr-toc">' in page and ">Sizes (per split)</a></li></ul></li></ol>" in page
     assert "colab-badge.svg" not in page  # an external image would not load offline
     assert "<script src" not in page and "data:image/png;base64," in page
     assert "<title>05 · ViT — 05_vit</title>" in page

@@ -180,15 +180,14 @@ def comparison_summary(common: list[Mapping[str, Any]]) -> list[str]:
             continue
         text = (f"On {dataset}'s common test set, {len(rows)} models compared: the best AUROC "
                 f"is {name(best)}'s {best_ci}")
-        if len(rows) > 1:
-            low, second = rows[-1], rows[1]
-            text += (f", the lowest {name(low)}'s "
-                     f"{fmt_ci(low['auroc'], [low.get('auroc_lo'), low.get('auroc_hi')])}")
-            overlap = (isinstance(second.get("auroc_hi"), (int, float))
-                       and isinstance(best.get("auroc_lo"), (int, float))
-                       and second["auroc_hi"] >= best["auroc_lo"])
-            text += ("; the top two CIs overlap, so this test set does not separate them"
-                     if overlap else "; the best model's CI clears the runner-up's")
+        low, second = rows[-1], rows[1]
+        text += (f", the lowest {name(low)}'s "
+                 f"{fmt_ci(low['auroc'], [low.get('auroc_lo'), low.get('auroc_hi')])}")
+        overlap = (isinstance(second.get("auroc_hi"), (int, float))
+                   and isinstance(best.get("auroc_lo"), (int, float))
+                   and second["auroc_hi"] >= best["auroc_lo"])
+        text += ("; the top two CIs overlap, so this test set does not separate them"
+                 if overlap else "; the best model's CI clears the runner-up's")
         out.append(text + ".")
     return out
 

@@ -39,6 +39,7 @@ CSS = """
  padding:.6rem 1rem;margin:.8rem 0} .cxr-lead p{margin:.3rem 0}
 .cxr-banner{background:#b00020;color:#fff;font-weight:700;padding:.5rem .8rem;border-radius:4px}
 .cxr-toc{margin:.6rem 0 1rem} .cxr-toc ol{margin:.2rem 0 0 1.2rem;padding:0}
+.cxr-toc ul{margin:0 0 0 1rem;padding:0;list-style:circle}
 .cxr-controls{margin:.4rem 0 1rem;font-size:.9rem} .cxr-controls button{cursor:pointer}
 details.cxr-code>summary{cursor:pointer;color:#666;font-size:.8rem;margin:.1rem 0 .2rem;
  font-family:var(--jp-code-font-family,monospace)}
@@ -113,14 +114,23 @@ def parameters_table(rows: list[dict[str, str]]) -> str:
 
 
 def table_of_contents(body: str) -> str:
-    """A nested list of the page's h2/h3 headings, linking their nbconvert anchors."""
-    items = []
+    """The page's h2 headings as a numbered list, each with its h3s nested under it,
+    linking their nbconvert anchors."""
+    items: list[tuple[str, str, list[str]]] = []
     for level, anchor, inner in _HEADING.findall(body):
         text = html.unescape(re.sub(r"<[^>]+>", "", inner)).replace("¶", "").strip()
-        if text:
-            indent = ' style="margin-left:1.2rem"' if level == "3" else ""
-            items.append(f'<li{indent}><a href="#{anchor}">{html.escape(text)}</a></li>')
-    return f'<nav class="cxr-toc"><b>Contents</b><ol>{"".join(items)}</ol></nav>' if items else ""
+        link = f'<a href="#{anchor}">{html.escape(text)}</a>'
+        if not text:
+            continue
+        if level == "3" and items:
+            items[-1][2].append(f"<li>{link}</li>")
+        else:
+            items.append((anchor, link, []))
+    if not items:
+        return ""
+    lis = "".join(f"<li>{link}" + (f"<ul>{''.join(sub)}</ul>" if sub else "") + "</li>"
+                  for _, link, sub in items)
+    return f'<nav class="cxr-toc"><b>Contents</b><ol>{lis}</ol></nav>'
 
 
 def _description(cell: Any) -> str:
