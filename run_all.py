@@ -189,6 +189,9 @@ def build_parser(plan: list[Step]) -> argparse.ArgumentParser:
                    help="model checkpoints (default: checkpoints)")
     p.add_argument("--notebooks-dir", type=Path, default=ROOT / "notebooks",
                    help="where the plan's notebooks are (default: notebooks)")
+    p.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                   help="train each model step on N processes with torchrun (one per GPU, or "
+                   "CPU processes with gloo); -p STEP.nproc_per_node=N for one step")
     p.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
                    help="limit per notebook cell (default: none)")
     p.add_argument("--bundle", nargs="?", type=Path, const=BUNDLE_DEFAULT, metavar="ZIP",
@@ -201,6 +204,7 @@ def build_parser(plan: list[Step]) -> argparse.ArgumentParser:
 def resolve_data(value: str) -> tuple[Path, bool]:
     """(root, synthetic) from `utils.data.discover`; imported lazily, it may build the demo."""
     try:
+        from utils.data.demo import ensure_demo
         from utils.data.discover import resolve_data_root
     except ImportError as exc:
         raise UsageError(f"cannot import utils/data/discover.py ({exc})") from exc
@@ -208,7 +212,7 @@ def resolve_data(value: str) -> tuple[Path, bool]:
     level = demo_log.level
     demo_log.setLevel(logging.WARNING)  # prepare()'s banner says "synthetic", once
     try:
-        root, synthetic = resolve_data_root(value, announce=False)
+        root, synthetic = resolve_data_root(value, announce=False, fallback=ensure_demo)
     except Exception as exc:  # noqa: BLE001 - any failure to find data is a setup error
         raise UsageError(f"data root {value or '(auto)'}: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -338,6 +342,11 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
     if dangling := sorted({d for s in plan for d in (*s.after, *s.requires)} - names):
         raise UsageError(f"the plan names unknown dependencies {dangling}")
     global_, per_step = parse_overrides(args.params, plan)
+    if args.nproc_per_node is not None:  # the training steps; -p STEP.nproc_per_node wins
+        for step in plan:
+            if step.name in MODEL_STEPS:
+                per_step.setdefault(step.name, {}).setdefault("nproc_per_node",
+                                                              args.nproc_per_node)
     steps = select_steps(plan, args.only, args.start)
     data_root, synthetic = resolve_data(args.data_root)
     if synthetic:

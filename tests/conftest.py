@@ -58,7 +58,7 @@ def smoke_run(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "run_all.py", "--profile", "smoke", "--reports-dir", str(reports),
          "--checkpoint-dir", str(ckpts), "--bundle", str(bundle), "--only", *SMOKE_STEPS],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        cwd=ROOT, capture_output=True, text=True, timeout=3600)  # a hang guard
     return proc, reports, ckpts, bundle
 
 

@@ -231,3 +231,12 @@ def test_benchmark_study_tree_and_batched_augment(tmp_path):
     left, right = out[:, 0, 16, 4] > 1.5, out[:, 0, 16, 27] > 1.5
     assert torch.equal(left, ~right)
     assert 0 < int(left.sum()) < 16                            # flips drawn per image
+
+
+def test_benchmark_ratio_with_the_cache_build_counted():
+    from benchmarks.input_pipeline import ratio_with_build
+
+    # 10 img/s vs 100 img/s over 100 files: the study takes 10 s an epoch, the cache 1 s + 9 s
+    assert ratio_with_build(10, 100, build_s=9, files=100, epochs=1) == pytest.approx(1.0)
+    assert ratio_with_build(10, 100, build_s=9, files=100, epochs=20) == pytest.approx(200 / 29)
+    assert ratio_with_build(10, 100, build_s=0, files=100, epochs=3) == pytest.approx(10)

@@ -14,8 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from conftest import shared_path
 from utils.data import images
-from utils.data.images import (BadImageError, dicom_to_png, image_size, is_dicom,
-                               read_dicom, read_image)
+from utils.data.convert import dicom_to_png
+from utils.data.images import BadImageError, image_size, is_dicom, read_dicom, read_image
 
 M1, M2 = "cr_chest_monochrome1_jpeg.dcm", "cr_chest_monochrome2_jpeg.dcm"
 
@@ -293,13 +293,13 @@ def test_dicom_to_png_converts_lists_errors_and_resumes(tmp_path):
 def test_dicom_to_png_on_a_read_only_target_fails_once_naming_the_fix(tmp_path, monkeypatch):
     import errno
 
-    import utils.data.images as images
+    import utils.data.convert as convert
 
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(shared_path("dicom", M1), src / "a.dcm")
     decoded = []
-    monkeypatch.setattr(images, "read_dicom", lambda p, **kw: decoded.append(p))
+    monkeypatch.setattr(convert, "read_dicom", lambda p, **kw: decoded.append(p))
     real_mkdir = Path.mkdir
 
     def read_only(self, *args, **kwargs):  # the tests run as root: chmod would not stop us

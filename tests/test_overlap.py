@@ -146,13 +146,13 @@ def test_demo_mapping_links_real_ids_and_removes_nih_images(demo_root):
     mapping = load_rsna_nih_mapping(path)
     rsna, nih = load_manifest(_cfg(demo_root, "rsna")), load_manifest(_cfg(demo_root, "nih"))
     names = nih["path"].map(lambda p: Path(p).name)
-    assert set(mapping["rsna_patient_id"]) <= set(rsna["patient_id"])
+    assert set(mapping["rsna_patient_id"]) <= set(rsna["image_id"])  # RSNA's patientId
     assert set(mapping["nih_image"]) <= set(names) and mapping.nunique().min() == len(mapping)
     assert 0.2 < len(mapping) / len(nih) < 0.35  # the real share: 30k of 112k NIH images
     out = _exclusion(demo_root)(nih)
     dropped = out.attrs["dropped_for_rsna_overlap"]
     assert 0 < len(dropped) < len(nih) / 2 and len(out) + len(dropped) == len(nih)
-    holdout = set(rsna.loc[rsna["split"] != "train", "patient_id"])
+    holdout = set(rsna.loc[rsna["split"] != "train", "image_id"])
     leaked = set(mapping.loc[mapping["rsna_patient_id"].isin(holdout), "nih_image"])
     gone = set(nih.loc[names.isin(leaked), "patient_id"])
     learnt = out[out["split"] != "test"]

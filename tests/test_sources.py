@@ -316,16 +316,19 @@ def test_resolve_data_root(tmp_path, monkeypatch):
     fake = types.ModuleType("utils.data.demo")  # the generator itself is tested elsewhere
     fake.ensure_demo = lambda root=None: demo
     monkeypatch.setitem(sys.modules, "utils.data.demo", fake)
+    # discovery builds nothing itself: without a fallback, no data is an error naming the fix
+    with pytest.raises(DataNotFoundError, match=r"no data found .*ensure_demo"):
+        resolve_data_root("")
     message = re.escape(f"using the generated SYNTHETIC demo data in {demo}")
     with pytest.warns(UserWarning, match=message):
-        assert resolve_data_root("") == (demo, True)
+        assert resolve_data_root("", fallback=fake.ensure_demo) == (demo, True)
     with warnings.catch_warnings():  # run_all.py prints its own banner instead
         warnings.simplefilter("error")
-        assert resolve_data_root("", announce=False) == (demo, True)
+        assert resolve_data_root("", announce=False, fallback=fake.ensure_demo) == (demo, True)
     # a Kaggle mount with a source wins over the demo
     mount = tmp_path / "kaggle" / "input"
     kermany_tree(mount / "chest-xray-pneumonia" / "chest_xray", SMALL_KERMANY)
-    assert resolve_data_root("") == (mount, False)
+    assert resolve_data_root("", fallback=fake.ensure_demo) == (mount, False)
 
 
 def test_is_synthetic_and_not_found_message(tmp_path):

@@ -202,13 +202,19 @@ def test_checkpoint_contents_and_weights_only_load(tmp_path):
     cfg = cfg_for(epochs=1)
     model, hist = run(cfg, tmp_path, meta={"synthetic": True, "sizes": np.array([3, 4])})
     ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
-    for key in ("model_name", "model_state", "optimizer_state", "scheduler_state",
-                "scaler_state", "epoch", "history", "best_score", "config", "num_classes",
-                "class_names", "input_size", "mean", "std", "rng_state", "synthetic"):
-        assert key in ckpt, key
+    # best.pt: what inference, the gallery and init_checkpoint read; nothing only a resume needs
+    inference = ("model_name", "model_state", "epoch", "history", "best_score", "config",
+                 "num_classes", "class_names", "input_size", "mean", "std", "synthetic",
+                 "distributed")
+    resume_only = ("optimizer_state", "scheduler_state", "scaler_state", "rng_state")
+    assert sorted(ckpt) == sorted((*inference, "sizes"))
     assert ckpt["model_name"] == cfg.model and ckpt["num_classes"] == 1
     assert ckpt["class_names"] == ["Pneumonia"] and ckpt["sizes"] == [3, 4]
     assert ckpt["config"] == cfg.to_dict() and ckpt["history"] == hist.to_dict()
+    assert ckpt["distributed"] == {"world_size": 1, "nnodes": 1, "backend": "none"}
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert sorted(last) == sorted((*inference, *resume_only, "sizes"))
+    assert all(torch.equal(ckpt["model_state"][k], v) for k, v in last["model_state"].items())
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -362,3 +368,27 @@ def test_recalibrate_batchnorm_sets_running_stats_to_the_data():
     torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
     assert not model.training
     assert not recalibrate_batchnorm(nn.Linear(2, 1), loader)
+
+
+def test_tensorboard_event_files_hold_every_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = cfg_for(epochs=3, tensorboard=True, reports_dir=str(tmp_path / "reports"), step="tb")
+    _, hist = run(cfg, tmp_path / "ckpt")
+    events = EventAccumulator(str(tmp_path / "reports" / "runs" / "tb")).Reload()
+    assert {"loss/train", "loss/val", "val/auroc", "val/f1", "lr"} <= set(events.Tags()["scalars"])
+    train = events.Scalars("loss/train")
+    assert [e.step for e in train] == [1, 2, 3]
+    assert [e.value for e in train] == pytest.approx([r["train_loss"] for r in hist.epochs])
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([r["lr"] for r in hist.epochs])
+
+
+def test_tensorboard_is_off_by_default(tmp_path):
+    run(cfg_for(epochs=1, reports_dir=str(tmp_path / "reports")), tmp_path / "ckpt")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(RuntimeError, match=r"tensorboard=true needs the tensorboard package"):
+        run(cfg_for(epochs=1, tensorboard=True, reports_dir=str(tmp_path)), tmp_path / "c")

@@ -1,7 +1,8 @@
 """cxr-pneumonia's shared package: every line of logic the notebooks need lives here.
 
 Modules (see docs/ARCHITECTURE.md): config, data (sources, splits, dataset, cache, demo),
-transforms, losses, samplers, models (+ nets, weights, xrv), train (+ checkpoint), evaluate,
+transforms, losses, samplers, models (+ nets, weights, xrv), train (+ checkpoint, history,
+rngstate, distributed, launch, train_cli), evaluate,
 cam, plots, results, summaries, stats, comparison (+ comparison_view), eda, gallery,
 experiment, notebook, predict.
 
@@ -24,7 +25,8 @@ _LAZY = {
     "make_sampler": "samplers",
     "fit": "train", "History": "train",
     "load_model": "checkpoint", "load_checkpoint": "checkpoint",
-    "update_checkpoint": "checkpoint",
+    "update_checkpoint": "checkpoint", "checkpoint_bytes": "checkpoint",
+    "train_distributed": "launch", "DistributedTrainingError": "launch",
     "evaluate_run": "evaluate", "binary_metrics": "evaluate",
     "choose_threshold": "evaluate", "bootstrap_ci": "evaluate", "calibration": "evaluate",
     "CamExplainer": "cam", "compute_cams": "cam", "localisation_scores": "cam",

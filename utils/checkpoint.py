@@ -1,14 +1,15 @@
 """Checkpoints: read back what `fit` wrote, rebuild the model, and amend fields atomically.
 
 A checkpoint is a plain dict (tensors and builtins only, so it loads with
-`weights_only=True`): model name and weights, optimizer/scheduler state, config, class names,
-input size, normalisation, and the validation-chosen threshold once evaluation adds it.
+`weights_only=True`). `best.pt` holds what inference, the Grad-CAM gallery and
+`init_checkpoint` read: model name and weights, config, class names, input size,
+normalisation, history, and the validation-chosen threshold once evaluation adds it.
+`last.pt` adds what only a resume needs (optimizer, scheduler and scaler state, every rank's
+RNG state); `utils.experiment.evaluate_and_record` deletes it when the run has finished,
+unless `keep_last`. Both load with the functions below.
 """
 from __future__ import annotations
 
-import pickle
-import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,10 @@ from torch import nn
 
 from .fileio import atomic_torch_save
 from .runtime import pick_device
+from .torchio import CheckpointError, read_torch_file, unsafe_file_error  # noqa: F401 (re-export)
 
 __all__ = ["CheckpointError", "read_torch_file", "load_checkpoint", "load_model",
-           "update_checkpoint", "plain"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or not one of ours."""
+           "update_checkpoint", "plain", "checkpoint_bytes"]
 
 
 def plain(obj: Any) -> Any:
@@ -36,38 +34,6 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (np.generic, np.ndarray)):
         return obj.tolist()
     return str(obj) if isinstance(obj, Path) else obj
-
-
-def read_torch_file(path: str | Path, what: str = "checkpoint",
-                    map_location: Any = "cpu") -> Any:
-    """`torch.load(weights_only=True)`: tensors and plain values only, so a file from a
-    stranger cannot run code while it loads (a pickle's `__reduce__` can call anything).
-
-    Args:
-        what: how the errors name the file ("checkpoint", "init_checkpoint"...).
-    Raises:
-        CheckpointError: truncated or corrupt, or it holds other objects (named).
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"corrupt or incomplete {what} {path}: delete it and "
-                                  f"re-run") from exc
-        raise unsafe_file_error(what, path, exc) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"corrupt or incomplete {what} {path}: delete it and "
-                              f"re-run ({type(exc).__name__})") from exc
-
-
-def unsafe_file_error(what: str, path: str | Path, exc: Exception) -> CheckpointError:
-    """The refusal of a file whose pickle calls something (named) beyond tensors/builtins."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    return CheckpointError(f"{what} {path} holds objects other than tensors and plain values "
-                           f"({found[1] if found else 'code'}), so it was not loaded: loading "
-                           f"it could run code. Only if you trust its author, re-save its "
-                           f"tensors with torch.load(weights_only=False) and "
-                           f"torch.save(obj.state_dict())")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -117,3 +83,11 @@ def update_checkpoint(path: str | Path, **fields: Any) -> Path:
     ckpt = load_checkpoint(path)
     ckpt.update(plain(fields))
     return atomic_torch_save(ckpt, path)
+
+
+def checkpoint_bytes(checkpoint_dir: str | Path, run: str) -> int:
+    """Bytes on disk under `checkpoint_dir/run/` (0 when absent), for the index's disk column."""
+    folder = Path(checkpoint_dir) / run
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

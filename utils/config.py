@@ -53,7 +53,7 @@ class RunConfig:
     init_checkpoint: str = ""      # start from another run's weights (head replaced if needed)
     # --- training ----------------------------------------------------------------------
     epochs: int = 20
-    batch_size: int = 32
+    batch_size: int = 32           # the global batch: N processes take batch_size / N each
     lr: float = 1e-4
     weight_decay: float = 1e-4
     optimizer: str = "adamw"       # adamw | adam | sgd
@@ -77,6 +77,17 @@ class RunConfig:
     split_seed: int = 42           # patient splits and max_images caps: one test set for all seeds
     device: str = "auto"           # auto | cpu | cuda | mps
     resume: bool = True            # continue from checkpoints/<step>/last.pt when present
+    keep_last: bool = False        # keep last.pt (optimizer state, for a resume) after the run
+    # --- processes (torchrun + DDP; see utils.distributed) -------------------------------
+    nproc_per_node: int = 1        # training processes on this machine (one per GPU, or CPU gloo)
+    nnodes: int = 1                # machines; > 1 needs rdzv_endpoint (and a shared checkpoint_dir)
+    node_rank: int = 0             # this machine's number; node 0 hosts the rendezvous
+    rdzv_endpoint: str = ""        # HOST:PORT of node 0; "" on one machine = a free local port
+    rdzv_id: str = ""              # the job's name, the same on every node; "" = the run name
+    rdzv_timeout: int = 300        # seconds to wait for node 0's endpoint and for every node
+    dist_backend: str = "auto"     # auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    sync_bn: bool = False          # SyncBatchNorm across processes (CUDA only in torch 2.14)
+    tensorboard: bool = False      # event files per run under <reports_dir>/runs/<run>/
     # --- evaluation --------------------------------------------------------------------
     threshold_policy: str = "max_f1"   # fixed | max_f1 | youden | sensitivity (on validation)
     threshold: float = 0.5             # the value for the `fixed` policy
@@ -133,18 +144,33 @@ class RunConfig:
         if self.image_size < 32 and self.model in ("simple_cnn", "densenet121", "chexnet"):
             raise ConfigError(f"image_size={self.image_size} must be >= 32 for {self.model} "
                               f"(its poolings reduce a smaller image to nothing)")
-        unknown = [d for d in self.dataset_list() if d not in _CHOICES["dataset"]]
+        from .data.sources import list_sources  # lazy: the registry imports pandas
+
+        if self.dataset not in list_sources():
+            raise ConfigError(f"dataset={self.dataset!r} is not one of {sorted(list_sources())}")
+        unknown = [d for d in self.dataset_list() if d not in list_sources()]
         if unknown and self.datasets != "all":
             raise ConfigError(f"datasets={self.datasets!r}: {unknown} are not sources; use "
-                              f"'', 'all' or names from {sorted(_CHOICES['dataset'])}")
-        if self.task == "multilabel" and self.dataset != "nih":
-            raise ConfigError("task='multilabel' needs dataset='nih' (the 14-finding labels)")
+                              f"'', 'all' or names from {sorted(list_sources())}")
+        processes = self.nproc_per_node * self.nnodes
+        if self.batch_size % processes:
+            near = processes * max(1, self.batch_size // processes)
+            raise ConfigError(f"batch_size={self.batch_size} is the global batch and must divide "
+                              f"by the {processes} processes (nproc_per_node x nnodes): use a "
+                              f"multiple of {processes}, e.g. {near}")
+        if self.node_rank >= self.nnodes:
+            raise ConfigError(f"node_rank={self.node_rank} must be < nnodes={self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ConfigError(f"nnodes={self.nnodes} needs rdzv_endpoint='HOST:PORT' of node 0 "
+                              f"(the same on every node, e.g. 'node0.lab:29500')")
+        if self.task == "multilabel" and self.dataset not in list_sources(multilabel=True):
+            raise ConfigError(f"task='multilabel' needs dataset= one of "
+                              f"{list_sources(multilabel=True)} (finding labels)")
         return self
 
 
 _CHOICES: dict[str, set] = {
     "profile": {"auto", "demo", "smoke", "full"},
-    "dataset": {"kermany", "rsna", "nih"},
     "task": {"binary", "multilabel"},
     "on_bad_image": {"error", "skip"},
     "optimizer": {"adamw", "adam", "sgd"},
@@ -155,12 +181,13 @@ _CHOICES: dict[str, set] = {
     "threshold_policy": {"fixed", "max_f1", "youden", "sensitivity"},
     "device": {"auto", "cpu", "cuda", "mps"},
     "monitor": {"val_auroc", "val_f1", "val_loss"},
+    "dist_backend": {"auto", "gloo", "nccl"},
 }
 _MINIMUMS: dict[str, float] = {
     "image_size": 16, "batch_size": 1, "epochs": 1, "max_images": 0, "num_workers": 0,
     "lr": 1e-12, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
     "sampler_cap": 0, "early_stopping": 0, "seeds": 1, "grad_clip": 0.0, "max_steps_per_epoch": 0,
-    "bootstrap": 0,
+    "bootstrap": 0, "nproc_per_node": 1, "nnodes": 1, "node_rank": 0, "rdzv_timeout": 1,
 }
 
 # Profiles set only *scale* knobs; the recipe (model, loss, sampler...) belongs to the

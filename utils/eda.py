@@ -16,21 +16,18 @@ from .data.images import image_size, read_image
 from .data.nih import NIH_FINDINGS
 
 __all__ = ["load_source", "split_summary", "image_sizes", "sample_images", "box_table",
-           "finding_counts", "dicom_before_after", "convert_rsna", "augmentation_examples",
-           "NIH_FINDINGS"]
+           "finding_counts", "dicom_before_after", "convert_rsna", "prepare_caches",
+           "augmentation_examples", "NIH_FINDINGS"]
 
 
 def load_source(name: str, sources: dict[str, Path]) -> pd.DataFrame:
     """The manifest of one source, or an empty frame (with a note) when it is not present."""
-    from .data.kermany import kermany_manifest
-    from .data.nih import nih_manifest
-    from .data.rsna import rsna_manifest
+    from .data.sources import build_manifest
 
     if name not in sources:
         print(f"{name}: not found under the data root; this section is empty.")
         return pd.DataFrame(columns=["path", "patient_id", "split", "label", "boxes"])
-    builders = {"kermany": kermany_manifest, "rsna": rsna_manifest, "nih": nih_manifest}
-    return builders[name](sources[name])
+    return build_manifest(name, sources[name])
 
 
 def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -123,21 +120,53 @@ def dicom_before_after(sources: dict[str, Path], n: int = 4) -> dict[str, list]:
 
 
 def convert_rsna(sources: dict[str, Path], dst_dir: str | Path | None = None) -> pd.DataFrame:
-    """Convert RSNA DICOMs to PNGs, resumably: into `dst_dir`, else beside them
-    (`stage_2_train_images_png/`), else, on a read-only mount such as Kaggle's
-    /kaggle/input, into the repo's `data/rsna_png/`."""
+    """Convert RSNA DICOMs to PNGs, resumably: into `dst_dir`, else where the RSNA manifest
+    looks for them (`rsna.png_dir`: beside the DICOMs, `stage_2_train_images_png/`, or, on a
+    read-only mount such as Kaggle's /kaggle/input, the repo's `data/rsna_png/`). Once every
+    file converted, later steps' RSNA manifests read these PNGs."""
     if "rsna" not in sources:
         print("rsna: not found; nothing to convert.")
         return pd.DataFrame({"status": pd.Series(dtype=str)})
-    from .data.images import dicom_to_png
+    from .data.convert import dicom_to_png
+    from .data.rsna import DICOM_DIR, png_dir
 
     root = Path(sources["rsna"])
     if dst_dir is None:
-        dst_dir = root / "stage_2_train_images_png"
+        dst_dir = png_dir(root)
         if not os.access(root, os.W_OK):
-            dst_dir = Path(__file__).resolve().parents[1] / "data" / "rsna_png"
             print(f"{root} is read-only: writing the PNGs to {dst_dir}")
-    return dicom_to_png(root / "stage_2_train_images", dst_dir)
+    return dicom_to_png(root / DICOM_DIR, dst_dir)
+
+
+def prepare_caches(cfg: Any, ctx: Any) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Build the per-split caches the model steps' loaders will open, for every dataset of
+    `cfg.datasets` ("all": every binary source found, as the plan's model steps train).
+
+    The rows are found exactly as the model steps find them, through their own
+    `StepGrid.prepare` (patient splits, then RSNA ⊂ NIH exclusions when both are in play),
+    and the loaders it makes build the caches (`cache=True`) under their own keys.
+
+    Returns a table (dataset, split, images, side, key, built now or already there, folder)
+    and each dataset's manifest as its runs train on it.
+    """
+    import dataclasses
+
+    from .data.dataset import cache_dir_for
+    from .grid import StepGrid
+
+    before = {p.parent.name for p in cache_dir_for(cfg).glob("*/complete")}  # built earlier
+    grid = StepGrid(dataclasses.replace(cfg, cache=True, task="binary", seeds=1), ctx)
+    rows, manifests = [], {}
+    for run in grid.runs:
+        exp = grid.prepare(run)
+        manifests[run.dataset] = exp.manifest
+        for split, loader in exp.loaders.items():
+            cache = loader.dataset.cache
+            rows.append({"dataset": run.dataset, "split": split, "images": len(cache),
+                         "side": cache.size, "key": cache.key[:12],
+                         "state": "already there" if cache.folder.name in before else "built now",
+                         "folder": str(cache.folder)})
+    return pd.DataFrame(rows), manifests
 
 
 def augmentation_examples(manifest: pd.DataFrame, names: list[str], repeats: int,

@@ -41,7 +41,8 @@ def prepare_data(cfg: RunConfig,
 
     `exclude` drops rows after the splits are drawn (e.g. NIH patients behind another run's
     RSNA test images, `utils.data.overlap`), so the rows that remain keep their split.
-    `manifest`: `load_manifest(cfg)` done already (a step's runs share one per source).
+    `manifest`: `load_manifest(cfg)` done already (a step's runs share one per source;
+    the launcher hands the notebook's to its workers).
     """
     from .data.dataset import class_names_for, load_manifest, make_loaders
 
@@ -70,21 +71,32 @@ def build_model(cfg: RunConfig, num_classes: int):
                         fallback=cfg.allow_random_init)
 
 
-def train(exp: Experiment, ctx: RunContext):
-    """Fit with the configured loss; checkpoints go to checkpoints/<run name>/."""
+def train(exp: Experiment, ctx: RunContext, meta: dict | None = None):
+    """Fit with the configured loss; checkpoints go to checkpoints/<run name>/.
+
+    With `nproc_per_node > 1` (or `nnodes > 1`) the run trains under torchrun in worker
+    processes (`utils.launch`), and the best weights come back into `exp.model`.
+    `meta`: checkpoint fields identifying the data (the launcher passes the notebook's).
+    """
     from .data.dataset import manifest_fingerprint
+    from .launch import needs_launch, train_distributed
     from .losses import build_loss
     from .train import fit
 
     cfg = exp.cfg
-    loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
     exp.checkpoint = Path(cfg.checkpoint_dir) / cfg.step
     record = getattr(exp.model, "pretrained_weights", None)
-    meta = {"class_names": exp.class_names, "synthetic": ctx.synthetic,
-            "data_fingerprint": manifest_fingerprint(exp.manifest),
-            "init_fingerprint": _init_fingerprint(cfg.init_checkpoint),
-            # the weights it started from: a fallback run must not resume as a pretrained one
-            "pretrained_weights": record, "weights_fingerprint": _weights_fingerprint(record)}
+    meta = meta or {"class_names": exp.class_names, "synthetic": ctx.synthetic,
+                    "data_fingerprint": manifest_fingerprint(exp.manifest),
+                    "init_fingerprint": _init_fingerprint(cfg.init_checkpoint),
+                    # the weights it started from: a fallback run must not resume as a
+                    # pretrained one
+                    "pretrained_weights": record,
+                    "weights_fingerprint": _weights_fingerprint(record)}
+    if needs_launch(cfg):
+        exp.history = train_distributed(exp, meta, ctx.synthetic)
+        return exp.history
+    loss_fn = build_loss(cfg, exp.loaders["train"].dataset.labels)
     exp.history = fit(exp.model, exp.loaders["train"], exp.loaders["val"], cfg,
                       loss_fn=loss_fn, ckpt_dir=exp.checkpoint, device=ctx.device, meta=meta)
     return exp.history
@@ -150,6 +162,9 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
     skipped = exp.manifest.attrs.get("skipped", [])
     exp.results["data"]["skipped"] = len(skipped)
     exp.results["data"]["test_fingerprint"] = test_fingerprint(exp.manifest)
+    # how splits grouped images into patients: "patient", "nih_patient" (RSNA via its NIH
+    # mapping) or "image" (RSNA without the mapping: films of one person may cross splits)
+    exp.results["data"]["grouping"] = exp.manifest.attrs.get("grouping", "patient")
     if "dropped_for_rsna_overlap" in exp.manifest.attrs:  # 02 part A: the leak-free NIH set
         exp.results["data"]["dropped_for_rsna_overlap"] = len(
             exp.manifest.attrs["dropped_for_rsna_overlap"])
@@ -158,9 +173,13 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
                           "\n".join(map(str, skipped)) + "\n")
     rows, scored = external(exp) if external is not None else ([], {})
     exp.results["external"] = rows
+    exp.results["distributed"] = dict(getattr(exp.history, "distributed", None) or
+                                      {"world_size": 1, "nnodes": 1, "backend": "none"})
     write_results(exp.results, cfg.reports_dir)
     write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir,
                       dataset=cfg.dataset, external=scored)
+    if not cfg.keep_last:  # the run is finished: only a resume needed the optimizer state
+        (exp.checkpoint / "last.pt").unlink(missing_ok=True)
     return exp.results
 
 

@@ -48,10 +48,11 @@ def setup(namespace: Mapping[str, Any], *, verbose: bool = True) -> tuple[RunCon
     Example:
         >>> cfg, ctx = setup({"profile": "smoke", "model": "simple_cnn"})  # doctest: +SKIP
     """
-    from .data.discover import resolve_data_root  # lazy: keeps config import light
+    from .data.demo import ensure_demo  # lazy: keeps config import light
+    from .data.discover import resolve_data_root
 
     params = {k: v for k, v in namespace.items() if k in _FIELDS and v is not None}
-    data_root, synthetic = resolve_data_root(params.get("data_root", ""))
+    data_root, synthetic = resolve_data_root(params.get("data_root", ""), fallback=ensure_demo)
     profile = params.get("profile", "auto")
     if profile == "auto":
         profile = "demo" if synthetic else "full"

@@ -20,10 +20,12 @@ import dataclasses
 from pathlib import Path
 
 from .config import ConfigError, RunConfig
+from .data.sources import list_sources
 
 __all__ = ["BINARY_SOURCES", "run_name", "parse_run_name", "datasets_for", "run_configs"]
 
-BINARY_SOURCES = ("kermany", "rsna", "nih")  # NIH: its Pneumonia finding as the binary label
+# the registered sources with a binary pneumonia label (NIH: its Pneumonia finding)
+BINARY_SOURCES = tuple(list_sources(binary=True))
 
 
 def run_name(step: str, dataset: str, home: str, seed_index: int = 0) -> str:

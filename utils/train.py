@@ -7,36 +7,42 @@ factor 0.1, patience 2) / step (per epoch, ×0.1 every `max(1, epochs // 3)` epo
 schedules, early stopping and the best checkpoint on `cfg.monitor`, gradient clipping,
 mixed precision on CUDA, channels_last, `torch.compile`, checkpoints with resume.
 
-Resume is exact on CPU with `num_workers=0`: the Python, NumPy, torch and CUDA RNG states
-and every `torch.Generator` the loaders hold (DataLoader's `generator`, a sampler's
-`generator`, e.g. `WeightedRandomSampler(generator=g)`) are saved after each epoch and
-restored. Limits: worker processes are reseeded from those states each epoch, so with
-workers it is exact only when the dataset seeds NumPy per worker (`worker_init_fn`);
+Resume is exact on CPU with `num_workers=0`: the Python, NumPy, torch and CUDA RNG states,
+every `torch.Generator` the loaders hold (DataLoader's `generator`, a sampler's
+`generator`, e.g. `WeightedRandomSampler(generator=g)`) and the augmentation transforms'
+own generators are saved in `last.pt` after each epoch and restored (`utils.rngstate`).
+Limits: worker processes are reseeded from those states each epoch, so with workers it is
+exact only when the dataset seeds NumPy per worker (`worker_init_fn`);
 `persistent_workers=True` and cuDNN's non-deterministic kernels are not covered.
+
+Under torchrun (`utils.distributed`) the same loop runs in every process: the model is
+wrapped in DistributedDataParallel, validation gathers every image once, rank 0's
+validation scores drive every decision, rank 0 alone writes checkpoints (the others wait),
+and each rank's generator states go into `last.pt`, so a resume at the same world size is
+exact too. `best.pt` holds what inference needs; `last.pt` adds what a resume needs.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-import os
-import random
-import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as dist_
+from . import rngstate
 from .checkpoint import CheckpointError, load_checkpoint, load_model, plain, update_checkpoint
 from .config import RunConfig
 from .evaluate import amp_dtype, autocast, summary_scores
 from .fileio import atomic_torch_save
+from .history import (HIGHER_IS_BETTER, History, log_board, open_board, print_epoch, quiet,
+                      record)
 from .runtime import pick_device, seed_everything
 
 __all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_batchnorm",
@@ -49,49 +55,10 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "trainable_from", "init_checkpoint", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
                "scheduler", "loss", "pos_weight", "focal_gamma", "focal_alpha", "sampler",
                "sampler_cap", "augmentation", "early_stopping", "monitor", "grad_clip",
-               "max_steps_per_epoch", "seed")
+               "max_steps_per_epoch", "seed", "sync_bn")
+_DEFAULTS = RunConfig().to_dict()
 # `meta` fields that identify the inputs beyond the config (set by utils.experiment.train)
 RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint", "weights_fingerprint")
-_HIGHER_IS_BETTER = {"val_auroc": True, "val_f1": True, "val_loss": False}
-
-
-@dataclass
-class History:
-    """What `fit` did, epoch by epoch; `epochs` rows are also in every checkpoint."""
-
-    epochs: list[dict] = field(default_factory=list)
-    best_epoch: int = 0                  # 0 = no epoch run yet
-    best_score: float = math.nan
-    monitor: str = "val_auroc"
-    stopped_early: bool = False
-    train_seconds: float = 0.0           # sum of epoch wall times (train + validation)
-    train_images_per_second: float = 0.0  # training images / training-phase seconds
-    resumed_from: int = 0                # epoch of the checkpoint resumed from; 0 = fresh
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.epochs)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "History":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _quiet() -> bool:
-    """Progress bars only where someone watches; papermill/CI get one line per epoch."""
-    env = os.environ.get("CXR_QUIET", "").strip().lower()
-    if env in ("1", "true", "yes"):
-        return True
-    if env in ("0", "false", "no"):
-        return False
-    if "ipykernel" in sys.modules:  # live notebook (run_all sets CXR_QUIET=1 for papermill)
-        return False
-    return not sys.stderr.isatty()
 
 
 def _optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -110,57 +77,11 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int)
     if cfg.scheduler == "cosine":
         return sched.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
     if cfg.scheduler == "plateau":
-        mode = "max" if _HIGHER_IS_BETTER[cfg.monitor] else "min"
+        mode = "max" if HIGHER_IS_BETTER[cfg.monitor] else "min"
         return sched.ReduceLROnPlateau(opt, mode=mode, factor=0.1, patience=2)
     if cfg.scheduler == "step":
         return sched.StepLR(opt, step_size=max(1, cfg.epochs // 3), gamma=0.1)
     return None
-
-
-def _generators(*loaders) -> list[torch.Generator]:
-    """Every distinct torch.Generator that decides the data order, in a stable order."""
-    found: dict[int, torch.Generator] = {}
-    for loader in loaders:
-        for owner in (loader, getattr(loader, "sampler", None),
-                      getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-            gen = getattr(owner, "generator", None)
-            if isinstance(gen, torch.Generator):
-                found.setdefault(id(gen), gen)
-    return list(found.values())
-
-
-def _rng_state(generators: list[torch.Generator]) -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "generators": [g.get_state() for g in generators]}
-
-
-def _set_rng_state(state: dict[str, Any], generators: list[torch.Generator]) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if len(state["generators"]) != len(generators):
-        warnings.warn(f"checkpoint holds {len(state['generators'])} data-order generators, "
-                      f"the loaders have {len(generators)}: the resumed data order will differ")
-        return
-    for gen, saved in zip(generators, state["generators"]):
-        gen.set_state(saved)
-
-
-
-
-def _improved(score: float, hist: History) -> bool:
-    """The first epoch is always 'best' (so best.pt exists); NaN never beats a number."""
-    if hist.best_epoch == 0 or (math.isnan(hist.best_score) and not math.isnan(score)):
-        return True
-    if math.isnan(score):
-        return False
-    return score > hist.best_score if _HIGHER_IS_BETTER[hist.monitor] else score < hist.best_score
 
 
 @dataclass
@@ -177,6 +98,7 @@ class _Loop:
     amp: bool
     channels_last: bool
     quiet: bool
+    world: dist_.World = dist_.World()
 
     def to_device(self, images: torch.Tensor, targets: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
@@ -213,46 +135,66 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
         n_images += len(images)
     if n_images == 0:
         raise ValueError("the training loader yielded no batches: the train split is empty")
+    if loop.world.size > 1:  # the global mean over every rank's images
+        total, count = dist_.all_sum(loop.world, [loss_sum.item(), n_images], loop.device)
+        return total / count, int(count)
     return (loss_sum / n_images).item(), n_images
 
 
 def _validate(loop: _Loop, loader) -> tuple[dict[str, float], int]:
     loop.net.eval()
-    loss_sum, n, probs, targets = torch.zeros((), device=loop.device), 0, [], []
+    loss_sum, n, outputs, targets = torch.zeros((), device=loop.device), 0, [], []
     with torch.inference_mode():
         for images, target, _ in loader:
             images, target = loop.to_device(images, target)
             logits = loop.logits(images)
             loss_sum += loop.loss_fn(logits, target) * len(images)
-            probs.append(torch.sigmoid(logits))
+            outputs.append(logits)
             targets.append(target)
             n += len(images)
     if n == 0:
         raise ValueError("the validation loader yielded no batches: the val split is empty")
-    P, Y = torch.cat(probs).cpu().numpy(), torch.cat(targets).cpu().numpy()
+    logits, target = torch.cat(outputs), torch.cat(targets)
+    if loop.world.size > 1:  # every validation image once: gather the shards, drop padding
+        index = torch.as_tensor(list(loader.sampler), device=logits.device)
+        logits, target = dist_.gather_rows(loop.world, index, logits, target)
+        with torch.inference_mode():
+            val_loss = loop.loss_fn(logits.to(loop.device), target.to(loop.device)).item()
+    else:
+        val_loss = (loss_sum / n).item()
+    P, Y = torch.sigmoid(logits).cpu().numpy(), target.cpu().numpy()
     scores = summary_scores(Y, P, 0.5)  # the metric code lives in utils.evaluate
-    return {"val_loss": (loss_sum / n).item(), "val_auroc": scores["auroc"],
+    return {"val_loss": val_loss, "val_auroc": scores["auroc"],
             "val_f1": scores["f1"]}, P.shape[1]
 
 
-def _payload(model, loop: _Loop, hist, epoch, num_classes, meta, gens) -> dict:
+def _payloads(model, loop: _Loop, hist, epoch, num_classes, meta, rng: list) -> tuple[dict, dict]:
+    """(best.pt, last.pt): best holds what inference, the gallery and `init_checkpoint`
+    need; last adds the optimizer, scheduler, scaler and every rank's RNG state."""
     info, cfg = getattr(model, "info", None), loop.cfg
     names = meta.get("class_names") or (["Pneumonia"] if num_classes == 1 else
                                         [f"class_{k}" for k in range(num_classes)])
-    return {**plain(meta), "model_name": getattr(info, "name", cfg.model),
-            "model_state": model.state_dict(), "optimizer_state": loop.opt.state_dict(),
+    best = {**plain(meta), "model_name": getattr(info, "name", cfg.model),
+            "model_state": model.state_dict(), "epoch": epoch, "history": hist.to_dict(),
+            "best_score": hist.best_score, "config": cfg.to_dict(), "num_classes": num_classes,
+            "class_names": list(names), "input_size": cfg.image_size,
+            "mean": plain(getattr(info, "mean", None)), "std": plain(getattr(info, "std", None)),
+            "distributed": loop.world.as_dict()}
+    last = {**best, "optimizer_state": loop.opt.state_dict(),
             "scheduler_state": loop.sched.state_dict() if loop.sched is not None else None,
             "scaler_state": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
-            "epoch": epoch, "history": hist.to_dict(), "best_score": hist.best_score,
-            "config": cfg.to_dict(), "num_classes": num_classes, "class_names": list(names),
-            "input_size": cfg.image_size, "mean": plain(getattr(info, "mean", None)),
-            "std": plain(getattr(info, "std", None)), "rng_state": _rng_state(gens)}
+            "rng_state": rng[0], **({"rank_rng_states": rng} if len(rng) > 1 else {})}
+    return best, last
 
 
-def _resume(last: Path, model, loop: _Loop, gens, meta: dict) -> History | None:
-    ckpt, cfg = load_checkpoint(last), loop.cfg
-    changed = [f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}"
-               for k in RESUME_KEYS if ckpt["config"].get(k) != getattr(cfg, k)]
+def _resume(last: Path, model, loop: _Loop, loaders: tuple, meta: dict) -> History | None:
+    ckpt, cfg, world = load_checkpoint(last), loop.cfg, loop.world
+    saved = {k: ckpt["config"].get(k, _DEFAULTS[k]) for k in RESUME_KEYS}  # older: defaults
+    changed = [f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}"
+               for k in RESUME_KEYS if saved[k] != getattr(cfg, k)]
+    saved_size = (ckpt.get("distributed") or {}).get("world_size", 1)
+    if saved_size != world.size:  # another sharding of every epoch: not the same run
+        changed.append(f"world_size: {saved_size} -> {world.size}")
     # what the caller says identifies the data (and the starting weights) must match too;
     # a checkpoint from before these fields existed resumes, with a warning
     changed += [f"{k}: {ckpt[k]!r} -> {meta[k]!r}" for k in RESUME_META_KEYS
@@ -272,39 +214,35 @@ def _resume(last: Path, model, loop: _Loop, gens, meta: dict) -> History | None:
         loop.sched.load_state_dict(ckpt["scheduler_state"])
     if loop.scaler.is_enabled() and ckpt["scaler_state"]:
         loop.scaler.load_state_dict(ckpt["scaler_state"])
-    _set_rng_state(ckpt["rng_state"], gens)
+    rngstate.restore(ckpt["rank_rng_states"][world.rank] if world.size > 1
+                     else ckpt["rng_state"], loaders)
     hist = History.from_dict(ckpt["history"])
     hist.resumed_from = int(ckpt["epoch"])
-    print(f"resumed {last} at epoch {hist.resumed_from}/{cfg.epochs}", flush=True)
+    if world.main:
+        print(f"resumed {last} at epoch {hist.resumed_from}/{cfg.epochs}", flush=True)
     return hist
 
 
 def _build_loop(model, cfg: RunConfig, loss_fn, device, steps: int) -> _Loop:
     # CPU measured 1.0-1.2x faster too (resnet18/efficientnet_b0/densenet121, 64 px); not MPS
     channels_last = cfg.channels_last and device.type in ("cuda", "cpu")
+    world = dist_.world()
+    if world.size > 1 and cfg.sync_bn:  # before .to(): the new modules move with the model
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     amp = cfg.amp and device.type == "cuda"
     opt = _optimizer(model, cfg)
-    return _Loop(net=torch.compile(model) if cfg.compile else model, loss_fn=loss_fn.to(device),
+    net = model
+    if world.size > 1:  # averages gradients over ranks; starts every rank from rank 0's weights
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return _Loop(net=torch.compile(net) if cfg.compile else net, loss_fn=loss_fn.to(device),
                  opt=opt, sched=_scheduler(opt, cfg, steps),
                  scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype() == torch.float16),
-                 cfg=cfg, device=device, amp=amp, channels_last=channels_last, quiet=_quiet())
-
-
-def _record(hist: History, cfg: RunConfig, row: dict) -> bool:
-    """Append an epoch, update best/early-stopping/timing; True when it is the new best."""
-    hist.epochs.append(row)
-    improved = _improved(row[cfg.monitor], hist)
-    if improved:
-        hist.best_epoch, hist.best_score = row["epoch"], row[cfg.monitor]
-    hist.stopped_early = bool(cfg.early_stopping and row["epoch"] < cfg.epochs and
-                              row["epoch"] - hist.best_epoch >= cfg.early_stopping)
-    hist.train_seconds = float(sum(r["seconds"] for r in hist.epochs))
-    train_time = sum(r["seconds"] - r["val_seconds"] for r in hist.epochs)
-    hist.train_images_per_second = sum(r["train_images"] for r in hist.epochs) / max(train_time, 1e-9)
-    return improved
+                 cfg=cfg, device=device, amp=amp, channels_last=channels_last,
+                 quiet=quiet() or not world.main, world=world)
 
 
 def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: nn.Module,
@@ -325,40 +263,43 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
         >>> hist.to_frame()[["epoch", "train_loss", "val_auroc"]]
     """
     device = torch.device(device) if device is not None else pick_device(cfg.device)
-    seed_everything(cfg.seed)
+    world = dist_.world()
+    seed_everything(world.seed(cfg.seed))  # dropout and augmentation differ per rank
     meta, ckpt_dir = dict(meta or {}), Path(ckpt_dir) if ckpt_dir is not None else None
     loop = _build_loop(model, cfg, loss_fn, device,
                        min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader)))
-    gens = _generators(train_loader, val_loader)
-    hist = None
+    loaders, hist = (train_loader, val_loader), None
+    if ckpt_dir is not None and world.main:  # a write a kill interrupted is never read
+        for stale in ckpt_dir.glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
     if ckpt_dir is not None and cfg.resume and (ckpt_dir / "last.pt").exists():
-        hist = _resume(ckpt_dir / "last.pt", model, loop, gens, meta)
+        hist = _resume(ckpt_dir / "last.pt", model, loop, loaders, meta)
     hist, best_state = hist or History(monitor=cfg.monitor), None
-    for epoch in range(len(hist.epochs) + 1, cfg.epochs + 1):
-        if hist.stopped_early:
-            break
-        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # per-epoch draws survive a resume
-        lr, t0 = loop.opt.param_groups[0]["lr"], time.perf_counter()
-        train_loss, n_img = _train_epoch(loop, train_loader, f"epoch {epoch}/{cfg.epochs}")
-        t_train = time.perf_counter() - t0
-        val, num_classes = _validate(loop, val_loader)
-        seconds = time.perf_counter() - t0
-        if cfg.scheduler == "plateau" and not math.isnan(val[cfg.monitor]):
-            loop.sched.step(val[cfg.monitor])
-        elif cfg.scheduler == "step":
-            loop.sched.step()
-        improved = _record(hist, cfg, {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr,
-                                       "seconds": seconds, "images_per_second": n_img / t_train,
-                                       "train_images": n_img, "val_seconds": seconds - t_train})
-        _print_epoch(hist.epochs[-1], cfg.epochs, improved)
-        if ckpt_dir is not None:
-            ckpt = _payload(model, loop, hist, epoch, num_classes, meta, gens)
-            if improved:
-                atomic_torch_save(ckpt, ckpt_dir / "best.pt")
-            atomic_torch_save(ckpt, ckpt_dir / "last.pt")
-        elif improved and restore_best:
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    hist.distributed = world.as_dict()
+    board = open_board(cfg, len(hist.epochs)) if world.main else None
+    try:
+        for epoch in range(len(hist.epochs) + 1, cfg.epochs + 1):
+            if hist.stopped_early:
+                break
+            row, num_classes = _epoch(loop, epoch, train_loader, val_loader)
+            improved = record(hist, cfg, row)
+            if world.main:
+                print_epoch(row, cfg.epochs, improved)
+                log_board(board, row)
+            if ckpt_dir is not None:
+                rng = dist_.gather_objects(world, rngstate.capture(loaders))
+                best, last = _payloads(model, loop, hist, epoch, num_classes, meta, rng)
+                if world.main:  # rank 0 alone writes, atomically; the others wait for it
+                    if improved:
+                        atomic_torch_save(best, ckpt_dir / "best.pt")
+                    atomic_torch_save(last, ckpt_dir / "last.pt")
+                dist_.barrier(world)
+            elif improved and restore_best:
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.state_dict().items()}
+    finally:
+        if board is not None:
+            board.close()
     if restore_best and ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         best_state = load_checkpoint(ckpt_dir / "best.pt")["model_state"]
     if restore_best and best_state is not None:
@@ -366,11 +307,24 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
     return hist
 
 
-def _print_epoch(row: dict, epochs: int, improved: bool) -> None:
-    print(f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
-          f"val_loss {row['val_loss']:.4f}  val_auroc {row['val_auroc']:.4f}  "
-          f"val_f1 {row['val_f1']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  "
-          f"{row['images_per_second']:.0f} img/s" + ("  *best" if improved else ""), flush=True)
+def _epoch(loop: _Loop, epoch: int, train_loader, val_loader) -> tuple[dict, int]:
+    """Train and validate once; the row's validation scores are rank 0's on every rank."""
+    cfg = loop.cfg
+    if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+        train_loader.sampler.set_epoch(epoch)  # per-epoch draws survive a resume
+    lr, t0 = loop.opt.param_groups[0]["lr"], time.perf_counter()
+    train_loss, n_img = _train_epoch(loop, train_loader, f"epoch {epoch}/{cfg.epochs}")
+    t_train = time.perf_counter() - t0
+    val, num_classes = _validate(loop, val_loader)
+    val = dist_.from_rank0(loop.world, [val])[0]  # one decision (best, early stop, plateau)
+    seconds = time.perf_counter() - t0
+    if cfg.scheduler == "plateau" and not math.isnan(val[cfg.monitor]):
+        loop.sched.step(val[cfg.monitor])
+    elif cfg.scheduler == "step":
+        loop.sched.step()
+    return {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": seconds,
+            "images_per_second": n_img / t_train, "train_images": n_img,
+            "val_seconds": seconds - t_train}, num_classes
 
 
 def recalibrate_batchnorm(model: nn.Module, loader, batches: int = 20, device=None) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import read_torch_file
+from .torchio import read_torch_file
 
 __all__ = ["freeze_before", "load_init_weights"]
 

@@ -16,7 +16,6 @@ Nothing here imports torch at module level: `utils.config` canonicalises `pretra
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from contextlib import contextmanager, nullcontext
@@ -25,13 +24,11 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
+from .provenance import PretrainedWeightsError, describe_weights, sha256_file, weights_record
+
 __all__ = ["PretrainedWeightsError", "HubUnavailable", "HubWeights", "canonical_pretrained",
            "source_name", "hub_reachable", "hf_offline_if_unreachable", "locate", "from_hub",
            "torch_hub_file", "sha256_file", "weights_record", "describe_weights"]
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were asked for but could not be obtained (usually: offline)."""
 
 
 @dataclass(frozen=True)
@@ -205,62 +202,3 @@ def unavailable_message(name: str, err: BaseException) -> str:
                 f"from {src.url}). Cause: {type(err.cause).__name__}: {err.cause}")
     return (f"{head}place the weights in the torch/huggingface cache. "
             f"Cause: {type(err).__name__}: {err}")
-
-
-# --- fingerprints and the record -----------------------------------------------------
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file's bytes (cached per path, size and mtime: a ViT-B file is 330 MB)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-def weights_record(source: str, loaded: bool, src: HubWeights | None = None, *,
-                   file: str | Path | None = None, hub: str | None = None,
-                   url: str | None = None, **extra: Any) -> dict[str, Any]:
-    """The results JSON's `pretrained` block: `{requested, loaded, source, hub, file,
-    sha256, url}` (+ `extra`, e.g. the xrv head mapping or the fallback's reason)."""
-    if file is None and src is not None and loaded:
-        file = src.file if src.file is not None and src.file.is_file() else None
-    return {"requested": source != "none", "loaded": bool(loaded), "source": source,
-            "hub": src.hub if src is not None else hub,
-            "file": str(file) if file is not None else None,
-            "sha256": sha256_file(file) if file is not None else None,
-            "url": src.url if src is not None else url, **extra}
-
-
-def describe_weights(record: dict[str, Any] | None) -> str:
-    """One sentence for a notebook's model cell: which weights the model started from.
-
-    Example:
-        >>> describe_weights({"requested": True, "loaded": False, "source": "imagenet"})
-        'Weights: RANDOM initialisation: imagenet weights were requested but could not be loaded (allow_random_init=true), so this is not a pretrained model.'
-    """
-    if not record:
-        return "Weights: not recorded."
-    source = record.get("source", "?")
-    if not record.get("requested"):
-        text = "Weights: random initialisation (pretrained=false)"
-    elif not record.get("loaded"):
-        text = (f"Weights: RANDOM initialisation: {source} weights were requested but could "
-                f"not be loaded (allow_random_init=true), so this is not a pretrained model")
-    else:
-        label = (f"ImageNet ({record.get('hub')})" if source == "imagenet"
-                 else f"torchxrayvision {source.removeprefix('xrv:')}")
-        where = (f"file {record['file']} (sha256 {record['sha256'][:12]})" if record.get("file")
-                 else "file not found in the hub cache (no fingerprint)")
-        text = f"Weights: {label}, {where}"
-        text += f"; {record['head']}" if record.get("head") else ""
-    if record.get("init_checkpoint"):
-        text += f"; then init_checkpoint {record['init_checkpoint']} replaced all but the head"
-    return text + "."

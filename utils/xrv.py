@@ -115,7 +115,7 @@ def require_file(pretrained: str, model_name: str) -> Path:
     """The file `pretrained="xrv:<name>"` needs for `model_name`, or `PretrainedWeightsError`
     (another architecture; or absent, naming the file, its URL and the folder): called
     before the data work too, so a run fails in seconds."""
-    from .weights import PretrainedWeightsError
+    from .provenance import PretrainedWeightsError
 
     w = XRV_WEIGHTS[canonical_name(pretrained.removeprefix("xrv:"))]
     if model_name not in XRV_MODELS[w.arch]:
@@ -220,7 +220,7 @@ def read_state(path: str | Path) -> dict[str, Any]:
     (`CheckpointError`)."""
     import torch
 
-    from .checkpoint import CheckpointError, read_torch_file, unsafe_file_error
+    from .torchio import CheckpointError, read_torch_file, unsafe_file_error
 
     path, what = Path(path), "torchxrayvision weights file"
     if not _is_pickled_module(path):
@@ -258,7 +258,7 @@ def load_xrv(model: Any, head: str, model_name: str, name: str,
         PretrainedWeightsError: wrong architecture, file absent (naming file, URL, folder),
             or tensors that do not fit.
     """
-    from .weights import PretrainedWeightsError, weights_record
+    from .provenance import PretrainedWeightsError, weights_record
 
     w = XRV_WEIGHTS[canonical_name(name)]
     path = require_file(w.name, model_name)

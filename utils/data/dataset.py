@@ -21,10 +21,12 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .discover import find_sources, is_synthetic, not_found, resolve_data_root
 from .nih import NIH_FINDINGS
+from .sources import build_manifest
 from .splits import SPLITS, assign_splits, cap_per_split, check_no_patient_leak
 
 __all__ = ["CXRDataset", "collate", "class_names_for", "load_manifest", "make_loaders",
-           "manifest_fingerprint", "test_fingerprint", "BINARY_CLASSES"]
+           "split_rows", "build_split_caches", "manifest_fingerprint", "test_fingerprint",
+           "BINARY_CLASSES"]
 
 BINARY_CLASSES = ["Pneumonia"]
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -192,10 +194,13 @@ def manifest_fingerprint(manifest: pd.DataFrame) -> str:
 def test_fingerprint(manifest: pd.DataFrame) -> str:
     """A short hash of the test split: its files (relative to the source folder, so the same
     set on another machine matches) and binary labels. Only runs whose test fingerprints are
-    equal were measured on the same images, so only they are ranked together."""
+    equal were measured on the same images, so only they are ranked together. A source's
+    own image ids stand for the files where it has them (RSNA's `image_id`: its DICOMs and
+    01_preprocessing's PNGs of them are the same images)."""
     rows = manifest[manifest["split"] == "test"]
     base = manifest.attrs.get("source_dir", "")
-    names = [os.path.relpath(p, base) if base else p for p in rows["path"].astype(str)]
+    names = rows["image_id"].astype(str).tolist() if "image_id" in rows else \
+        [os.path.relpath(p, base) if base else p for p in rows["path"].astype(str)]
     keyed = sorted(zip(names, rows["label"].astype(int).tolist()))
     return hashlib.sha256(repr(keyed).encode()).hexdigest()[:16]
 
@@ -203,20 +208,19 @@ def test_fingerprint(manifest: pd.DataFrame) -> str:
 def load_manifest(cfg) -> pd.DataFrame:
     """The run's manifest: source rows, patient-level splits, `max_images` per split.
 
-    Sets `attrs["synthetic"]`, `attrs["source"]`, `attrs["data_root"]`.
+    Sets `attrs["synthetic"]`, `attrs["source"]`, `attrs["data_root"]`, and keeps the
+    source's own (`grouping`: how patients were grouped, `skipped`, ...). Without data
+    (`data_root` "" and none found) it uses the generated demo set, as the notebooks do.
     Example:
         >>> manifest = load_manifest(make_config({"dataset": "kermany"}, "demo"))  # doctest: +SKIP
     """
-    from .kermany import kermany_manifest
-    from .nih import nih_manifest
-    from .rsna import rsna_manifest
+    from .demo import ensure_demo  # lazy: only generated when no data is found
 
-    root, synthetic = resolve_data_root(cfg.data_root)
+    root, synthetic = resolve_data_root(cfg.data_root, fallback=ensure_demo)
     found = find_sources(root)
     if cfg.dataset not in found:
         raise not_found(root, cfg.dataset)
-    builders = {"kermany": kermany_manifest, "rsna": rsna_manifest, "nih": nih_manifest}
-    source = builders[cfg.dataset](found[cfg.dataset], on_bad_image=cfg.on_bad_image)
+    source = build_manifest(cfg.dataset, found[cfg.dataset], on_bad_image=cfg.on_bad_image)
     # split_seed, not seed: every training seed (and every model) shares one test set
     manifest = assign_splits(source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     manifest = cap_per_split(manifest, cfg.max_images, cfg.split_seed)
@@ -290,12 +294,36 @@ def _seed_worker(worker_id: int) -> None:
         transform.set_random_seed(seed)
 
 
+def cache_dir_for(cfg) -> Path:
+    """Where the loaders' caches live: env `CXR_CACHE_DIR`, else `cfg.cache_dir` (relative
+    paths from the repository root)."""
+    cache_dir = Path(os.environ.get("CXR_CACHE_DIR") or cfg.cache_dir)
+    return cache_dir if cache_dir.is_absolute() else _REPO_ROOT / cache_dir
+
+
 def _cache_for(rows: pd.DataFrame, cfg) -> Any:
     from .cache import build_cache
 
-    cache_dir = Path(os.environ.get("CXR_CACHE_DIR") or cfg.cache_dir)
-    cache_dir = cache_dir if cache_dir.is_absolute() else _REPO_ROOT / cache_dir
-    return build_cache(rows, cfg.image_size, cache_dir)  # decodes in parallel on every core
+    return build_cache(rows, cfg.image_size, cache_dir_for(cfg))  # parallel, every core
+
+
+def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of one split, in manifest order, as the loaders (and their caches) see them."""
+    return manifest[manifest["split"] == split].reset_index(drop=True)
+
+
+def build_split_caches(cfg, manifest: pd.DataFrame) -> dict[str, Any]:
+    """Build (or open) the caches `make_loaders(cfg, manifest, ...)` reads with `cache=True`:
+    one per split, under the very keys it uses, so a later loader opens them instead of
+    decoding every image again (what 01_preprocessing prepares for the model steps).
+
+    Example:
+        >>> caches = build_split_caches(cfg, load_manifest(cfg))  # doctest: +SKIP
+        >>> caches["train"]                                        # doctest: +SKIP
+        ImageCache(3410 images, 224×224 uint8, ...)
+    """
+    return {split: _cache_for(split_rows(manifest, split), cfg) for split in SPLITS
+            if (manifest["split"] == split).any()}
 
 
 def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
@@ -324,7 +352,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
     cuda = pick_device(cfg.device).type == "cuda"
     loaders: dict[str, DataLoader] = {}
     for split in splits:
-        rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        rows = split_rows(manifest, split)  # the rows build_split_caches caches
         if rows.empty:
             raise ValueError(f"the {split!r} split is empty ({len(manifest)} images in all): "
                              f"raise max_images / the fractions, or check the data folder")

@@ -250,7 +250,7 @@ def _write_mapping(root: Path, seed: int) -> int:
     """RSNA's NIH mapping JSON for the demo: distinct RSNA ids → distinct NIH images."""
     from pydicom.uid import generate_uid
 
-    from .overlap import MAPPING_NAME
+    from .rsna import MAPPING_NAME
 
     rsna_ids = sorted(pd.read_csv(root / RSNA / "stage_2_train_labels.csv")["patientId"].unique())
     entry = pd.read_csv(root / NIH / "Data_Entry_2017.csv", usecols=[0, 1])

@@ -1,10 +1,15 @@
-"""Where the data is: detect the Kermany / RSNA / NIH layouts under a folder.
+"""Where the data is: detect the registered sources' layouts under a folder.
 
 The `kaggle` CLI, Kaggle's `/kaggle/input/<slug>/` mounts and hand-made folders all nest the
 sources differently (`chest_xray/`, `chest-xray-pneumonia/chest_xray/`, `chest_xray/chest_xray/`,
 `rsna-pneumonia-detection-challenge/`, `data/`, `sample/`...). Rather than list every spelling,
-`find_sources` walks a few levels breadth-first and recognises each source by its markers;
-the shallowest match wins, so the Kaggle zip's doubled `chest_xray/chest_xray/` is ignored.
+`find_sources` walks a few levels breadth-first and recognises each source by its markers
+(each source's `detect`, `utils.data.sources`); the shallowest match wins, so the Kaggle
+zip's doubled `chest_xray/chest_xray/` is ignored.
+
+Discovery only finds data: when there is none, `resolve_data_root` uses the fallback its
+caller hands it (the notebooks and run_all.py pass `demo.ensure_demo`), so this module
+imports no generator.
 
 Also here: the checks every source parser shares (required CSV columns, labels whose image
 is missing), so that their error messages read the same.
@@ -15,25 +20,22 @@ import os
 import warnings
 from collections import deque
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-__all__ = ["find_sources", "resolve_data_root", "is_synthetic", "DataNotFoundError",
-           "SOURCES", "DEMO_MARKER", "not_found", "require_columns", "handle_missing_images"]
+from .sources import get_source, registered_sources
 
-SOURCES = ("kermany", "rsna", "nih")
+__all__ = ["find_sources", "resolve_data_root", "is_synthetic", "DataNotFoundError",
+           "DEMO_MARKER", "not_found", "require_columns", "handle_missing_images"]
+
 DEMO_MARKER = "SYNTHETIC_DEMO_DATA.txt"
 KAGGLE_INPUT = Path("/kaggle/input")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _MAX_DEPTH = 4
-_NIH_LABEL_FILES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv", "sample_labels.csv")
-# Folders never worth descending into: image folders hold thousands of files, __MACOSX junk.
-_SKIP_DIRS = {"__MACOSX", "NORMAL", "PNEUMONIA", "stage_2_train_images", "stage_2_test_images",
-              "stage_2_train_images_png", "images", "cache", "demo"}
-_DOWNLOAD_HINT = {"kermany": "python -m utils.data.download kermany",
-                  "rsna": "python -m utils.data.download rsna",
-                  "nih": "python -m utils.data.download nih-sample  (or: nih, 45 GB)"}
+# Folders never worth descending into (besides each source's own `skip_dirs`): macOS junk,
+# the project's caches and generated sets.
+_SKIP_DIRS = {"__MACOSX", "cache", "demo"}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -41,15 +43,8 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def _kind_of(folder: Path, entries: set[str]) -> str | None:
-    """Which source's layout `folder` is the root of (by its marker files), if any."""
-    if "stage_2_train_labels.csv" in entries:
-        return "rsna"
-    if any(name in entries or name + ".gz" in entries for name in _NIH_LABEL_FILES):
-        return "nih"
-    for split in ("train", "val", "test"):
-        if split in entries and any((folder / split / c).is_dir() for c in ("NORMAL", "PNEUMONIA")):
-            return "kermany"
-    return None
+    """Which registered source's layout `folder` is the root of (by its markers), if any."""
+    return next((s.name for s in registered_sources() if s.detect(folder, entries)), None)
 
 
 def find_sources(root: str | os.PathLike, max_depth: int = _MAX_DEPTH) -> dict[str, Path]:
@@ -66,8 +61,9 @@ def find_sources(root: str | os.PathLike, max_depth: int = _MAX_DEPTH) -> dict[s
     """
     root = Path(root).expanduser()
     found: dict[str, Path] = {}
+    skip = _SKIP_DIRS.union(*(s.skip_dirs for s in registered_sources()))
     queue = deque([(root, 0)])
-    while queue and len(found) < len(SOURCES):
+    while queue and len(found) < len(registered_sources()):
         folder, depth = queue.popleft()
         try:
             children = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -79,7 +75,7 @@ def find_sources(root: str | os.PathLike, max_depth: int = _MAX_DEPTH) -> dict[s
             continue  # a source's own subfolders hold no other source
         if depth < max_depth:
             queue.extend((Path(e.path), depth + 1) for e in children
-                         if e.is_dir() and e.name not in _SKIP_DIRS and not e.name.startswith(".")
+                         if e.is_dir() and e.name not in skip and not e.name.startswith(".")
                          and not e.name.startswith("images_"))
     return dict(sorted(found.items()))
 
@@ -105,19 +101,24 @@ def _candidates(value: str) -> list[tuple[str, Path]]:
     return [("Kaggle mounts", KAGGLE_INPUT), ("downloads", _REPO_ROOT / "data")]
 
 
-def resolve_data_root(value: str = "", announce: bool = True) -> tuple[Path, bool]:
+def resolve_data_root(value: str = "", announce: bool = True,
+                      fallback: Callable[[], str | os.PathLike] | None = None
+                      ) -> tuple[Path, bool]:
     """The data root to use and whether it is the SYNTHETIC demo set.
 
     Order: an explicit `value`, else env `CXR_DATA_ROOT`, else `/kaggle/input` (then the
     repo's `data/` folder, where `python -m utils.data.download` puts real data) when a
-    source is found there, else the generated demo set (`ensure_demo()`), announced loudly.
+    source is found there, else `fallback()` (the callers that run without data pass
+    `utils.data.demo.ensure_demo`, which generates the demo set), announced loudly.
 
     Args:
         value: `RunConfig.data_root`; "" means auto.
-        announce: print and warn when falling back to the demo (a caller with its own
-            banner, like run_all.py, passes False so the notice is said once).
+        announce: print and warn when falling back (a caller with its own banner, like
+            run_all.py, passes False so the notice is said once).
+        fallback: what to use when no data is found; None: raise `DataNotFoundError`.
     Example:
-        >>> root, synthetic = resolve_data_root("")  # doctest: +SKIP
+        >>> from utils.data.demo import ensure_demo
+        >>> root, synthetic = resolve_data_root("", fallback=ensure_demo)  # doctest: +SKIP
     """
     candidates = _candidates(value)
     if candidates[0][0] in ("data_root", "CXR_DATA_ROOT"):
@@ -129,10 +130,13 @@ def resolve_data_root(value: str = "", announce: bool = True) -> tuple[Path, boo
     for _, path in candidates:
         if path.is_dir() and find_sources(path):
             return path, is_synthetic(path)
-    from .demo import ensure_demo  # lazy: generating images needs cv2 / pydicom
-
-    demo = Path(ensure_demo())
     looked = ", ".join(["CXR_DATA_ROOT (unset)"] + [str(p) for _, p in candidates])
+    if fallback is None:
+        raise DataNotFoundError(f"no data found (looked in {looked}): download a source "
+                                f"(`python -m utils.data.download kermany`), point data_root "
+                                f"(or env CXR_DATA_ROOT) at it, or generate the demo set "
+                                f"(utils.data.demo.ensure_demo)")
+    demo = Path(fallback())
     message = (f"no Kaggle data found (looked in {looked}): using the generated SYNTHETIC "
                f"demo data in {demo}")
     if announce:
@@ -147,8 +151,15 @@ def not_found(root: Path, wanted: str) -> DataNotFoundError:
     have = ", ".join(f"{k} at {v}" for k, v in found.items()) or "no known source"
     return DataNotFoundError(
         f"dataset {wanted!r} not found under {root} (found: {have}). Get it with "
-        f"`{_DOWNLOAD_HINT.get(wanted, 'python -m utils.data.download ' + wanted)}` and point "
+        f"`{_download_hint(wanted)}` and point "
         f"data_root (or env CXR_DATA_ROOT) at the folder holding it.")
+
+
+def _download_hint(name: str) -> str:
+    try:
+        return get_source(name).download or f"python -m utils.data.download {name}"
+    except KeyError:
+        return f"python -m utils.data.download {name}"
 
 
 def require_columns(df: pd.DataFrame, csv: str | os.PathLike, needed: Iterable[str]) -> None:

@@ -12,26 +12,21 @@ Conversions, and why:
 - 16/32-bit integer and float images → min..max of the image to 0..255 (12-bit data in a
   16-bit PNG is common, so the bit depth says little about the range actually used).
 - DICOM → see `read_dicom`.
+
+The DICOM → PNG conversion of 01_preprocessing lives in `convert.py`.
 """
 from __future__ import annotations
 
-import logging
 import os
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..fileio import atomic_path
-
 __all__ = ["BadImageError", "read_image", "read_dicom", "image_size", "check_image",
-           "dicom_to_png", "is_dicom", "MAX_PIXELS"]
+           "is_dicom", "MAX_PIXELS", "DICOM_SUFFIXES"]
 
-log = logging.getLogger(__name__)
 
 # Radiographs and scanned films are legitimately large (CR plates ~3000×3500, some scans
 # larger); PIL's default bomb limit (~89 Mpx) was set for web images. Raise it once,
@@ -172,14 +167,18 @@ def _shrink(arr: np.ndarray, max_side: int | None) -> np.ndarray:
 def read_dicom(path: str | os.PathLike) -> np.ndarray:
     """Read a single-frame DICOM radiograph as uint8 `H×W`, bright = dense.
 
-    Steps: decode (compressed syntaxes such as RSNA's JPEG baseline via the installed
-    pylibjpeg/Pillow handlers); keep only the `BitsStored` low bits of unsigned data;
-    apply the Modality LUT (rescale slope/intercept); then the VOI LUT or window
-    centre/width when present, its output range mapped to 0..255. Without a VOI, 8-bit
-    unsigned data is used as stored (it is already display-ready, as in RSNA), and
+    Steps: decode (every transfer syntax pydicom has a decoder for, through the installed
+    plugins: pylibjpeg with libjpeg and openjpeg, GDCM, pyjpegls, Pillow; uncompressed,
+    deflated, big-endian and RLE natively); keep only the `BitsStored` low bits of
+    unsigned data; apply the Modality LUT (rescale slope/intercept); then the VOI LUT or
+    window centre/width when present, its output range mapped to 0..255. Without a VOI,
+    8-bit unsigned data is used as stored (it is already display-ready, as in RSNA), and
     anything deeper is min..max scaled. MONOCHROME1 is inverted last (255 - x). RGB/YBR
-    images are converted to luma.
+    images become grayscale as the PNG path does (PIL's luma `L`).
 
+    Raises:
+        BadImageError: not DICOM, no pixels, several frames, a malformed header value, a
+            syntax no installed plugin decodes (naming what to install), corrupt data.
     Example:
         >>> read_dicom("0004cfab-14fd-4e49-80ba-63a80b6bddd6.dcm").shape  # doctest: +SKIP
         (1024, 1024)
@@ -197,18 +196,69 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
         raise BadImageError(path, "is a DICOM without pixel data (a report, presentation "
                                   "state or header-only file)", "leave it out of the "
                                   "image list")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise BadImageError(path, f"has {ds.NumberOfFrames} frames; a single-frame "
-                                  f"radiograph is expected", "export the frame you want")
+    frames = _header_number(ds, "NumberOfFrames", 1, path)
+    if frames > 1:
+        raise BadImageError(path, f"has {frames} frames; a single-frame radiograph is "
+                                  f"expected", "export the frame you want")
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - every decoder failure means the same here
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise BadImageError(path, f"pixel data could not be decoded (transfer syntax "
-                                  f"{getattr(ts, 'name', ts)}: {type(exc).__name__}: {exc})",
-                            "check pylibjpeg/pylibjpeg-libjpeg are installed, or the file "
-                            "is truncated: copy it again") from None
-    return _dicom_to_u8(arr, ds, path)
+    except Exception as exc:  # noqa: BLE001 - explained by _decode_error
+        raise _decode_error(ds, path, exc) from None
+    try:
+        return _dicom_to_u8(arr, ds, path)
+    except BadImageError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise BadImageError(path, f"has a malformed image header ({type(exc).__name__}: "
+                                  f"{exc})", _HEADER_FIX) from None
+
+
+_HEADER_FIX = ("correct that element (with pydicom: ds = pydicom.dcmread(f), set it, "
+               "ds.save_as(f)) or re-export the image from its source")
+_PLUGINS = "pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, python-gdcm, pyjpegls"
+
+
+def _header_number(ds, keyword: str, default: int, path: Path) -> int:
+    """An integer header value, or a BadImageError naming the element and its raw value
+    (pydicom keeps malformed IS strings such as '1A' as text until they are used)."""
+    raw = ds.get(keyword, default)
+    try:
+        return int(raw) if raw not in (None, "") else default
+    except (TypeError, ValueError):
+        raise BadImageError(path, f"its header element {keyword} has the malformed value "
+                                  f"{str(raw)!r} (an integer is expected)",
+                            f"set it to an integer (with pydicom: ds = pydicom.dcmread(f); "
+                            f"ds.{keyword} = {default}; ds.save_as(f)) or re-export the image "
+                            f"from its source") from None
+
+
+def _decode_error(ds, path: Path, exc: Exception) -> BadImageError:
+    """Why the pixel data did not decode: no decoder for the syntax, no plugin installed
+    for it (what to install), an incomplete header, or data the installed plugins refuse."""
+    from pydicom.pixels import get_decoder
+
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    detail = f"{type(exc).__name__}: {exc}"
+    if uid is None:
+        return BadImageError(path, f"has no TransferSyntaxUID in its file meta ({detail})",
+                             "re-export it with a complete file meta header")
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return BadImageError(path, f"uses transfer syntax {uid.name}, which no pydicom "
+                                   f"decoder reads", "convert it to an uncompressed syntax "
+                                   "first, e.g. `gdcmconv --raw in.dcm out.dcm`")
+    if not decoder.is_available:
+        return BadImageError(path, f"uses transfer syntax {uid.name}, but no decoder plugin "
+                                   f"for it is installed ({'; '.join(decoder.missing_dependencies)})",
+                             f"check {_PLUGINS} are installed: pip install -r requirements.txt")
+    if isinstance(exc, (AttributeError, KeyError, TypeError)):
+        return BadImageError(path, f"has an incomplete or malformed image header ({detail})",
+                             _HEADER_FIX)
+    plugins = ", ".join(decoder.available_plugins) or "pydicom's own decoder"
+    return BadImageError(path, f"pixel data could not be decoded (transfer syntax {uid.name}, "
+                               f"tried {plugins}: {detail})",
+                         "the file is probably truncated or corrupt: copy or export it again")
 
 
 def _dicom_to_u8(arr: np.ndarray, ds, path: Path) -> np.ndarray:
@@ -219,10 +269,13 @@ def _dicom_to_u8(arr: np.ndarray, ds, path: Path) -> np.ndarray:
     if not color and photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise BadImageError(path, f"PhotometricInterpretation {photometric!r} is not "
                                   f"supported", "export it as MONOCHROME2 or RGB")
-    bits, signed = int(ds.get("BitsStored", 8)), ds.get("PixelRepresentation", 0) == 1
+    bits = _header_number(ds, "BitsStored", arr.dtype.itemsize * 8, path)
+    signed = _header_number(ds, "PixelRepresentation", 0, path) == 1
     if not signed and np.issubdtype(arr.dtype, np.integer) and bits < arr.dtype.itemsize * 8:
         arr = arr & ((1 << bits) - 1)  # garbage in unused high bits (overlays) must go
-    if color:  # pydicom hands YBR over as RGB; luma weights as PIL's convert("L")
+    if color and arr.dtype == np.uint8:  # pydicom hands YBR over as RGB; gray as for a PNG
+        return np.asarray(Image.fromarray(arr, "RGB").convert("L"), dtype=np.uint8).copy()
+    if color:  # 16/32-bit colour: the same luma weights, then min..max as any deep image
         values, voi = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114]), None
     else:
         values = apply_modality_lut(arr, ds)
@@ -321,74 +374,3 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except Exception as exc:  # noqa: BLE001 - any header failure is a bad file
         raise BadImageError(path, f"its header could not be read ({type(exc).__name__}: "
                                   f"{exc})", "download or copy it again") from None
-
-
-def _require_writable(folder: Path) -> None:
-    """Fail once, before decoding thousands of files, when PNGs cannot be written here."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise PermissionError(
-            f"{folder}: cannot write the PNGs here ({exc.strerror or exc}). Kaggle's "
-            f"/kaggle/input mounts are read-only: pass a writable dst_dir, e.g. "
-            f"/kaggle/working/rsna_png") from None
-
-
-def dicom_to_png(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *,
-                 overwrite: bool = False, workers: int | None = None) -> pd.DataFrame:
-    """Convert every `.dcm`/`.dicom` under `src_dir` to an 8-bit PNG under `dst_dir`.
-
-    The relative path is kept (`a/b.dcm` → `a/b.png`). Resumable: a PNG that already exists
-    is skipped (writes are atomic, so an existing PNG is always complete). A file that
-    fails is listed, not fatal.
-
-    Args:
-        src_dir: folder searched recursively for DICOM files (by extension).
-        dst_dir: output folder.
-        overwrite: convert again even when the PNG exists.
-        workers: threads (decoding and PNG encoding release the GIL); 0 = in this thread.
-    Returns:
-        a DataFrame with `src`, `dst`, `status` (converted | skipped | error), `error`.
-    Example:
-        >>> table = dicom_to_png("rsna/stage_2_train_images", "rsna_png")  # doctest: +SKIP
-        >>> table.status.value_counts()                                    # doctest: +SKIP
-    """
-    from tqdm.auto import tqdm
-
-    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
-    if not src_dir.is_dir():
-        raise FileNotFoundError(f"{src_dir}: DICOM source folder not found")
-    sources = sorted(p for p in src_dir.rglob("*") if p.suffix.lower() in DICOM_SUFFIXES)
-    if not sources:
-        raise FileNotFoundError(f"{src_dir}: no .dcm/.dicom files found below this folder")
-    jobs = [(s, dst_dir / s.relative_to(src_dir).with_suffix(".png")) for s in sources]
-    if overwrite or not all(dst.exists() for _, dst in jobs):  # a finished set needs no writes
-        _require_writable(dst_dir)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-
-    def convert(job: tuple[Path, Path]) -> dict:
-        src, dst = job
-        row = {"src": str(src), "dst": str(dst), "status": "skipped", "error": ""}
-        if dst.exists() and not overwrite:
-            return row
-        try:
-            arr = read_dicom(src)
-            with atomic_path(dst) as tmp:
-                Image.fromarray(arr).save(tmp, format="PNG")
-            row["status"] = "converted"
-        except (BadImageError, OSError) as exc:
-            row.update(status="error", error=str(exc))
-        return row
-
-    bar = dict(total=len(jobs), desc="DICOM → PNG", unit="img")
-    if workers == 0:
-        rows = [convert(j) for j in tqdm(jobs, **bar)]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            rows = list(tqdm(pool.map(convert, jobs), **bar))
-    table = pd.DataFrame(rows, columns=["src", "dst", "status", "error"])
-    counts = table.status.value_counts().to_dict()
-    log.info("dicom_to_png %s → %s: %s", src_dir, dst_dir, counts)
-    return table

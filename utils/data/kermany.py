@@ -18,6 +18,7 @@ import pandas as pd
 
 from .discover import (find_sources, handle_missing_images, is_synthetic, not_found,
                        require_columns)
+from .sources import register_source
 
 __all__ = ["kermany_manifest", "kermany_patient_id", "PATIENT_PATTERNS", "MANIFEST_COLUMNS"]
 
@@ -149,6 +150,17 @@ def kermany_manifest(root: str | os.PathLike, *, on_bad_image: str = "error") ->
     df["source"] = "kermany"
     df["synthetic"] = is_synthetic(base)
     out = df[MANIFEST_COLUMNS].reset_index(drop=True)
-    out.attrs.update(df.attrs, root=str(base))
+    out.attrs.update(df.attrs, root=str(base), grouping="patient",
+                     grouping_note="patient parsed from the file name (PATIENT_PATTERNS)")
     out.attrs.setdefault("skipped", [])
     return out
+
+
+def _is_kermany_root(folder: Path, entries: set[str]) -> bool:
+    """A folder holding a split folder (`train`/`val`/`test`) with NORMAL/ or PNEUMONIA/."""
+    return any(split in entries and any((folder / split / c).is_dir() for c in CLASSES)
+               for split in ("train", "val", "test"))
+
+
+register_source("kermany", detect=_is_kermany_root, manifest=kermany_manifest,
+                download="python -m utils.data.download kermany", skip_dirs=set(CLASSES))

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .discover import find_sources, handle_missing_images, is_synthetic, not_found, require_columns
 from .kermany import MANIFEST_COLUMNS
+from .sources import register_source
 
 __all__ = ["nih_manifest", "nih_labels", "nih_boxes", "nih_files_manifest", "NIH_FINDINGS",
            "LABEL_CSVS"]
@@ -174,5 +175,16 @@ def nih_manifest(root: str | os.PathLike, *, images_glob: str = "images*/**/*.pn
     df["split"] = ["test" if n in test_names else "" for n in df["Image Index"]]
     skipped = df.attrs.get("skipped", [])
     out = _finish(df, root, _first_file(root, ["BBox_List_2017.csv"]))
-    out.attrs.update(skipped=skipped, root=str(root), labels_csv=str(labels_csv))
+    out.attrs.update(skipped=skipped, root=str(root), labels_csv=str(labels_csv),
+                     grouping="patient", grouping_note=f"'Patient ID' of {labels_csv.name}")
     return out
+
+
+def _is_nih_root(folder: Path, entries: set[str]) -> bool:
+    """A folder holding one of the NIH label CSVs (gzipped or not)."""
+    return any(name in entries or name + ".gz" in entries for name in LABEL_CSVS)
+
+
+register_source("nih", detect=_is_nih_root, manifest=nih_manifest,
+                download="python -m utils.data.download nih-sample  (or: nih, 45 GB)",
+                skip_dirs={"images"}, multilabel=True)

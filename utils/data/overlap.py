@@ -6,12 +6,12 @@ other films of the same people) unless they are removed from the NIH side first.
 published the correspondence as `pneumonia-challenge-dataset-mappings_2018.json` on the
 challenge page (it is not on Kaggle): a list of objects with `subset_img_id` (the RSNA
 patientId, the DICOM's file stem) and `img_id` (the NIH `Image Index`), plus
-`SOPInstanceUID` and `orig_labels`.
+`SOPInstanceUID` and `orig_labels`. Reading it lives in `rsna.py` (which also groups RSNA's
+splits by the NIH patients it names); the names are re-exported here.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 import warnings
 from pathlib import Path
@@ -19,57 +19,15 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .discover import find_sources
+from .rsna import (MAPPING_NAME, MAPPING_URL, find_rsna_nih_mapping, load_rsna_nih_mapping,
+                   nih_patient_of)
 
 __all__ = ["MAPPING_NAME", "MAPPING_URL", "find_rsna_nih_mapping", "load_rsna_nih_mapping",
            "drop_rsna_holdout_patients", "drop_nih_test_patients", "nih_patient_of",
            "missing_mapping_message", "holdout_exclusion", "cross_source_exclusion"]
 
-MAPPING_NAME = "pneumonia-challenge-dataset-mappings_2018.json"
-MAPPING_URL = ("https://www.rsna.org/artificial-intelligence/ai-image-challenge/"
-               "rsna-pneumonia-detection-challenge-2018")
-_KEYS = ("subset_img_id", "img_id")
 _HOLDOUT = ("val", "test")
 _TRAINING = ("train", "val")  # the splits a model learns from or is selected on
-
-
-def find_rsna_nih_mapping(root: str | os.PathLike) -> Path | None:
-    """The mapping JSON in the data root or a folder just below it (`rsna-pneumonia-detection-
-    challenge/`, `nih/`, a Kaggle dataset of one's own), else where RSNA or NIH were found.
-
-    Example:
-        >>> find_rsna_nih_mapping("/kaggle/input")   # doctest: +SKIP
-    """
-    root = Path(root).expanduser()
-    near = [root / MAPPING_NAME, *sorted(root.glob(f"*/{MAPPING_NAME}"))]
-    found = find_sources(root) if not any(p.is_file() for p in near) else {}
-    deep = [found[k] / MAPPING_NAME for k in ("rsna", "nih") if k in found]
-    return next((p for p in near + deep if p.is_file()), None)
-
-
-def load_rsna_nih_mapping(path: str | os.PathLike) -> pd.DataFrame:
-    """`rsna_patient_id`, `nih_image` (the NIH `Image Index`, `.png` added if absent)."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); download {MAPPING_NAME} again "
-                         f"from {MAPPING_URL}") from exc
-    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
-        raise ValueError(f"{path}: expected a JSON list of objects with keys {list(_KEYS)} "
-                         f"(RSNA's {MAPPING_NAME}), got {type(raw).__name__}")
-    missing = sorted({k for r in raw for k in _KEYS if k not in r})
-    if missing:
-        raise ValueError(f"{path}: entries lack key(s) {missing}; expected {list(_KEYS)} "
-                         f"as in RSNA's {MAPPING_NAME}")
-    images = [os.path.basename(str(r["img_id"])) for r in raw]
-    return pd.DataFrame({"rsna_patient_id": [str(r["subset_img_id"]) for r in raw],
-                         "nih_image": [n if n.endswith(".png") else n + ".png" for n in images]})
-
-
-def nih_patient_of(image_name: str) -> str:
-    """The NIH patient of an `Image Index` (`00000013_005.png` → `13`), as nih_labels writes it."""
-    prefix = os.path.basename(image_name).split("_")[0]
-    return str(int(prefix)) if prefix.isdigit() else ""
 
 
 def drop_rsna_holdout_patients(nih_manifest: pd.DataFrame, rsna_manifest: pd.DataFrame,
@@ -86,14 +44,13 @@ def drop_rsna_holdout_patients(nih_manifest: pd.DataFrame, rsna_manifest: pd.Dat
     rows keep their splits; `attrs["dropped_for_rsna_overlap"]` lists the dropped file names
     and `attrs["dropped_patients_for_rsna_overlap"]` their patients.
     """
-    holdout = set(rsna_manifest.loc[rsna_manifest["split"].isin(_HOLDOUT), "patient_id"]
-                  .astype(str))
+    ids = "image_id" if "image_id" in rsna_manifest else "patient_id"  # RSNA's patientId
+    holdout = set(rsna_manifest.loc[rsna_manifest["split"].isin(_HOLDOUT), ids].astype(str))
     mapped = set(mapping.loc[mapping["rsna_patient_id"].isin(holdout), "nih_image"])
     names = nih_manifest["path"].map(os.path.basename)
     patient_ids = nih_manifest["patient_id"].astype(str)
     patients = set(patient_ids[names.isin(mapped)])
-    prefixes = (n.split("_")[0] for n in mapped)
-    patients |= {str(int(p)) for p in prefixes if p.isdigit()}  # as nih_labels writes them
+    patients |= {p for p in map(nih_patient_of, mapped) if p}  # as nih_labels writes them
     drop = patient_ids.isin(patients) & nih_manifest["split"].isin(splits)
     out = nih_manifest[~drop].reset_index(drop=True)
     out.attrs.update(nih_manifest.attrs, dropped_for_rsna_overlap=sorted(names[drop]),

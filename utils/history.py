@@ -1,0 +1,112 @@
+"""What `fit` records and shows per epoch: the History, the best-epoch and early-stopping
+rule, the one-line epoch log, and optional TensorBoard event files."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["History", "HIGHER_IS_BETTER", "improved", "record", "quiet", "print_epoch",
+           "open_board", "log_board"]
+
+HIGHER_IS_BETTER = {"val_auroc": True, "val_f1": True, "val_loss": False}
+SINGLE_PROCESS = {"world_size": 1, "nnodes": 1, "backend": "none"}  # utils.distributed.World()
+
+
+@dataclass
+class History:
+    """What `fit` did, epoch by epoch; `epochs` rows are also in every checkpoint."""
+
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = 0                  # 0 = no epoch run yet
+    best_score: float = math.nan
+    monitor: str = "val_auroc"
+    stopped_early: bool = False
+    train_seconds: float = 0.0           # sum of epoch wall times (train + validation)
+    train_images_per_second: float = 0.0  # training images / training-phase seconds
+    resumed_from: int = 0                # epoch of the checkpoint resumed from; 0 = fresh
+    distributed: dict = field(default_factory=lambda: dict(SINGLE_PROCESS))  # processes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.epochs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "History":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def quiet() -> bool:
+    """Progress bars only where someone watches; papermill/CI get one line per epoch."""
+    env = os.environ.get("CXR_QUIET", "").strip().lower()
+    if env in ("1", "true", "yes"):
+        return True
+    if env in ("0", "false", "no"):
+        return False
+    if "ipykernel" in sys.modules:  # live notebook (run_all sets CXR_QUIET=1 for papermill)
+        return False
+    return not sys.stderr.isatty()
+
+
+def improved(score: float, hist: History) -> bool:
+    """The first epoch is always 'best' (so best.pt exists); NaN never beats a number."""
+    if hist.best_epoch == 0 or (math.isnan(hist.best_score) and not math.isnan(score)):
+        return True
+    if math.isnan(score):
+        return False
+    return score > hist.best_score if HIGHER_IS_BETTER[hist.monitor] else score < hist.best_score
+
+
+def record(hist: History, cfg, row: dict) -> bool:
+    """Append an epoch, update best/early-stopping/timing; True when it is the new best."""
+    hist.epochs.append(row)
+    better = improved(row[cfg.monitor], hist)
+    if better:
+        hist.best_epoch, hist.best_score = row["epoch"], row[cfg.monitor]
+    hist.stopped_early = bool(cfg.early_stopping and row["epoch"] < cfg.epochs and
+                              row["epoch"] - hist.best_epoch >= cfg.early_stopping)
+    hist.train_seconds = float(sum(r["seconds"] for r in hist.epochs))
+    train_time = sum(r["seconds"] - r["val_seconds"] for r in hist.epochs)
+    hist.train_images_per_second = sum(r["train_images"] for r in hist.epochs) / max(train_time, 1e-9)
+    return better
+
+
+def open_board(cfg, done: int):
+    """A TensorBoard writer under <reports_dir>/runs/<run>/ when `cfg.tensorboard`; a resume
+    purges the events logged after its checkpoint (an interrupted epoch's)."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise RuntimeError("tensorboard=true needs the tensorboard package: pip install "
+                           "tensorboard==2.21.0 (pinned in requirements.txt), or set "
+                           "tensorboard=false") from exc
+    return SummaryWriter(log_dir=str(Path(cfg.reports_dir) / "runs" / (cfg.step or "run")),
+                         purge_step=done + 1 if done else None)
+
+
+def log_board(board, row: dict) -> None:
+    if board is None:
+        return
+    for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                     ("val/auroc", "val_auroc"), ("val/f1", "val_f1"), ("lr", "lr"),
+                     ("images_per_second", "images_per_second")):
+        board.add_scalar(tag, row[key], row["epoch"])
+    board.flush()
+
+
+def print_epoch(row: dict, epochs: int, best: bool) -> None:
+    print(f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
+          f"val_loss {row['val_loss']:.4f}  val_auroc {row['val_auroc']:.4f}  "
+          f"val_f1 {row['val_f1']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  "
+          f"{row['images_per_second']:.0f} img/s" + ("  *best" if best else ""), flush=True)
