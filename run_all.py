@@ -4,6 +4,7 @@
     python run_all.py                        # the whole plan; unchanged steps are skipped
     python run_all.py --profile smoke --only "03_*" -p epochs=2 -p 05_vit.lr=3e-4
     python run_all.py --list                 # the plan, resolved parameters, what would run
+    python run_all.py --bundle               # then zip the reports to share (opens offline)
 
 Each step runs notebooks/<notebook> into reports/<step>.ipynb and reports/<step>.html;
 reports/index.html links them all with the headline numbers of reports/results/<step>.json.
@@ -29,9 +30,10 @@ from typing import Any, Iterator
 
 from utils.config import ConfigError, RunConfig, make_config
 from utils.recipes import ABLATION_VARIANTS as _RECIPES
-from utils.report_index import (build_rows, code_digest, data_facts, fingerprint, load_state,
-                                 render_notebook_html, save_state, summary_table, upstream_facts,
-                                 write_index)
+from utils.report_index import build_rows, summary_table, write_index
+from utils.run_state import (code_digest, data_facts, fingerprint, load_state, save_state,
+                             upstream_facts)
+from utils.step_report import render_notebook_html
 
 __all__ = ["Step", "ABLATION_VARIANTS", "MODEL_STEPS", "default_plan", "parse_value",
            "parse_overrides", "select_steps", "resolve_params", "main"]
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parent
 CODE_DIR = ROOT / "utils"   # its *.py source is part of every fingerprint
 INJECTED = ("profile", "data_root", "step", "reports_dir", "checkpoint_dir")
 FIELDS = sorted(RunConfig.__dataclass_fields__)
+BUNDLE_DEFAULT = Path("<reports-dir>/cxr-pneumonia-reports.zip")  # --bundle without a path
 log = logging.getLogger("run_all")
 
 
@@ -192,6 +195,9 @@ def build_parser(plan: list[Step]) -> argparse.ArgumentParser:
                    "CPU processes with gloo); -p STEP.nproc_per_node=N for one step")
     p.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
                    help="limit per notebook cell (default: none)")
+    p.add_argument("--bundle", nargs="?", type=Path, const=BUNDLE_DEFAULT, metavar="ZIP",
+                   help="after the run, zip the index, every report and what they link "
+                   "(opens offline; default path: <reports-dir>/cxr-pneumonia-reports.zip)")
     return p
 
 
@@ -299,16 +305,19 @@ class Run:
     state: dict[str, Any] = field(default_factory=dict)
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     data: list = field(default_factory=list)   # data_facts: a new dataset or mapping re-runs
+    settings: dict[str, Any] = field(default_factory=dict)  # shown on the index
 
     @property
     def state_path(self) -> Path:
         return self.reports / ".run_state.json"
 
     def write_index(self) -> Path:
-        rows = build_rows([s.name for s in self.plan], self.outcomes, self.state, self.reports)
+        ckpts = self.settings.get("checkpoints")
+        rows = build_rows([s.name for s in self.plan], self.outcomes, self.state, self.reports,
+                          Path(ckpts) if ckpts else None)
         return write_index(self.reports / "index.html", rows, run_date=self.started,
                            profile=self.profile, data_root=str(self.data_root),
-                           synthetic=self.synthetic)
+                           synthetic=self.synthetic, settings=self.settings)
 
     def fingerprint(self, step: Step) -> str:
         return fingerprint(self.notebooks / step.notebook, self.params[step.name], self.code,
@@ -357,10 +366,14 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
     missing = [str(notebooks / s.notebook) for s in steps if not (notebooks / s.notebook).exists()]
     if missing and not args.list:
         raise UsageError(f"notebook(s) not found: {', '.join(missing)} (check --notebooks-dir)")
+    settings = {"profile": profile, "data root": data_root, "synthetic demo data": synthetic,
+                "steps selected": " ".join(s.name for s in steps), "-p": " ".join(args.params),
+                "checkpoints": checkpoints, "force": args.force}
     return Run(plan, steps, params, notebooks, reports, profile, data_root, synthetic,
                args.force, args.timeout, code_digest(CODE_DIR),
                datetime.now().isoformat(sep=" ", timespec="seconds"),
-               load_state(reports / ".run_state.json"), data=data_facts(data_root))
+               load_state(reports / ".run_state.json"), data=data_facts(data_root),
+               settings=settings)
 
 
 def print_plan(run: Run) -> None:
@@ -435,6 +448,11 @@ def main(argv: list[str] | None = None, plan: list[Step] | None = None) -> int:
             index = run.write_index()
     rows = build_rows([s.name for s in run.steps], run.outcomes, run.state, run.reports)
     print(f"\n{summary_table(rows)}\n\nindex: {index}")
+    if args.bundle:
+        from utils.bundle import BUNDLE_NAME, write_bundle
+
+        target = run.reports / BUNDLE_NAME if args.bundle == BUNDLE_DEFAULT else args.bundle
+        print(f"bundle: {write_bundle(run.reports, target)}")
     return 1 if any(o["status"] == "failed" for o in run.outcomes.values()) else 0
 
 

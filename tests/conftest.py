@@ -37,3 +37,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- one smoke-profile run of the whole plan, shared by every test that reads its reports ---
+MODEL_STEPS = ["02_chexnet", "03_resnet_ablation_final", "04_efficientnet_b4", "05_vit",
+               "06_mlp_mixer"]
+# every notebook once (the ablation notebook in its `final` variant): seconds each
+SMOKE_STEPS = ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison", "08_gradcam_gallery"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """`run_all.py --profile smoke --bundle` over every notebook, once per test session
+    (minutes): tests/test_notebooks.py checks the run, tests/test_browser.py its pages and
+    bundle. Returns (completed process, reports dir, checkpoints dir, bundle zip)."""
+    import subprocess
+
+    tmp = tmp_path_factory.mktemp("smoke_run")
+    reports, ckpts, bundle = tmp / "reports", tmp / "checkpoints", tmp / "share" / "bundle.zip"
+    proc = subprocess.run(
+        [sys.executable, "run_all.py", "--profile", "smoke", "--reports-dir", str(reports),
+         "--checkpoint-dir", str(ckpts), "--bundle", str(bundle), "--only", *SMOKE_STEPS],
+        cwd=ROOT, capture_output=True, text=True, timeout=3600)  # a hang guard
+    return proc, reports, ckpts, bundle
+
+
+CI_LOGS = Path(os.environ.get("CXR_CI_LOGS", ROOT / "ci-logs"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name the browser test's screenshots at the end of the run (CI keeps its log)."""
+    shots = sorted((CI_LOGS / "browser").glob("*.png")) if (CI_LOGS / "browser").is_dir() else []
+    if shots:
+        terminalreporter.write_line(f"browser screenshots ({len(shots)}) in {CI_LOGS / 'browser'}: "
+                                    + ", ".join(p.name for p in shots))

@@ -5,22 +5,17 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from conftest import MODEL_STEPS, SMOKE_STEPS
 from utils.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
-MODEL_STEPS = ["02_chexnet", "03_resnet_ablation_final", "04_efficientnet_b4", "05_vit",
-               "06_mlp_mixer"]
-# every notebook once (the ablation notebook in its `final` variant): seconds each
-SMOKE_STEPS = ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison", "08_gradcam_gallery"]
 
 
 def _code_cells(path: Path) -> list:
@@ -57,13 +52,10 @@ def test_notebook_stored_clean_and_thin(path: Path) -> None:
 
 @pytest.mark.notebooks
 @pytest.mark.slow
-def test_run_all_smoke_profile_executes_every_notebook(tmp_path: Path) -> None:
-    """Every notebook, on the generated demo data in the smoke profile, through run_all."""
-    reports, ckpts = tmp_path / "reports", tmp_path / "checkpoints"
-    proc = subprocess.run(
-        [sys.executable, "run_all.py", "--profile", "smoke", "--reports-dir", str(reports),
-         "--checkpoint-dir", str(ckpts), "--only", *SMOKE_STEPS],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+def test_run_all_smoke_profile_executes_every_notebook(smoke_run) -> None:
+    """Every notebook, on the generated demo data in the smoke profile, through run_all
+    (the session's shared run: conftest.smoke_run)."""
+    proc, reports, ckpts, _ = smoke_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     index = (reports / "index.html").read_text()
     for step in SMOKE_STEPS:

@@ -20,8 +20,8 @@ import pytest
 import run_all
 from run_all import Step, main
 from utils.config import PROFILES
-from utils.report_index import (StepRow, code_digest, data_facts, fingerprint, load_state,
-                                read_results_summary, render_index)
+from utils.report_index import StepRow, read_results_summary, render_index
+from utils.run_state import code_digest, data_facts, fingerprint, load_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEMO_ROOT = FIXTURES / "no-data"   # never read by the fixtures; data_root is fingerprinted
@@ -222,7 +222,7 @@ def test_index_page_is_self_contained_and_escaped():
                         synthetic=False)
     assert "SYNTHETIC DEMO DATA — not clinical results" in page  # a row says synthetic
     assert '<a href="a.html">a</a> <span class="badge">synthetic demo data</span>' in page
-    assert "0.912" in page and "<script>" not in page and "&lt;script&gt;" in page
+    assert "0.912" in page and "<script>bad" not in page and "&lt;script&gt;bad" in page
     assert "http" not in page and "<link" not in page
     clean = render_index(rows[1:], run_date="d", profile="full", data_root="/d",
                          synthetic=False)

@@ -180,7 +180,7 @@ def test_pretrained_has_one_spelling_per_source(given, canonical):
 
 
 def test_resume_keys_and_fingerprints_treat_true_and_imagenet_alike(tmp_path):
-    from utils.report_index import fingerprint
+    from utils.run_state import fingerprint
 
     assert RunConfig(pretrained="imagenet").to_dict() == RunConfig(pretrained=True).to_dict()
     nb = tmp_path / "nb.ipynb"

@@ -5,7 +5,9 @@ touch pyplot's global state, so nothing leaks in loops, they render on any backe
 tests and papermill), and a notebook shows a returned figure once (a pyplot figure would be
 shown twice: once as the cell's value, once by the inline backend). Nothing here calls
 `plt.show`. Figures that show demo data carry a "synthetic demo data" stamp: pass
-`synthetic=True`, or leave `None` where the input has a `synthetic` column.
+`synthetic=True`, or leave `None` where the input has a `synthetic` column. Every figure
+function takes `caption=` (text under the figure naming dataset and split: build it with
+`utils.captions.caption_text`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from .captions import add_caption
 from .fileio import atomic_path
 
 __all__ = ["plot_history", "plot_roc_pr", "plot_confusion", "plot_reliability",
@@ -37,7 +40,9 @@ def _figure(ncols: int = 1, size: tuple[float, float] = (6, 4), nrows: int = 1):
     return fig, axes.ravel()
 
 
-def _finish(fig: Figure, synthetic: bool | None) -> Figure:
+def _finish(fig: Figure, synthetic: bool | None, caption: str | None = None) -> Figure:
+    """Stamp demo figures and write the caption (`utils.captions`) under the figure."""
+    add_caption(fig, caption)
     if synthetic:  # not the suptitle (callers set their own); the layout makes room for it
         fig.supxlabel(SYNTHETIC_STAMP, x=0.995, ha="right", fontsize=9, color="crimson",
                       fontweight="bold")
@@ -50,12 +55,12 @@ def _auto_synthetic(df: pd.DataFrame, synthetic: bool | None) -> bool:
     return bool("synthetic" in df.columns and df["synthetic"].eq(True).any())
 
 
-def _empty(message: str, synthetic: bool | None = False) -> Figure:
+def _empty(message: str, synthetic: bool | None = False, caption: str | None = None) -> Figure:
     """A visible 'nothing to show' figure, so a missing source never fails silently."""
     fig, (ax,) = _figure(size=(5, 1.5))
     ax.text(0.5, 0.5, message, ha="center", va="center")
     ax.set_axis_off()
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 def _legend(ax: Any, **kwargs: Any) -> None:
@@ -71,7 +76,7 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
 
 # --- training and evaluation -------------------------------------------------------------
 
-def plot_history(history: Any, synthetic: bool = False) -> Figure:
+def plot_history(history: Any, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Loss, validation metrics and learning rate per epoch.
 
     Args:
@@ -83,7 +88,7 @@ def plot_history(history: Any, synthetic: bool = False) -> Figure:
     df = history if isinstance(history, pd.DataFrame) else \
         pd.DataFrame(list(getattr(history, "epochs", history)))
     if df.empty:
-        return _empty("no epochs to plot", synthetic)
+        return _empty("no epochs to plot", synthetic, caption)
     _require(df, ["epoch", "train_loss"], "plot_history")
     fig, axes = _figure(3, (13, 3.6))
     panels = [("loss", ["train_loss", "val_loss"]),
@@ -100,10 +105,11 @@ def plot_history(history: Any, synthetic: bool = False) -> Figure:
         _legend(ax)
     if "lr" in df.columns and (df["lr"] > 0).all():
         axes[2].set_yscale("log")
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
-def plot_roc_pr(curves: Mapping[str, tuple[Any, Any]], synthetic: bool = False) -> Figure:
+def plot_roc_pr(curves: Mapping[str, tuple[Any, Any]], synthetic: bool = False,
+                caption: str | None = None) -> Figure:
     """ROC and precision-recall curves of several models overlaid, AUROC / AP in the legend.
 
     Args:
@@ -136,11 +142,12 @@ def plot_roc_pr(curves: Mapping[str, tuple[Any, Any]], synthetic: bool = False) 
            xlim=(0, 1), ylim=(0, 1.01))
     for ax in (roc, pr):
         _legend(ax, loc="lower right" if ax is roc else "lower left")
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 def plot_confusion(cm: Any, labels: Sequence[str] = ("Normal", "Pneumonia"),
-                   normalize: bool = False, synthetic: bool = False) -> Figure:
+                   normalize: bool = False, synthetic: bool = False,
+                   caption: str | None = None) -> Figure:
     """Confusion matrix (rows true, columns predicted); `normalize` shows row fractions."""
     import seaborn as sns
 
@@ -156,10 +163,11 @@ def plot_confusion(cm: Any, labels: Sequence[str] = ("Normal", "Pneumonia"),
                 xticklabels=labels, yticklabels=labels, cbar_kws={"label": "fraction of "
                 "true class" if normalize else "images"})
     ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (n={int(cm.sum())})")
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
-def plot_reliability(calibration: Mapping[str, Any], synthetic: bool = False) -> Figure:
+def plot_reliability(calibration: Mapping[str, Any], synthetic: bool = False,
+                     caption: str | None = None) -> Figure:
     """Reliability diagram and bin counts from `utils.evaluate.calibration` (or name → it)."""
     runs = {"model": calibration} if "bin_confidence" in calibration else dict(calibration)
     fig, (rel, hist) = _figure(2, (10, 4))
@@ -177,11 +185,11 @@ def plot_reliability(calibration: Mapping[str, Any], synthetic: bool = False) ->
     hist.set(xlabel="predicted probability", ylabel="images", title="images per bin")
     _legend(rel)
     _legend(hist)
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 def plot_threshold_sweep(y_val: Any, p_val: Any, chosen: float | Mapping[str, Any],
-                         synthetic: bool = False) -> Figure:
+                         synthetic: bool = False, caption: str | None = None) -> Figure:
     """F1, sensitivity and specificity against the threshold, with the chosen one marked.
 
     Args:
@@ -203,7 +211,7 @@ def plot_threshold_sweep(y_val: Any, p_val: Any, chosen: float | Mapping[str, An
     ax.set(xlabel="threshold", ylabel="score", title=f"threshold sweep (validation, "
            f"n={len(y)})", xlim=(0, 1), ylim=(0, 1.02))
     _legend(ax)
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 def _bars(ax: Any, table: pd.DataFrame, err: tuple[pd.DataFrame, pd.DataFrame] | None = None,
@@ -221,7 +229,8 @@ def _bars(ax: Any, table: pd.DataFrame, err: tuple[pd.DataFrame, pd.DataFrame] |
 
 
 def plot_metric_bars(df: pd.DataFrame, metric: str, ci: bool = True, label: str | None = None,
-                     hue: str | None = None, synthetic: bool | None = None) -> Figure:
+                     hue: str | None = None, synthetic: bool | None = None,
+                     caption: str | None = None) -> Figure:
     """One bar per model (a group per model when `hue` names a column), with 95% CIs.
 
     Args:
@@ -255,11 +264,12 @@ def plot_metric_bars(df: pd.DataFrame, metric: str, ci: bool = True, label: str 
         ax.set_ylim(0, 1.1)
     if hue:
         _legend(ax, title=hue)
-    return _finish(fig, _auto_synthetic(df, synthetic))
+    return _finish(fig, _auto_synthetic(df, synthetic), caption)
 
 
 def plot_seed_points(rows: Sequence[Mapping[str, Any]], metric: str = "auroc",
-                     title: str = "", synthetic: bool = False) -> Figure:
+                     title: str = "", synthetic: bool = False,
+                     caption: str | None = None) -> Figure:
     """Each seed's test `metric` as a dot, the mean over seeds with its 95% CI as a bar.
 
     Args:
@@ -267,7 +277,7 @@ def plot_seed_points(rows: Sequence[Mapping[str, Any]], metric: str = "auroc",
             `<metric>_lo`/`_hi`, `per_seed`: list of dicts with `<metric>`).
     """
     if not rows:
-        return _empty("no runs to plot", synthetic)
+        return _empty("no runs to plot", synthetic, caption)
     fig, (ax,) = _figure(size=(7, 0.55 * len(rows) + 1.6))
     for y, row in enumerate(rows):
         seeds = [s[metric] for s in row.get("per_seed", []) if s.get(metric) is not None]
@@ -282,12 +292,12 @@ def plot_seed_points(rows: Sequence[Mapping[str, Any]], metric: str = "auroc",
     ax.invert_yaxis()  # best (first row) on top
     ax.set(xlabel=f"test {metric}", title=title or f"test {metric} per model")
     _legend(ax, loc="best")
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 def plot_external_matrix(external: Sequence[Mapping[str, Any]],
                          common: Sequence[Mapping[str, Any]] = (), metric: str = "auroc",
-                         synthetic: bool = False) -> Figure:
+                         synthetic: bool = False, caption: str | None = None) -> Figure:
     """Train × test `metric` per architecture, the CI in every cell; the diagonal is the
     model's own test split (`common` rows), the rest its scores on other sources' tests."""
     cells: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
@@ -299,7 +309,8 @@ def plot_external_matrix(external: Sequence[Mapping[str, Any]],
             (row["train_dataset"], row["test_dataset"])] = row
     models = sorted(m for m, c in cells.items() if any(a != b for a, b in c))
     if not models:
-        return _empty("no external scores: no model was tested on another source", synthetic)
+        return _empty("no external scores: no model was tested on another source", synthetic,
+                      caption)
     sources = sorted({d for c in cells.values() for pair in c for d in pair})
     ncols = min(3, len(models))
     nrows = math.ceil(len(models) / ncols)
@@ -319,7 +330,7 @@ def plot_external_matrix(external: Sequence[Mapping[str, Any]],
     for ax in axes[len(models):]:
         ax.set_axis_off()
     fig.suptitle(f"external validation: test {metric} [95% CI], train source × test source")
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 def _finding_table(table: Any) -> pd.DataFrame:
@@ -334,7 +345,8 @@ def _finding_table(table: Any) -> pd.DataFrame:
     return df.assign(auroc=pd.to_numeric(df["auroc"], errors="coerce"))
 
 
-def plot_per_finding_auroc(table: Any, synthetic: bool = False) -> Figure:
+def plot_per_finding_auroc(table: Any, synthetic: bool = False,
+                           caption: str | None = None) -> Figure:
     """Per-finding test AUROC (NIH), best first, against chance and the macro mean.
 
     Args:
@@ -357,15 +369,16 @@ def plot_per_finding_auroc(table: Any, synthetic: bool = False) -> Figure:
     ax.axvline(macro, color="crimson", ls=":", label=f"macro mean {macro:.3f}")
     ax.set(xlabel="test AUROC", title="AUROC per finding", xlim=(0, 1.1))
     _legend(ax, loc="lower right")
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
 # --- data --------------------------------------------------------------------------------
 
-def plot_class_balance(manifest: pd.DataFrame, synthetic: bool | None = None) -> Figure:
+def plot_class_balance(manifest: pd.DataFrame, synthetic: bool | None = None,
+                       caption: str | None = None) -> Figure:
     """Images and patients per split and label: the imbalance and the images/patient ratio."""
     if manifest.empty:
-        return _empty("no images in this source", synthetic)
+        return _empty("no images in this source", synthetic, caption)
     _require(manifest, ["split", "label", "patient_id"], "plot_class_balance")
     df = manifest.assign(split=manifest["split"].replace("", "unsplit"),
                          label=manifest["label"].map(lambda v: _LABEL_NAMES.get(v, str(v))))
@@ -375,13 +388,14 @@ def plot_class_balance(manifest: pd.DataFrame, synthetic: bool | None = None) ->
         _bars(ax, counts)
         ax.set(xlabel="split", ylabel=what, title=f"{what} per split and label")
         _legend(ax, title="label")
-    return _finish(fig, _auto_synthetic(manifest, synthetic))
+    return _finish(fig, _auto_synthetic(manifest, synthetic), caption)
 
 
-def plot_image_sizes(sizes_df: pd.DataFrame, synthetic: bool | None = None) -> Figure:
+def plot_image_sizes(sizes_df: pd.DataFrame, synthetic: bool | None = None,
+                     caption: str | None = None) -> Figure:
     """Width against height (by label when known) and the aspect-ratio histogram."""
     if sizes_df.empty:
-        return _empty("no image sizes", synthetic)
+        return _empty("no image sizes", synthetic, caption)
     _require(sizes_df, ["width", "height"], "plot_image_sizes")
     known = sizes_df[(sizes_df["width"] > 0) & (sizes_df["height"] > 0)]
     fig, (scatter, hist) = _figure(2, (10, 4))
@@ -397,13 +411,13 @@ def plot_image_sizes(sizes_df: pd.DataFrame, synthetic: bool | None = None) -> F
     hist.set(xlabel="aspect ratio (width / height)", ylabel="images", title="aspect ratio")
     _legend(scatter)
     _legend(hist)
-    return _finish(fig, _auto_synthetic(sizes_df, synthetic))
+    return _finish(fig, _auto_synthetic(sizes_df, synthetic), caption)
 
 
 def image_grid(images: Sequence[Any], titles: Sequence[str] | None = None,
                boxes: Sequence[Any] | None = None, cams: Sequence[Any] | None = None,
                ncols: int = 4, synthetic: bool = False, suptitle: str | None = None,
-               cam_alpha: float = 0.4) -> Figure:
+               cam_alpha: float = 0.4, caption: str | None = None) -> Figure:
     """Grayscale images in a grid, with optional `[x, y, w, h]` boxes and CAM overlays.
 
     Args:
@@ -415,7 +429,7 @@ def image_grid(images: Sequence[Any], titles: Sequence[str] | None = None,
     """
     images = [np.squeeze(np.asarray(im)) for im in images]
     if not images:
-        return _empty("no images to show", synthetic)
+        return _empty("no images to show", synthetic, caption)
     for name, extra in (("titles", titles), ("boxes", boxes), ("cams", cams)):
         if extra is not None and len(extra) != len(images):
             raise ValueError(f"{len(extra)} {name} for {len(images)} images")
@@ -441,10 +455,11 @@ def image_grid(images: Sequence[Any], titles: Sequence[str] | None = None,
             ax.set_title(str(titles[i]), fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    return _finish(fig, synthetic)
+    return _finish(fig, synthetic, caption)
 
 
-def plot_box_stats(boxes_df: pd.DataFrame, synthetic: bool | None = None) -> Figure:
+def plot_box_stats(boxes_df: pd.DataFrame, synthetic: bool | None = None,
+                   caption: str | None = None) -> Figure:
     """Box width against height, and where box centres fall (relative image position).
 
     Args:
@@ -452,7 +467,7 @@ def plot_box_stats(boxes_df: pd.DataFrame, synthetic: bool | None = None) -> Fig
             `utils.eda.box_table` makes), or `x`, `y` plus the image `width`, `height`.
     """
     if boxes_df.empty:
-        return _empty("no boxes", synthetic)
+        return _empty("no boxes", synthetic, caption)
     df = boxes_df
     if "cx" not in df.columns:
         _require(df, ["x", "y", "w", "h", "width", "height"], "plot_box_stats")
@@ -467,16 +482,16 @@ def plot_box_stats(boxes_df: pd.DataFrame, synthetic: bool | None = None) -> Fig
     fig.colorbar(im, ax=centre, label="boxes")
     centre.set(xlabel="centre x / image width", ylabel="centre y / image height",
                title="box centres (image orientation)")
-    return _finish(fig, _auto_synthetic(boxes_df, synthetic))
+    return _finish(fig, _auto_synthetic(boxes_df, synthetic), caption)
 
 
 def plot_cooccurrence(labels_df: pd.DataFrame, names: Sequence[str],
-                      synthetic: bool | None = None) -> Figure:
+                      synthetic: bool | None = None, caption: str | None = None) -> Figure:
     """How often two findings appear on the same image (NIH); diagonal counts in the labels."""
     import seaborn as sns
 
     if labels_df.empty:
-        return _empty("no labelled images", synthetic)
+        return _empty("no labelled images", synthetic, caption)
     _require(labels_df, list(names), "plot_cooccurrence")
     x = labels_df[list(names)].to_numpy(dtype=np.int64)
     counts = x.T @ x
@@ -486,7 +501,7 @@ def plot_cooccurrence(labels_df: pd.DataFrame, names: Sequence[str],
                 cmap="viridis", xticklabels=list(names), yticklabels=ticks,
                 annot_kws={"fontsize": 7}, cbar_kws={"label": "images with both"})
     ax.set_title(f"finding co-occurrence, {len(x)} images (diagonal: images per finding)")
-    return _finish(fig, _auto_synthetic(labels_df, synthetic))
+    return _finish(fig, _auto_synthetic(labels_df, synthetic), caption)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:

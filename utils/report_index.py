@@ -1,34 +1,38 @@
-"""The `reports/` folder run_all.py keeps: index.html, each step's HTML, the run state file
-with the fingerprints that decide which steps are unchanged.
+"""run_all.py's front page, `reports/index.html`: the headline comparison, then the steps.
 
-`index.html` is one self-contained page linking every step's report with its numbers;
-`run_all.py` rewrites it after every step, so a reader can open it while a long run is going.
-Headline numbers come from `reports/results/<step>.json`, read defensively: a step without a
-results file (EDA, comparison...) or with a missing key shows a blank cell, never a crash.
-No external assets: inline CSS only, so the page works offline and when mailed as a file.
+The page leads with the headline comparison (`utils.headline`: per dataset and test set,
+AUROC with CIs, a plot), then one row per plan step (status, time, link to its report,
+headline metrics, the disk its checkpoints use, the error of a failed step), the run's
+settings, package versions and the data it ran on. `run_all.py` rewrites it after every
+step, so a reader can open it while a long run is going. Numbers come from
+`reports/results/*.json`, read defensively: a missing file or key is a blank cell, an
+unreadable file a visible problem, never a crash. Tables sort on a header click. No external
+assets: inline CSS, JS and SVG only (`utils.html_page`), so it works offline and in a zip.
 """
 from __future__ import annotations
 
-import hashlib
-import html
 import json
-import logging
 import os
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_text
+from .headline import comparison_answer, headline_rows, render_headline
+from .html_page import CSS, SORT_JS, esc, fmt_bytes, fmt_duration, fmt_metric, table
+from .narrative import owner_step
 
 __all__ = ["StepRow", "METRICS", "read_results_summary", "render_index", "write_index",
-           "build_rows", "summary_table", "render_notebook_html", "load_state", "save_state",
-           "code_digest", "data_facts", "fingerprint", "upstream_facts"]
-log = logging.getLogger(__name__)
+           "build_rows", "summary_table", "step_disk_bytes", "package_versions", "PACKAGES"]
 
 # (column title, key under "test" in the results JSON); sensitivity is the recall
 METRICS: tuple[tuple[str, str], ...] = (
     ("AUROC", "auroc"), ("F1", "f1"), ("accuracy", "accuracy"),
     ("sensitivity", "recall"), ("specificity", "specificity"))
+PACKAGES = ("torch", "torchvision", "timm", "efficientnet-pytorch", "grad-cam",
+            "albumentations", "numpy", "pandas", "scikit-learn", "pydicom", "papermill",
+            "nbconvert")
 
 
 @dataclass
@@ -42,6 +46,7 @@ class StepRow:
     error: str = ""
     note: str = ""
     results: dict[str, Any] = field(default_factory=dict)
+    disk_bytes: int | None = None    # checkpoints of the step's runs; None: none on disk
 
 
 def _get(obj: Any, *keys: str) -> Any:
@@ -81,36 +86,8 @@ def read_results_summary(path: str | Path) -> dict[str, Any]:
     return summary
 
 
-def _fmt_metric(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) and value is not True else ""
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    minutes, sec = divmod(int(round(seconds)), 60)
-    return f"{minutes}m {sec:02d}s" if minutes else f"{seconds:.1f}s"
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222}
-h1{margin-bottom:.2rem} .meta{color:#555;margin-bottom:1rem}
-.banner{background:#b00020;color:#fff;font-weight:700;font-size:1.3rem;padding:.8rem 1rem;
- border-radius:6px;margin:1rem 0}
-table{border-collapse:collapse;width:100%;font-size:.92rem}
-th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
-th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#1b7f3b;font-weight:600} .failed{color:#b00020;font-weight:600}
-.skipped-unchanged{color:#555} .not-run,.running{color:#999}
-.badge{background:#fde2e4;color:#b00020;border-radius:4px;padding:0 .3rem;font-size:.8rem;
- white-space:nowrap} .err{color:#b00020;font-family:monospace;font-size:.85rem}
-.note{color:#777;font-size:.85rem}
-"""
-
-
-def _row_html(row: StepRow) -> str:
+def _row_html(row: StepRow) -> list[str]:
     res = row.results
-    esc = html.escape
     name = (f'<a href="{esc(row.report)}">{esc(row.name)}</a>' if row.report
             else esc(row.name))
     badge = ' <span class="badge">synthetic demo data</span>' if res.get("synthetic") else ""
@@ -119,16 +96,28 @@ def _row_html(row: StepRow) -> str:
                f'<div class="err">{esc(res["problem"])}</div>' if res.get("problem") else "",
                f'<div class="note">{esc(row.note)}</div>' if row.note else ""]
     cells = [f"<td>{name}{badge}</td>", f'<td class="{esc(css)}">{esc(row.status)}</td>',
-             f'<td class="num">{_fmt_duration(row.duration_s)}</td>',
+             f'<td class="num" data-v="{row.duration_s if row.duration_s is not None else ""}">'
+             f"{fmt_duration(row.duration_s)}</td>",
              f"<td>{esc(str(res.get('dataset') or ''))}</td>",
              f"<td>{esc(str(res.get('model') or ''))}</td>"]
-    cells += [f'<td class="num">{_fmt_metric(res.get(key))}</td>' for _, key in METRICS]
+    cells += [f'<td class="num">{fmt_metric(res.get(key))}</td>' for _, key in METRICS]
+    cells.append(f'<td class="num" data-v="{row.disk_bytes if row.disk_bytes else ""}">'
+                 f"{fmt_bytes(row.disk_bytes)}</td>")
     cells.append(f"<td>{''.join(details)}</td>")
-    return "<tr>" + "".join(cells) + "</tr>"
+    return cells
+
+
+def _kv_table(items: Mapping[str, Any], caption: str) -> str:
+    rows = [[f"<td>{esc(str(k))}</td>", f"<td><code>{esc(str(v))}</code></td>"]
+            for k, v in items.items()]
+    return table(["", ""], rows, caption=caption, sortable=False, cls="kv") if rows else ""
 
 
 def render_index(rows: list[StepRow], *, run_date: str, profile: str, data_root: str,
-                 synthetic: bool, title: str = "cxr-pneumonia — run report") -> str:
+                 synthetic: bool, title: str = "cxr-pneumonia — run report",
+                 headline: str = "", settings: Mapping[str, Any] | None = None,
+                 versions: Mapping[str, str] | None = None,
+                 data: Mapping[str, Any] | None = None) -> str:
     """The whole index page as a string (pure: no file access, easy to test).
 
     Args:
@@ -136,32 +125,102 @@ def render_index(rows: list[StepRow], *, run_date: str, profile: str, data_root:
         run_date, profile, data_root: shown under the title.
         synthetic: the run used the generated demo set -> a prominent banner. A row whose
             results say `data.synthetic` gets its own badge either way.
+        headline: the headline section's HTML (`utils.headline.render_headline`).
+        settings, versions, data: label -> value tables at the end of the page.
     """
-    esc = html.escape
     synthetic = synthetic or any(r.results.get("synthetic") for r in rows)
     banner = ('<div class="banner">SYNTHETIC DEMO DATA — not clinical results</div>'
               if synthetic else "")
     head = ["step", "status", "duration", "dataset", "model",
-            *[title_ for title_, _ in METRICS], "details"]
-    table = ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
-             + "</tr></thead><tbody>\n" + "\n".join(_row_html(r) for r in rows)
-             + "\n</tbody></table>")
+            *[title_ for title_, _ in METRICS], "disk", "details"]
+    steps = table(head, [_row_html(r) for r in rows],
+                  caption="Each step's first run, on its own dataset's test split")
+    extra = "".join([
+        f'<h2 id="settings">Run settings</h2>{_kv_table(settings or {}, "run_all.py")}',
+        f'<h2 id="versions">Package versions</h2>{_kv_table(versions or {}, "installed")}',
+        f'<h2 id="data">Data</h2>{_kv_table(data or {}, "what the data root holds")}'])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n"
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
             f"<h1>{esc(title)}</h1>\n<div class=\"meta\">run {esc(run_date)} · profile "
             f"<b>{esc(profile)}</b> · data root <code>{esc(data_root)}</code></div>\n"
-            f"{banner}\n{table}\n<p class=\"note\">Metrics are on the test split at the "
-            f"threshold chosen on validation; sensitivity = recall. Generated by "
-            f"run_all.py.</p>\n</body></html>\n")
+            f"{banner}\n{headline}\n<h2 id=\"steps\">Steps</h2>\n{steps}\n"
+            f"<p class=\"note\">Metrics are on the test split at the threshold chosen on "
+            f"validation; sensitivity = recall; disk = the step's checkpoints. Click a column "
+            f"header to sort.</p>\n{extra}\n<p class=\"note\">Generated by run_all.py."
+            f"</p>\n<script>{SORT_JS}</script>\n</body></html>\n")
 
 
-def write_index(path: str | Path, rows: list[StepRow], **meta: Any) -> Path:
-    """Render and write the index atomically (a reader never sees half a page)."""
-    return atomic_write_text(path, render_index(rows, **meta))
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed versions from package metadata (importing torch only to ask would cost
+    seconds every time the index is written)."""
+    import platform
+
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _data_table(data_root: str, reports: Path) -> dict[str, str]:
+    """Sources found under the data root, and each run's dataset and test set size."""
+    from .data.discover import find_sources
+
+    facts = {f"source {k}": str(v) for k, v in find_sources(data_root).items()}
+    for path in sorted((reports / "results").glob("*.json")):
+        try:
+            res = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        data = res.get("data") if isinstance(res, dict) else None
+        if isinstance(data, dict) and data.get("sizes"):
+            sizes = ", ".join(f"{k} {v}" for k, v in data["sizes"].items())
+            facts[f"run {res.get('step', path.stem)}"] = (
+                f"{data.get('dataset')} ({data.get('task', '')}): {sizes} images; test set "
+                f"{data.get('test_fingerprint') or '?'}")
+    return facts
+
+
+def write_index(path: str | Path, rows: list[StepRow], *,
+                settings: Mapping[str, Any] | None = None, **meta: Any) -> Path:
+    """Render and write the index atomically (a reader never sees half a page); the
+    headline, versions and data facts are read from the reports folder beside it."""
+    reports = Path(path).parent
+    existing = {p.name for p in reports.glob("*.html")}
+    headline = render_headline(*headline_rows(reports), existing=existing,
+                               answer=comparison_answer(reports))
+    try:
+        data = _data_table(str(meta.get("data_root", "")), reports)
+    except Exception as exc:  # noqa: BLE001 - facts are a courtesy; the page must render
+        data = {"error": f"{type(exc).__name__}: {exc}"}
+    page = render_index(rows, headline=headline, settings=settings,
+                        versions=package_versions(), data=data, **meta)
+    return atomic_write_text(path, page)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def step_disk_bytes(checkpoints: str | Path, step: str, names: list[str]) -> int | None:
+    """Bytes under `checkpoints/<run>/` for every run of `step` (`02_chexnet_nih` counts for
+    `02_chexnet`, `05_vit.kermany.s1` for `05_vit`); None when it has none on disk."""
+    from .runs import parse_run_name
+
+    try:
+        folders = [f for f in os.scandir(checkpoints) if f.is_dir()]
+    except OSError:
+        return None
+    mine = [Path(f.path) for f in folders
+            if owner_step(parse_run_name(f.name)[0], names) == step]
+    return sum(_folder_bytes(f) for f in mine) if mine else None
 
 
 def build_rows(names: list[str], outcomes: dict[str, dict], state: dict[str, dict],
-               reports: Path) -> list[StepRow]:
+               reports: Path, checkpoints: Path | None = None) -> list[StepRow]:
     """One row per plan step: this run's outcome, else "not run" with the last run's status."""
     rows = []
     for name in names:
@@ -171,10 +230,14 @@ def build_rows(names: list[str], outcomes: dict[str, dict], state: dict[str, dic
             note = (f"report from {prev.get('finished', 'an earlier run')}"
                     if out["status"] == "skipped-unchanged" else "")
         page = reports / f"{name}.html"
+        # a step not run this time still shows why its last run failed
+        error = out.get("error", "") if out else \
+            (prev.get("error", "") if prev.get("status") == "failed" else "")
         rows.append(StepRow(name, out["status"] if out else "not run",
                             (out or {}).get("duration_s"), page.name if page.exists() else None,
-                            (out or {}).get("error", ""), note,
-                            read_results_summary(reports / "results" / f"{name}.json")))
+                            error, note,
+                            read_results_summary(reports / "results" / f"{name}.json"),
+                            step_disk_bytes(checkpoints, name, names) if checkpoints else None))
     return rows
 
 
@@ -183,115 +246,6 @@ def summary_table(rows: list[StepRow]) -> str:
     lines = [f"{'step':<40} {'status':<18} {'time':>8}  {'AUROC':>6}  error"]
     for row in rows:
         auroc = row.results.get("auroc")
-        lines.append(f"{row.name:<40} {row.status:<18} {_fmt_duration(row.duration_s):>8}  "
-                     f"{_fmt_metric(auroc):>6}  {row.error[:80]}")
+        lines.append(f"{row.name:<40} {row.status:<18} {fmt_duration(row.duration_s):>8}  "
+                     f"{fmt_metric(auroc):>6}  {row.error[:80]}")
     return "\n".join(lines)
-
-
-def render_notebook_html(ipynb: str | Path, target: str | Path) -> Path:
-    """A step's report: self-contained HTML (output images inline base64), written atomically."""
-    import nbformat  # local: only run_all renders reports
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(ipynb, 4))
-    return atomic_write_text(target, body)
-
-
-def load_state(path: str | Path) -> dict[str, dict]:
-    """Per-step state of earlier runs; an unreadable file is a lost cache: warn, re-run all."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        steps = json.loads(path.read_text(encoding="utf-8"))["steps"]
-        if not isinstance(steps, dict):
-            raise ValueError("'steps' is not an object")
-        return steps
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable %s (%s): every step will run", path, exc)
-        return {}
-
-
-def save_state(path: str | Path, steps: dict[str, dict]) -> Path:
-    return atomic_write_json(path, {"version": 1, "steps": steps})
-
-
-# --- fingerprints: a step is skipped when its fingerprint equals its last successful run's --
-PATH_PARAMS = ("reports_dir", "checkpoint_dir")   # where outputs go does not change them
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def code_digest(code_dir: str | Path) -> str:
-    """One hash of every `*.py` under `code_dir` (path and bytes): a library change re-runs."""
-    code_dir = Path(code_dir)
-    h = hashlib.sha256()
-    for path in sorted(code_dir.rglob("*.py")):
-        h.update(path.relative_to(code_dir).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
-def upstream_facts(after: tuple[str, ...], state: dict[str, dict],
-                   reports: Path) -> dict[str, list]:
-    """What the steps a step reads left behind: state fingerprint, status, results hash."""
-    facts = {}
-    for name in after:
-        res, entry = reports / "results" / f"{name}.json", state.get(name, {})
-        facts[name] = [entry.get("fingerprint"), entry.get("status"),
-                       _sha(res.read_bytes()) if res.exists() else None]
-    return facts
-
-
-def data_facts(root: str | Path) -> list:
-    """What the data root holds, cheaply: every source `find_sources` sees, and the files
-    directly in it and in the root (name, size, mtime), i.e. the label CSVs and RSNA's NIH
-    mapping. Adding a dataset, the mapping, or the full NIH labels where the sample was
-    changes it; image folders are not walked (tens of thousands of files), and folders a
-    run writes into the data root (DICOM→PNG) are not files, so they do not count.
-    """
-    from .data.discover import find_sources
-
-    root = Path(root)
-    facts = []
-    for name, folder in [*sorted(find_sources(root).items()), ("root", root)]:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue
-        files = [[e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in entries
-                 if e.is_file()]
-        facts.append([name, str(folder), files])
-    from .data.overlap import find_rsna_nih_mapping  # may sit in a folder of its own
-
-    mapping = find_rsna_nih_mapping(root)
-    if mapping is not None:
-        st = mapping.stat()
-        facts.append(["rsna_nih_mapping", str(mapping), [[mapping.name, st.st_size,
-                                                          st.st_mtime_ns]]])
-    return facts
-
-
-def fingerprint(notebook: Path, params: dict[str, Any], code: str,
-                upstream: dict[str, list], data: list | None = None) -> str:
-    """sha256 of the notebook's bytes, its parameters (minus output folders; `data_root`
-    kept), the code digest, `upstream_facts` and `data_facts` (when given).
-
-    Example:
-        >>> fp = fingerprint(Path("notebooks/05_vit.ipynb"), {"epochs": 2},
-        ...                  code_digest("utils"), {})  # doctest: +SKIP
-    """
-    kept = {k: v for k, v in params.items() if k not in PATH_PARAMS}
-    if "pretrained" in kept:  # -p pretrained=imagenet is -p pretrained=true (utils.weights)
-        from .weights import canonical_pretrained
-
-        try:
-            kept["pretrained"] = canonical_pretrained(kept["pretrained"])
-        except ValueError:
-            pass  # make_config reports it
-    parts = [_sha(Path(notebook).read_bytes()), json.dumps(kept, sort_keys=True, default=str),
-             code, json.dumps(upstream, sort_keys=True)]
-    if data is not None:
-        parts.append(json.dumps(data, sort_keys=True, default=str))
-    return _sha("\n".join(parts).encode())

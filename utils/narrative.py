@@ -1,0 +1,238 @@
+"""Results in words: the sentences at the top of each report and on the front page.
+
+A reader of a report should not have to find the metrics table to learn what a step showed.
+These functions turn results JSON (`reports/results/<run>.json`, `07_comparison.json`) into
+short plain-text sentences, each number with its bootstrap 95% CI and the test set it was
+measured on. Plain text (the callers escape it); no numbers are computed here that the
+results do not hold, except the patient count of a test split, read from the run's own
+predictions CSV.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+__all__ = ["fmt_ci", "load_runs", "owner_step", "run_sentences", "runs_summary",
+           "comparison_summary", "eda_summary", "step_summary", "COMPARISON_STEP"]
+
+COMPARISON_STEP = "07_comparison"   # its results/07_comparison.json holds the `common` list
+
+_NAMES = {"auroc": "AUROC", "f1": "F1", "sensitivity": "sensitivity",
+          "specificity": "specificity", "recall": "sensitivity"}
+
+
+def fmt_ci(value: Any, ci: Any = None, digits: int = 2) -> str:
+    """`0.91 [0.88, 0.94]`; just the value when the CI is missing; `n/a` without a value."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    lo, hi = (list(ci) + [None, None])[:2] if isinstance(ci, (list, tuple)) else (None, None)
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def owner_step(plan_step: str, names: Iterable[str]) -> str:
+    """The plan step a run belongs to: its own `plan_step` when that is a step name, else
+    the longest step name it starts with (`02_chexnet_nih` is `02_chexnet`'s part A)."""
+    names = set(names)
+    if plan_step in names:
+        return plan_step
+    prefixes = [n for n in names if plan_step.startswith(n)]
+    return max(prefixes, key=len) if prefixes else plan_step
+
+
+def load_runs(results_dir: str | Path, step: str, names: Iterable[str] = ()) -> list[dict]:
+    """Every training run's results that belong to `step` (see `owner_step`), by name."""
+    names = {step, *names}
+    runs = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        res = _read(path)
+        if not res or "test" not in res:
+            continue
+        plan = str(res.get("plan_step") or res.get("step") or path.stem)
+        if owner_step(plan, names) == step:
+            runs.append({**res, "_path": str(path)})
+    return sorted(runs, key=lambda r: str(r.get("step", "")))
+
+
+def _test_patients(res: Mapping[str, Any]) -> int | None:
+    """Patients in the run's test split: `data.test_patients` or its predictions CSV."""
+    known = (res.get("data") or {}).get("test_patients")
+    if isinstance(known, int):
+        return known
+    if not res.get("_path"):
+        return None
+    csv = Path(str(res["_path"])).with_name(f"{res.get('step')}_predictions.csv")
+    try:
+        pred = pd.read_csv(csv, usecols=["split", "patient_id"], dtype=str)
+    except (OSError, ValueError):
+        return None
+    ids = pred.loc[pred["split"] == "test", "patient_id"].replace("", pd.NA).dropna()
+    return int(ids.nunique()) if len(ids) else None
+
+
+def _test_set(dataset: str, n: Any, patients: int | None) -> str:
+    size = f"n = {n} images" if isinstance(n, int) else "n unknown"
+    if patients and patients != n:
+        size += f", {patients} patients"
+    return f"the {dataset} test split ({size})"
+
+
+def _metrics(block: Mapping[str, Any], keys=("auroc", "f1", "sensitivity", "specificity")) -> str:
+    parts = []
+    for key in keys:
+        src = key if key in block else {"sensitivity": "recall"}.get(key, key)
+        parts.append(f"{_NAMES[key]} {fmt_ci(block.get(src), block.get(f'{src}_ci'))}")
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+def run_sentences(res: Mapping[str, Any]) -> list[str]:
+    """What one run measured: its test split and metrics, threshold, weights, externals."""
+    data, test, thr = res.get("data") or {}, res.get("test") or {}, res.get("threshold") or {}
+    model = (res.get("model") or {}).get("name", "the model")
+    where = _test_set(str(data.get("dataset", "?")), test.get("n"), _test_patients(res))
+    out = []
+    if data.get("task") == "multilabel" and res.get("per_finding_macro"):
+        macro = res["per_finding_macro"].get("macro_auroc")
+        n_find = len(res.get("per_finding") or [])
+        out.append(f"On {where} {model} reaches a macro AUROC of {fmt_ci(macro)} over "
+                   f"{n_find} findings; on its {res.get('target') or 'target'} finding: "
+                   f"{_metrics(test)}.")
+    else:
+        out.append(f"On {where} {model} reaches {_metrics(test)}.")
+    if isinstance(thr.get("value"), (int, float)):
+        out.append(f"The decision threshold {thr['value']:.2f} ({thr.get('policy', '?')}) "
+                   f"was chosen on the validation split; CIs are bootstrap 95% intervals over "
+                   f"{(res.get('bootstrap') or {}).get('unit', 'image')}s.")
+    pre = res.get("pretrained")
+    if isinstance(pre, Mapping) and pre.get("requested") and not pre.get("loaded"):
+        out.append("Pretrained weights were asked for but not loaded: it trained from random "
+                   "initialisation.")
+    for ext in res.get("external") or []:
+        where = _test_set(str(ext.get("dataset", "?")), ext.get("n"), None)
+        out.append(f"Scored without retraining on {where} at its own threshold: "
+                   f"{_metrics(ext)}.")
+    return out
+
+
+def _seeds_sentence(group: list[Mapping[str, Any]]) -> str:
+    aurocs = [r["test"]["auroc"] for r in group if isinstance(r["test"].get("auroc"), (int, float))]
+    model = (group[0].get("model") or {}).get("name", "the model")
+    dataset = (group[0].get("data") or {}).get("dataset", "?")
+    if len(aurocs) < 2:
+        return ""
+    return (f"Over {len(group)} seeds on {dataset}, {model}'s test AUROC averages "
+            f"{statistics.mean(aurocs):.2f} (seed range {min(aurocs):.2f}–{max(aurocs):.2f}).")
+
+
+def runs_summary(runs: list[Mapping[str, Any]]) -> list[str]:
+    """Sentences for a step's runs: each run of the first seed in full; per dataset and
+    model with several seeds, one sentence on the spread across seeds."""
+    groups: dict[tuple, list] = {}
+    for res in runs:
+        key = ((res.get("data") or {}).get("dataset"), (res.get("model") or {}).get("name"),
+               (res.get("data") or {}).get("task"))
+        groups.setdefault(key, []).append(res)
+    out: list[str] = []
+    for group in groups.values():
+        group.sort(key=lambda r: r.get("seed_index") or 0)
+        first = run_sentences(group[0])
+        if len(groups) > 1:  # say which run each paragraph is about
+            first[0] = f"{group[0].get('step')}: {first[0]}"
+        out += first
+        if seeds := _seeds_sentence(group):
+            out.append(seeds)
+    if any((r.get("data") or {}).get("synthetic") for r in runs):
+        out.append("These runs used the generated synthetic demo data: the numbers show the "
+                   "pipeline works, they are not clinical results.")
+    return out
+
+
+def comparison_summary(common: list[Mapping[str, Any]]) -> list[str]:
+    """07_comparison's `common` rows in words: per dataset, the best and the lowest AUROC and
+    whether the top two CIs overlap (then the test set cannot tell them apart)."""
+    by_dataset: dict[str, list] = {}
+    for row in common:
+        if isinstance(row.get("auroc"), (int, float)):
+            by_dataset.setdefault(str(row.get("dataset")), []).append(row)
+    out = []
+    for dataset, rows in sorted(by_dataset.items()):
+        rows.sort(key=lambda r: -r["auroc"])
+        best = rows[0]
+        best_ci = fmt_ci(best["auroc"], [best.get("auroc_lo"), best.get("auroc_hi")])
+        name = lambda r: r.get("label") or r.get("model")  # noqa: E731 - 07 labels its models
+        if len(rows) == 1:
+            out.append(f"On {dataset}'s test set one model so far: {name(best)} "
+                       f"({best.get('step')}), AUROC {best_ci}.")
+            continue
+        text = (f"On {dataset}'s common test set, {len(rows)} models compared: the best AUROC "
+                f"is {name(best)}'s {best_ci}")
+        low, second = rows[-1], rows[1]
+        text += (f", the lowest {name(low)}'s "
+                 f"{fmt_ci(low['auroc'], [low.get('auroc_lo'), low.get('auroc_hi')])}")
+        overlap = (isinstance(second.get("auroc_hi"), (int, float))
+                   and isinstance(best.get("auroc_lo"), (int, float))
+                   and second["auroc_hi"] >= best["auroc_lo"])
+        text += ("; the top two CIs overlap, so this test set does not separate them"
+                 if overlap else "; the best model's CI clears the runner-up's")
+        out.append(text + ".")
+    return out
+
+
+def eda_summary(sources: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """00_eda's facts in words: per source, images, patients, pneumonia share, test size.
+
+    Args:
+        sources: name -> `{"images", "patients", "positives", "test_images"}` (00_eda.json).
+    """
+    out = []
+    for name, f in sources.items():
+        images, patients, pos = f.get("images") or 0, f.get("patients") or 0, f.get("positives")
+        if not images:
+            out.append(f"{name}: not found under the data root.")
+            continue
+        text = f"{name}: {images:,} images of {patients:,} patients"
+        if patients and images != patients:
+            text += f" ({images / patients:.2f} per patient, which is why splits are by patient)"
+        if isinstance(pos, (int, float)):
+            text += f", {pos / images:.0%} pneumonia"
+        if f.get("test_images"):
+            text += f"; its test split holds {f['test_images']:,} images"
+        out.append(text + ".")
+    return out
+
+
+def step_summary(step: str, results_dir: str | Path, description: str = "",
+                 names: Iterable[str] = ()) -> list[str]:
+    """The sentences at the top of `step`'s report: its runs', 07's comparison, or — for a
+    step that scores no model — what it shows (`description`, the notebook's own words)."""
+    results_dir = Path(results_dir)
+    if runs := load_runs(results_dir, step, names):
+        return runs_summary(runs)
+    own = _read(results_dir / f"{step}.json") or {}
+    if own.get("common"):
+        answer = own.get("answer") if isinstance(own.get("answer"), str) else ""
+        return comparison_summary(own["common"]) + [p for p in answer.split("\n\n") if p]
+    if own.get("sources"):
+        return eda_summary(own["sources"])
+    if step == COMPARISON_STEP:  # 07 before it writes its own JSON: the runs it compared
+        from .headline import headline_rows
+
+        if rows := headline_rows(results_dir.parent)[0]:
+            return comparison_summary(rows)
+    first = description.strip().split(". ")[0].rstrip(".")
+    return [f"This step scores no model. {first}." if first
+            else "This step scores no model and wrote no results file."]
