@@ -108,7 +108,7 @@ def _cam_effnet(m: nn.Module) -> nn.Module: return m._bn1             # last fea
 def _cam_vit(m: nn.Module) -> nn.Module: return m.blocks[-1].norm1    # pytorch-grad-cam's choice
 def _cam_mixer(m: nn.Module) -> nn.Module: return m.blocks[-1]
 def _vit_tokens(t: torch.Tensor) -> torch.Tensor: return tokens_to_grid(t, 1)   # class token
-def _mixer_tokens(t: torch.Tensor) -> torch.Tensor: return tokens_to_grid(t, 0)
+def _patch_tokens(t: torch.Tensor) -> torch.Tensor: return tokens_to_grid(t, 0)  # no prefix
 
 
 # --- helpers shared by the factories -------------------------------------------------
@@ -265,7 +265,7 @@ def _timm(arch: str, num_classes: int, pretrained: bool, in_chans: int, dropout:
 
 _VIT = dict(family="vit", head="head", cam_layer=_cam_vit, cam_reshape=_vit_tokens,
             stages=("last_blocks",), norm=TIMM_GRAY)
-_MIXER = dict(_VIT, family="mixer", cam_layer=_cam_mixer, cam_reshape=_mixer_tokens)
+_MIXER = dict(_VIT, family="mixer", cam_layer=_cam_mixer, cam_reshape=_patch_tokens)
 
 
 @register_model(**_VIT)
@@ -285,7 +285,7 @@ def vit_tiny(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Modul
     return _timm("vit_tiny_patch16_224", num_classes, pretrained, in_chans, dropout, image_size)
 
 
-@register_model(**_VIT)
+@register_model(**dict(_VIT, cam_reshape=_patch_tokens))  # no class token: patches only
 def vit_mini(num_classes, pretrained, in_chans, dropout, image_size) -> nn.Module:
     """A 4-block, 192-wide "simple ViT" (Beyer et al. 2022, "Better plain ViT baselines"):
     global average pooling instead of a class token and fixed 2-D sin-cos position
