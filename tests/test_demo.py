@@ -45,7 +45,7 @@ def test_kermany_layout_counts_and_patients(root):
     base = root / "chest_xray"
     assert (base / MARKER).read_text().startswith("SYNTHETIC DEMO DATA")
     patients: dict[str, set[str]] = {}
-    for split, counts in {"train": (90, 180), "val": (8, 8), "test": (50, 70)}.items():
+    for split, counts in {"train": (140, 280), "val": (8, 8), "test": (130, 170)}.items():
         for cls, n in zip(("NORMAL", "PNEUMONIA"), counts):
             files = sorted(p.name for p in (base / split / cls).iterdir())
             assert len(files) == n, (split, cls)
@@ -57,7 +57,7 @@ def test_kermany_layout_counts_and_patients(root):
     assert not patients["train"] & patients["val"] and not patients["val"] & patients["test"]
     assert any("_virus_" in p.name for p in (base / "train" / "PNEUMONIA").iterdir())
     info = json.loads((root / ".complete").read_text())
-    assert info["counts"]["chest_xray"] == 406 and info["version"] == demo.DEMO_VERSION
+    assert info["counts"]["chest_xray"] == 736 and info["version"] == demo.DEMO_VERSION
 
 
 def test_rsna_layout_matches_the_real_csvs(root):
@@ -72,7 +72,7 @@ def test_rsna_layout_matches_the_real_csvs(root):
     assert set(info["class"]) == set(pd.read_csv(real_info)["class"])
     assert len(info) == len(labels) and (info.patientId.values == labels.patientId.values).all()
     files = {p.stem for p in (base / "stage_2_train_images").glob("*.dcm")}
-    assert len(files) == 240 and set(labels.patientId) == files
+    assert len(files) == 750 and set(labels.patientId) == files
     per_patient = labels.groupby("patientId").Target.agg(["max", "size"])
     assert 0.25 <= per_patient["max"].mean() <= 0.35
     assert set(per_patient.loc[per_patient["max"] == 1, "size"]) == {1, 2}
@@ -91,7 +91,7 @@ def test_nih_layout_matches_the_real_csvs(root):
     real_bbox = shared_path("nih", "BBox_List_2017.csv.gz")
     assert _first_line(base / "BBox_List_2017.csv") == _first_line(real_bbox)
     entry, real = pd.read_csv(base / "Data_Entry_2017.csv"), pd.read_csv(real_entry, nrows=3000)
-    assert list(entry.columns) == list(real.columns) and len(entry) == 300
+    assert list(entry.columns) == list(real.columns) and len(entry) == 800
     assert entry.dtypes.to_dict() == real.dtypes.to_dict()
     real_labels = set(real["Finding Labels"].str.split("|").explode())
     ours = entry["Finding Labels"].str.split("|").explode()
@@ -108,7 +108,7 @@ def test_nih_layout_matches_the_real_csvs(root):
     assert set(bbox["Image Index"]) <= set(entry["Image Index"])
     train = (base / "train_val_list.txt").read_text().split()
     test = (base / "test_list.txt").read_text().split()
-    assert sorted(train + test) == sorted(entry["Image Index"]) and 0.1 < len(test) / 300 < 0.4
+    assert sorted(train + test) == sorted(entry["Image Index"]) and 0.2 < len(test) / 800 < 0.5
     pid = dict(zip(entry["Image Index"], entry["Patient ID"]))
     assert not {pid[n] for n in train} & {pid[n] for n in test}
 
@@ -154,7 +154,7 @@ def test_boxes_lie_inside_and_on_the_opacity(root):
     contrasts = []
     kb = pd.read_csv(root / "chest_xray" / "boxes.csv")
     assert list(kb.columns) == ["path", "x", "y", "w", "h"]
-    assert set(kb.path.str.split("/").str[1]) == {"PNEUMONIA"} and len(kb) == 258
+    assert set(kb.path.str.split("/").str[1]) == {"PNEUMONIA"} and len(kb) == 458
     for r in kb.itertuples():
         img = read_image(root / "chest_xray" / r.path)
         contrasts.append(_box_contrast(img, (r.x, r.y, r.w, r.h)))

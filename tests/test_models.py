@@ -37,7 +37,8 @@ def _fourteen(name: str) -> nn.Module:
 def test_registry_lists_every_study_model():
     expected = {"simple_cnn", "resnet18_scratch", "resnet18", "resnet50", "densenet121",
                 "efficientnet_b4", "vit", "vit_small", "vit_tiny", "mixer",
-                "mixer_small", "mixer_tiny"}
+                "mixer_small", "mixer_tiny",
+                "efficientnet_b0", "vit_mini"}  # the demo's CPU-sized stand-ins
     assert set(list_models()) == expected
     assert set(list_models(aliases=True)) == expected | {"chexnet"}
     with pytest.raises(KeyError, match="choose one of.*'chexnet'"):

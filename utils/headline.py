@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .html_page import esc, fmt_metric, forest_svg, table
-from .narrative import comparison_summary, owner_step
+from .narrative import _read, comparison_summary, headline_rows, owner_step
 
 __all__ = ["headline_rows", "comparison_answer", "render_headline", "COMMON_KEYS"]
 
@@ -19,57 +19,11 @@ COMMON_KEYS = ("dataset", "model", "step", "seeds", "auroc", "auroc_lo", "auroc_
                "sensitivity", "specificity", "test_fingerprint")
 
 
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _from_runs(results: Path) -> list[dict[str, Any]]:
-    """One row per (step, dataset, test set) from the runs' results: the first seed's
-    numbers, with the number of seeds found."""
-    groups: dict[tuple, list[dict]] = {}
-    for path in sorted(results.glob("*.json")):
-        res = _read(path)
-        if not isinstance(res, dict) or not isinstance(res.get("test"), dict):
-            continue
-        data = res.get("data") or {}
-        key = (res.get("plan_step") or res.get("step") or path.stem, data.get("dataset"),
-               data.get("test_fingerprint"))
-        groups.setdefault(key, []).append(res)
-    rows = []
-    for (step, dataset, fp), runs in groups.items():
-        runs.sort(key=lambda r: r.get("seed_index") or 0)
-        test = runs[0]["test"]
-        lo, hi = (test.get("auroc_ci") or [None, None])[:2]
-        rows.append({"dataset": dataset, "model": (runs[0].get("model") or {}).get("name"),
-                     "step": step, "seeds": len(runs), "auroc": test.get("auroc"),
-                     "auroc_lo": lo, "auroc_hi": hi, "f1": test.get("f1"),
-                     "sensitivity": test.get("sensitivity", test.get("recall")),
-                     "specificity": test.get("specificity"), "test_fingerprint": fp,
-                     "n": test.get("n")})
-    return rows
-
-
 def comparison_answer(reports: str | Path) -> str:
     """07_comparison.json's `answer` to the study's question, or ""."""
     comparison = _read(Path(reports) / "results" / "07_comparison.json")
     answer = comparison.get("answer") if isinstance(comparison, dict) else None
     return answer if isinstance(answer, str) else ""
-
-
-def headline_rows(reports: str | Path) -> tuple[list[dict[str, Any]], str]:
-    """(rows, where they came from): 07_comparison.json's `common` list, else the runs."""
-    results = Path(reports) / "results"
-    comparison = _read(results / "07_comparison.json")
-    if isinstance(comparison, dict) and isinstance(comparison.get("common"), list) \
-            and comparison["common"]:
-        rows = [r for r in comparison["common"] if isinstance(r, dict)]
-        return rows, ("07_comparison.json: the models on their common test sets (the mean "
-                      "over seeds; CIs resample patients and seeds)")
-    return _from_runs(results), ("each run's own results (07_comparison has not written its "
-                                 "comparison): the first seed of each step")
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 __all__ = ["fmt_ci", "load_runs", "owner_step", "run_sentences", "runs_summary",
-           "comparison_summary", "eda_summary", "step_summary", "COMPARISON_STEP"]
+           "comparison_summary", "eda_summary", "step_summary", "headline_rows",
+           "COMPARISON_STEP"]
 
 COMPARISON_STEP = "07_comparison"   # its results/07_comparison.json holds the `common` list
 
@@ -229,10 +230,49 @@ def step_summary(step: str, results_dir: str | Path, description: str = "",
     if own.get("sources"):
         return eda_summary(own["sources"])
     if step == COMPARISON_STEP:  # 07 before it writes its own JSON: the runs it compared
-        from .headline import headline_rows
-
         if rows := headline_rows(results_dir.parent)[0]:
             return comparison_summary(rows)
     first = description.strip().split(". ")[0].rstrip(".")
     return [f"This step scores no model. {first}." if first
             else "This step scores no model and wrote no results file."]
+
+
+# --- the headline's rows (the front page renders them, utils.headline) ---------------
+
+def _from_runs(results: Path) -> list[dict[str, Any]]:
+    """One row per (step, dataset, test set) from the runs' results: the first seed's
+    numbers, with the number of seeds found."""
+    groups: dict[tuple, list[dict]] = {}
+    for path in sorted(results.glob("*.json")):
+        res = _read(path)
+        if not isinstance(res, dict) or not isinstance(res.get("test"), dict):
+            continue
+        data = res.get("data") or {}
+        key = (res.get("plan_step") or res.get("step") or path.stem, data.get("dataset"),
+               data.get("test_fingerprint"))
+        groups.setdefault(key, []).append(res)
+    rows = []
+    for (step, dataset, fp), runs in groups.items():
+        runs.sort(key=lambda r: r.get("seed_index") or 0)
+        test = runs[0]["test"]
+        lo, hi = (test.get("auroc_ci") or [None, None])[:2]
+        rows.append({"dataset": dataset, "model": (runs[0].get("model") or {}).get("name"),
+                     "step": step, "seeds": len(runs), "auroc": test.get("auroc"),
+                     "auroc_lo": lo, "auroc_hi": hi, "f1": test.get("f1"),
+                     "sensitivity": test.get("sensitivity", test.get("recall")),
+                     "specificity": test.get("specificity"), "test_fingerprint": fp,
+                     "n": test.get("n")})
+    return rows
+
+
+def headline_rows(reports: str | Path) -> tuple[list[dict[str, Any]], str]:
+    """(rows, where they came from): 07_comparison.json's `common` list, else the runs."""
+    results = Path(reports) / "results"
+    comparison = _read(results / "07_comparison.json")
+    if isinstance(comparison, dict) and isinstance(comparison.get("common"), list) \
+            and comparison["common"]:
+        rows = [r for r in comparison["common"] if isinstance(r, dict)]
+        return rows, ("07_comparison.json: the models on their common test sets (the mean "
+                      "over seeds; CIs resample patients and seeds)")
+    return _from_runs(results), ("each run's own results (07_comparison has not written its "
+                                 "comparison): the first seed of each step")
