@@ -27,16 +27,11 @@ MODES = (("fp32", False, False), ("amp", True, False), ("amp+channels_last", Tru
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
-    """The project's policy (`utils.evaluate.amp_dtype`: bf16 where native, else fp16 with a
+    """The project's policy (`utils.runtime.amp_dtype`: bf16 where native, else fp16 with a
     GradScaler); bf16 on the CPU, where autocast has no fp16 scaler to pair with."""
-    if device.type != "cuda":
-        return torch.bfloat16
-    try:
-        from utils.evaluate import amp_dtype as policy  # needs scikit-learn
-    except ModuleNotFoundError:  # a bare GPU machine: the same rule, stated here
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if native else torch.float16
-    return policy()
+    from utils.runtime import amp_dtype as policy  # numpy + torch only
+
+    return policy() if device.type == "cuda" else torch.bfloat16
 
 
 def _sync(device: torch.device) -> None:

@@ -7,7 +7,6 @@ Metric definitions are scikit-learn's; `bootstrap_ci` re-expresses them with res
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
-from .runtime import pick_device
+from .runtime import amp_dtype, autocast, pick_device  # noqa: F401 (re-exported)
 from .stats import cluster_index, resample_weights
 
 __all__ = ["Predictions", "predict", "tta_probabilities", "black_value", "amp_dtype",
@@ -42,22 +41,6 @@ class Predictions:
 
     def __len__(self) -> int:
         return len(self.probs)
-
-
-def amp_dtype() -> torch.dtype:
-    """bf16 on GPUs that run it natively (Ampere and later), else fp16 (T4, V100: a
-    GradScaler is needed). `including_emulation=False`: torch's default also says yes to
-    emulated bf16 on older GPUs, which is slow and would switch the scaler off there."""
-    native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.bfloat16 if native else torch.float16
-
-
-def autocast(device: torch.device | str, enabled: bool = True):
-    """Mixed precision on CUDA only (`amp_dtype()`); a no-op elsewhere."""
-    device = torch.device(device)
-    if not (enabled and device.type == "cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=amp_dtype())
 
 
 def black_value(model: torch.nn.Module) -> float:

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .evaluate import autocast, summary_scores
+from .evaluate import summary_scores
+from .runtime import autocast
 from .history import HIGHER_IS_BETTER
 
 __all__ = ["validation_scores", "precise_bn_if_better", "record_precise_bn"]

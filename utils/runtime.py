@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["pick_device", "seed_everything", "environment", "in_colab"]
+__all__ = ["pick_device", "amp_dtype", "autocast", "seed_everything", "environment", "in_colab"]
 
 
 def pick_device(requested: str = "auto") -> "torch.device":
@@ -31,6 +31,29 @@ def pick_device(requested: str = "auto") -> "torch.device":
         raise RuntimeError("device='cuda' was asked for but no CUDA GPU is visible; "
                            "use device='auto' or 'cpu'")
     return torch.device(requested)
+
+
+def amp_dtype() -> "torch.dtype":
+    """The mixed-precision policy: bf16 on GPUs that run it natively (Ampere and later), else
+    fp16 (T4, V100: a GradScaler is needed). `including_emulation=False`: torch's default
+    also says yes to emulated bf16 on older GPUs, which is slow and would switch the scaler
+    off there."""
+    import torch
+
+    native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
+
+
+def autocast(device: "torch.device | str", enabled: bool = True):
+    """Mixed precision on CUDA only (`amp_dtype()`); a no-op elsewhere."""
+    import contextlib
+
+    import torch
+
+    device = torch.device(device)
+    if not (enabled and device.type == "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype())
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -39,7 +39,8 @@ from . import distributed as dist_
 from . import rngstate
 from .checkpoint import CheckpointError, load_checkpoint, load_model, plain, update_checkpoint
 from .config import RunConfig
-from .evaluate import amp_dtype, autocast, summary_scores
+from .evaluate import summary_scores
+from .runtime import amp_dtype, autocast
 from .fileio import atomic_torch_save
 from .history import (HIGHER_IS_BETTER, History, log_board, open_board, print_epoch, quiet,
                       record)
