@@ -65,9 +65,22 @@ def smoke_run(tmp_path_factory):
 CI_LOGS = Path(os.environ.get("CXR_CI_LOGS", ROOT / "ci-logs"))
 
 
+_SESSION_START: list[float] = []
+
+
+def pytest_sessionstart(session) -> None:
+    import time
+
+    _SESSION_START.append(time.time())
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Name the browser test's screenshots at the end of the run (CI keeps its log)."""
-    shots = sorted((CI_LOGS / "browser").glob("*.png")) if (CI_LOGS / "browser").is_dir() else []
+    """Name the browser test's screenshots at the end of the run (CI keeps its log): only
+    those this session wrote, so an older run's files are not passed off as this one's."""
+    started = _SESSION_START[0] if _SESSION_START else 0.0
+    folder = CI_LOGS / "browser"
+    shots = sorted(p for p in folder.glob("*.png") if p.stat().st_mtime >= started) \
+        if folder.is_dir() else []
     if shots:
         terminalreporter.write_line(f"browser screenshots ({len(shots)}) in {CI_LOGS / 'browser'}: "
                                     + ", ".join(p.name for p in shots))
