@@ -37,6 +37,10 @@ def test_parameters_cell_names_are_runconfig_fields(path: Path) -> None:
              for t in node.targets if isinstance(t, ast.Name)}
     assert names, f"{path.name}: empty parameters cell"
     assert names <= FIELDS, f"{path.name}: not RunConfig fields: {sorted(names - FIELDS)}"
+    # papermill reads the cell line by line and gives up on a line with two "=" (its
+    # comment's "=" included), warning that the parameter is unknown
+    crowded = [line for line in tagged[0].source.splitlines() if line.count("=") > 1]
+    assert not crowded, f"{path.name}: papermill cannot parse {crowded}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
