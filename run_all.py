@@ -84,7 +84,9 @@ def default_plan() -> list[Step]:
     return [Step("00_eda", "00_eda.ipynb"), Step("01_preprocessing", "01_preprocessing.ipynb"),
             *_model_steps(),
             Step("07_comparison", "07_comparison.ipynb", after=MODEL_STEPS),
-            Step("08_gradcam_gallery", "08_gradcam_gallery.ipynb", after=MODEL_STEPS)]
+            Step("08_gradcam_gallery", "08_gradcam_gallery.ipynb", after=MODEL_STEPS),
+            # starts from 02's NIH checkpoint (checkpoints/02_chexnet_nih) when it exists
+            Step("09_transfer", "09_transfer.ipynb", after=("02_chexnet",))]
 
 
 class UsageError(Exception):

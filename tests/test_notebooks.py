@@ -20,7 +20,8 @@ FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 MODEL_STEPS = ["02_chexnet", "03_resnet_ablation_final", "04_efficientnet_b4", "05_vit",
                "06_mlp_mixer"]
 # every notebook once (the ablation notebook in its `final` variant): seconds each
-SMOKE_STEPS = ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison", "08_gradcam_gallery"]
+SMOKE_STEPS = ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison", "08_gradcam_gallery",
+               "09_transfer"]
 
 
 def _code_cells(path: Path) -> list:
@@ -31,7 +32,7 @@ def test_all_notebooks_present() -> None:
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["00_eda", "01_preprocessing", "02_chexnet", "03_resnet_ablation",
                      "04_efficientnet_b4", "05_vit", "06_mlp_mixer", "07_comparison",
-                     "08_gradcam_gallery"]
+                     "08_gradcam_gallery", "09_transfer"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

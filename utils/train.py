@@ -38,6 +38,7 @@ from .config import RunConfig
 from .evaluate import amp_dtype, autocast, summary_scores
 from .fileio import atomic_torch_save
 from .runtime import pick_device, seed_everything
+from .schedules import make_ema, warmup_scheduler
 
 __all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_batchnorm",
            # re-exported: checkpoints are read back where they are written
@@ -49,7 +50,7 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "trainable_from", "init_checkpoint", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
                "scheduler", "loss", "pos_weight", "focal_gamma", "focal_alpha", "sampler",
                "sampler_cap", "augmentation", "early_stopping", "monitor", "grad_clip",
-               "max_steps_per_epoch", "seed")
+               "max_steps_per_epoch", "seed", "ema_decay", "warmup_epochs")
 # `meta` fields that identify the inputs beyond the config (set by utils.experiment.train)
 RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint")
 _HIGHER_IS_BETTER = {"val_auroc": True, "val_f1": True, "val_loss": False}
@@ -99,14 +100,17 @@ def _optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     if not params:
         raise ValueError(f"model has no trainable parameters (trainable_from="
                          f"{cfg.trainable_from!r}); unfreeze at least the head")
+    lr, _ = cfg.learning_rate()  # lr=0: 1e-3 from random init, 1e-4 fine-tuning
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
     sched = torch.optim.lr_scheduler
+    if cfg.warmup_epochs > 0:  # linear warm-up, then cosine or constant (utils.schedules)
+        return warmup_scheduler(opt, cfg, steps_per_epoch)
     if cfg.scheduler == "cosine":
         return sched.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
     if cfg.scheduler == "plateau":
@@ -177,6 +181,19 @@ class _Loop:
     amp: bool
     channels_last: bool
     quiet: bool
+    ema: Any = None                      # timm ModelEmaV3 (cfg.ema_decay), else None
+    steps: int = 0                       # optimizer steps so far (the EMA's warm-up clock)
+
+    @property
+    def per_batch(self) -> bool:
+        """The schedule steps every batch (cosine, or any warm-up), not every epoch."""
+        return self.sched is not None and (self.cfg.scheduler == "cosine" or
+                                           self.cfg.warmup_epochs > 0)
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """What validation scores and checkpoints hold: the EMA weights when kept."""
+        return self.ema.module if self.ema is not None else self.net
 
     def to_device(self, images: torch.Tensor, targets: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
@@ -184,9 +201,9 @@ class _Loop:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, targets.to(self.device, non_blocking=True)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         with autocast(self.device, self.amp):
-            return self.net(images).float()  # the loss and sigmoid run in fp32
+            return (net or self.net)(images).float()  # the loss and sigmoid run in fp32
 
 
 def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
@@ -207,7 +224,10 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
             nn.utils.clip_grad_norm_(loop.net.parameters(), cfg.grad_clip)
         scaler.step(opt)
         scaler.update()
-        if cfg.scheduler == "cosine":
+        loop.steps += 1
+        if loop.ema is not None:
+            loop.ema.update(loop.net, step=loop.steps)
+        if loop.per_batch:
             loop.sched.step()
         loss_sum += loss.detach() * len(images)
         n_images += len(images)
@@ -217,12 +237,13 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
 
 
 def _validate(loop: _Loop, loader) -> tuple[dict[str, float], int]:
-    loop.net.eval()
+    net = loop.eval_net
+    net.eval()
     loss_sum, n, probs, targets = torch.zeros((), device=loop.device), 0, [], []
     with torch.inference_mode():
         for images, target, _ in loader:
             images, target = loop.to_device(images, target)
-            logits = loop.logits(images)
+            logits = loop.logits(images, net)
             loss_sum += loop.loss_fn(logits, target) * len(images)
             probs.append(torch.sigmoid(logits))
             targets.append(target)
@@ -240,13 +261,20 @@ def _payload(model, loop: _Loop, hist, epoch, num_classes, meta, gens) -> dict:
     names = meta.get("class_names") or (["Pneumonia"] if num_classes == 1 else
                                         [f"class_{k}" for k in range(num_classes)])
     return {**plain(meta), "model_name": getattr(info, "name", cfg.model),
-            "model_state": model.state_dict(), "optimizer_state": loop.opt.state_dict(),
+            "model_state": _eval_module(model, loop).state_dict(),
+            # with an EMA, model_state holds the EMA weights; a resume needs the live ones
+            "train_state": model.state_dict() if loop.ema is not None else None,
+            "steps": loop.steps, "optimizer_state": loop.opt.state_dict(),
             "scheduler_state": loop.sched.state_dict() if loop.sched is not None else None,
             "scaler_state": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
             "epoch": epoch, "history": hist.to_dict(), "best_score": hist.best_score,
             "config": cfg.to_dict(), "num_classes": num_classes, "class_names": list(names),
             "input_size": cfg.image_size, "mean": plain(getattr(info, "mean", None)),
             "std": plain(getattr(info, "std", None)), "rng_state": _rng_state(gens)}
+
+
+def _eval_module(model: nn.Module, loop: _Loop) -> nn.Module:
+    return loop.ema.module if loop.ema is not None else model
 
 
 def _resume(last: Path, model, loop: _Loop, gens, meta: dict) -> History | None:
@@ -266,7 +294,10 @@ def _resume(last: Path, model, loop: _Loop, gens, meta: dict) -> History | None:
         warnings.warn(f"{last} was trained with other settings ({'; '.join(changed)}); "
                       f"starting fresh and overwriting it", stacklevel=3)
         return None
-    model.load_state_dict(ckpt["model_state"])
+    model.load_state_dict(ckpt.get("train_state") or ckpt["model_state"])
+    if loop.ema is not None:
+        loop.ema.module.load_state_dict(ckpt["model_state"])
+    loop.steps = int(ckpt.get("steps", 0))
     loop.opt.load_state_dict(ckpt["optimizer_state"])
     if loop.sched is not None and ckpt["scheduler_state"] is not None:
         loop.sched.load_state_dict(ckpt["scheduler_state"])
@@ -288,6 +319,7 @@ def _build_loop(model, cfg: RunConfig, loss_fn, device, steps: int) -> _Loop:
     amp = cfg.amp and device.type == "cuda"
     opt = _optimizer(model, cfg)
     return _Loop(net=torch.compile(model) if cfg.compile else model, loss_fn=loss_fn.to(device),
+                 ema=make_ema(model, cfg),
                  opt=opt, sched=_scheduler(opt, cfg, steps),
                  scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype() == torch.float16),
                  cfg=cfg, device=device, amp=amp, channels_last=channels_last, quiet=_quiet())
@@ -358,11 +390,14 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
                 atomic_torch_save(ckpt, ckpt_dir / "best.pt")
             atomic_torch_save(ckpt, ckpt_dir / "last.pt")
         elif improved and restore_best:
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True)
+                          for k, v in _eval_module(model, loop).state_dict().items()}
     if restore_best and ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         best_state = load_checkpoint(ckpt_dir / "best.pt")["model_state"]
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    elif loop.ema is not None:  # the last epoch's weights are the EMA's
+        model.load_state_dict(loop.ema.module.state_dict())
     return hist
 
 
