@@ -26,7 +26,6 @@ whether it beats every other recipe on AUROC and F1 by more than the seed-to-see
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -41,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/recipes.py` works too
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.recipe_stats import paired_comparison, summarise, verdict  # noqa: E402
+from benchmarks.recipe_stats import (paired_comparison, run_metrics, summarise,  # noqa: E402
+                                     verdict)
 
 __all__ = ["benchmark_manifest", "parse_recipe", "project_run", "run_recipe", "main"]
 
@@ -57,13 +57,14 @@ def kermany224_root() -> Path:
     return root
 
 
-def benchmark_manifest(root: Path, *, dev: bool = False, max_train: int = 0,
+def benchmark_manifest(root: Path, *, dev: bool = False, max_train: int = 0, max_eval: int = 0,
                        split_seed: int = 42) -> pd.DataFrame:
     """Patient-level train/val/test of the Kermany train folder (see the module docstring).
 
     `dev`: drop the test part and re-carve train/val/test from what is left (another seed),
     for trying recipe changes. `max_train`: a seeded sample of that many training images
-    (val and test stay whole, so the measurement does not get noisier).
+    (val and test stay whole, so the measurement does not get noisier). `max_eval`: the
+    same for val and test (for tests of the code, not for measurements).
     """
     from utils.data.kermany import kermany_manifest
     from utils.data.splits import assign_splits, check_no_patient_leak
@@ -72,10 +73,12 @@ def benchmark_manifest(root: Path, *, dev: bool = False, max_train: int = 0,
     if dev:
         rest = manifest[manifest["split"] != "test"].assign(split="")
         manifest = assign_splits(rest.reset_index(drop=True), 0.15, 0.15, split_seed + 1)
-    if max_train:
-        train = manifest[manifest["split"] == "train"]
-        keep = train.sample(n=min(max_train, len(train)), random_state=split_seed).index
-        manifest = manifest[(manifest["split"] != "train") | manifest.index.isin(keep)]
+    for splits, cap in ((("train",), max_train), (("val", "test"), max_eval)):
+        for split in splits if cap else ():
+            rows = manifest[manifest["split"] == split]
+            drop = rows.index.difference(rows.sample(n=min(cap, len(rows)),
+                                                     random_state=split_seed).index)
+            manifest = manifest.drop(drop)
     manifest = manifest.reset_index(drop=True)
     manifest.attrs.update(source="kermany", source_dir=str(root), synthetic=False, skipped=[])
     check_no_patient_leak(manifest)
@@ -175,6 +178,18 @@ def print_comparisons(comparisons: list[dict[str, Any]]) -> None:
                   f"the spread")
 
 
+def _save(out: Path | None, argv: list[str] | None, start: float, runs: list[dict],
+          **summary: Any) -> float:
+    """Write the runs so far (and the summary, at the end) to `out`; the wall time so far."""
+    from utils.fileio import atomic_write_json
+
+    wall = time.perf_counter() - start
+    if out is not None:
+        atomic_write_json(out, {"argv": argv if argv is not None else sys.argv[1:],
+                                "wall_seconds": wall, **summary, "runs": runs})
+    return wall
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipes", default="plain,v1,final",
@@ -186,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-train", type=int, default=0, help="cap the training images (0 = all)")
+    p.add_argument("--max-eval", type=int, default=0,
+                   help="cap the val and test images (0 = all; for tests of the code)")
     p.add_argument("--dev", action="store_true",
                    help="leave the test part out; carve a dev-test from the rest (iterate here)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
@@ -211,7 +228,8 @@ def main(argv: list[str] | None = None) -> bool:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     specs = _specs(args.recipes)
-    manifest = benchmark_manifest(kermany224_root(), dev=args.dev, max_train=args.max_train)
+    manifest = benchmark_manifest(kermany224_root(), dev=args.dev, max_train=args.max_train,
+                                  max_eval=args.max_eval)
     sizes = manifest.groupby("split").agg(images=("path", "size"), patients=("patient_id", "nunique"),
                                           positive=("label", "mean"))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
@@ -224,8 +242,11 @@ def main(argv: list[str] | None = None) -> bool:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for spec in specs:  # seeds outer: an interrupted run still has paired seeds
                 runs.append(run_recipe(spec, manifest, seed, args, Path(tmp)))
-                r = runs[-1]
-                print(f"  done {spec} seed {seed}: {r['seconds']:.0f} s", flush=True)
+                m = run_metrics(runs[-1])
+                print(f"  done {spec} seed {seed}: {m['seconds']:.0f} s; val auroc "
+                      f"{m['val_auroc']:.4f}; test auroc {m['auroc']:.4f} f1 {m['f1']:.4f}",
+                      flush=True)
+                _save(args.out, argv, start, runs)  # an interrupted run keeps what it did
     rows = summarise(runs, specs)
     print_table(rows)
     best = next((s for s in specs if parse_recipe(s)[0] == "final"), specs[-1])
@@ -233,12 +254,7 @@ def main(argv: list[str] | None = None) -> bool:
                    for other in specs if other != best]
     print_comparisons(comparisons)
     ok = verdict(comparisons)
-    wall = time.perf_counter() - start
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"argv": argv if argv is not None else sys.argv[1:],
-                                        "wall_seconds": wall, "rows": rows,
-                                        "comparisons": comparisons, "runs": runs}))
+    wall = _save(args.out, argv, start, runs, rows=rows, comparisons=comparisons)
     print(f"wall time {wall / 60:.1f} min")
     print(f"verdict: {best} best on AUROC and F1 by more than the seed-to-seed spread: "
           f"{'yes' if ok else 'no'}")
