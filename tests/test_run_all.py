@@ -71,6 +71,7 @@ def test_default_plan_names_params_and_dependencies():
     assert all(run_all.resolve_params(plan["04_efficientnet_b4"], base, p, {}, {})["model"]
                == "efficientnet_b4" for p in PROFILES)
     assert plan["07_comparison"].after == plan["08_gradcam_gallery"].after == tuple(MODEL_STEPS)
+    assert run_all.resolve_params(plan["09_transfer"], base, "demo", {}, {})["epochs"] == 2
     assert not any(s.requires for s in plan.values())
 
 
