@@ -77,6 +77,22 @@ def test_each_arm_gets_its_start_stage_and_learning_rate(tmp_path, offline):
         transfer_study.plan_arms(_cfg(tmp_path, transfer_stages="head"))
 
 
+def test_nih_start_on_rsna_warns_unless_part_a_left_rsna_test_patients_out(tmp_path, offline):
+    """RSNA's films are NIH films: 02's part A must have dropped the RSNA val/test patients."""
+    _nih_checkpoint(tmp_path)
+    cfg = _cfg(tmp_path, dataset="rsna", transfer_starts="random,nih")
+    with pytest.warns(UserWarning, match="may score films they trained on"):
+        transfer_study.plan_arms(cfg)
+    results = tmp_path / "reports" / "results" / "02_chexnet_nih.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"data": {"dropped_for_rsna_overlap": 12}}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        transfer_study.plan_arms(cfg)
+
+
 def test_full_profile_compares_the_last_stage_too(tmp_path):
     cfg = make_config({"model": "chexnet"}, profile="full")
     assert transfer_study.stages_for(cfg) == ["head", "denseblock4", "all"]

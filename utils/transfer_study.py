@@ -143,7 +143,24 @@ def plan_arms(cfg: RunConfig) -> list[Arm]:
     if "random" in starts and not any(a.start == "random" for a in arms):
         raise ConfigError(f"transfer_stages={cfg.transfer_stages!r} must include 'all' for "
                           f"the random-init reference arm")
+    if cfg.dataset == "rsna" and any(a.start == "nih" and not a.skipped for a in arms):
+        _warn_unless_leak_free(cfg)
     return arms
+
+
+def _warn_unless_leak_free(cfg: RunConfig) -> None:
+    """RSNA's films are NIH films: the NIH start is leak-free on RSNA only if 02's part A
+    dropped the patients behind RSNA's val/test images (its results record how many)."""
+    import json
+    import warnings
+
+    path = Path(cfg.reports_dir) / "results" / f"{NIH_RUN}.json"
+    data = json.loads(path.read_text()).get("data", {}) if path.is_file() else {}
+    if "dropped_for_rsna_overlap" not in data:
+        warnings.warn(f"{path} does not show that part A left out the NIH patients behind "
+                      f"RSNA's val/test images (02_chexnet with dataset='rsna' and the RSNA->NIH "
+                      f"mapping): the nih arms' RSNA test numbers may score films they trained "
+                      f"on", stacklevel=3)
 
 
 def run_arms(arms: list[Arm], manifest: pd.DataFrame, ctx: RunContext) -> list[Arm]:
