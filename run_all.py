@@ -101,7 +101,11 @@ def default_plan() -> list[Step]:
     return [Step("00_eda", "00_eda.ipynb"), Step("01_preprocessing", "01_preprocessing.ipynb"),
             *_model_steps(),
             Step("07_comparison", "07_comparison.ipynb", after=MODEL_STEPS),
-            Step("08_gradcam_gallery", "08_gradcam_gallery.ipynb", after=MODEL_STEPS)]
+            Step("08_gradcam_gallery", "08_gradcam_gallery.ipynb", after=MODEL_STEPS),
+            # starts from 02's NIH checkpoint (checkpoints/02_chexnet_nih) when it exists;
+            # one DenseNet121 per arm: 2 demo epochs keep it within the demo's budget
+            Step("09_transfer", "09_transfer.ipynb", profile_params={"demo": {"epochs": 2}},
+                 after=("02_chexnet",))]
 
 
 class UsageError(Exception):

@@ -43,7 +43,8 @@ def one_torch_thread():
 MODEL_STEPS = ["02_chexnet", "03_resnet_ablation_final", "04_efficientnet_b4", "05_vit",
                "06_mlp_mixer"]
 # every notebook once (the ablation notebook in its `final` variant): seconds each
-SMOKE_STEPS = ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison", "08_gradcam_gallery"]
+SMOKE_STEPS = ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison", "08_gradcam_gallery",
+               "09_transfer"]
 
 
 @pytest.fixture(scope="session")

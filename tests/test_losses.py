@@ -86,3 +86,17 @@ def test_build_loss_from_config():
     cfg.loss = "hinge"
     with pytest.raises(ValueError, match="not one of"):
         build_loss(cfg, labels)
+
+
+def test_focal_alpha_and_the_balanced_sampler_do_not_both_reweight():
+    """alpha 0.25 with a balanced sampler weighted the classes twice (the old `final`)."""
+    import warnings
+
+    labels = np.array([0, 0, 0, 1])
+    with pytest.warns(UserWarning, match="focal_alpha=0.25 re-weights the classes"):
+        build_loss(make_config({"loss": "focal", "sampler": "balanced"}), labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for params in ({"focal_alpha": -1.0, "sampler": "balanced"}, {"sampler": "none"}):
+            assert isinstance(build_loss(make_config({"loss": "focal", **params}), labels),
+                              FocalLoss)

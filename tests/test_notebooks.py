@@ -26,7 +26,7 @@ def test_all_notebooks_present() -> None:
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["00_eda", "01_preprocessing", "02_chexnet", "03_resnet_ablation",
                      "04_efficientnet_b4", "05_vit", "06_mlp_mixer", "07_comparison",
-                     "08_gradcam_gallery"]
+                     "08_gradcam_gallery", "09_transfer"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

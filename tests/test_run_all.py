@@ -57,7 +57,8 @@ def state(tmp: Path) -> dict:
 def test_default_plan_names_params_and_dependencies():
     plan = {s.name: s for s in run_all.default_plan()}
     assert list(plan) == ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison",
-                          "08_gradcam_gallery"]
+                          "08_gradcam_gallery", "09_transfer"]
+    assert plan["09_transfer"].after == ("02_chexnet",)  # it starts from 02's NIH weights
     assert {plan[f"03_resnet_ablation_{v}"].params["variant"] for v in run_all.ABLATION_VARIANTS} \
         == set(run_all.ABLATION_VARIANTS)
     base = {"profile": "x", "data_root": "/d", "reports_dir": "/r", "checkpoint_dir": "/c"}
@@ -73,6 +74,7 @@ def test_default_plan_names_params_and_dependencies():
     assert common == {"02_chexnet", "03_resnet_ablation_cnn", "03_resnet_ablation_resnet18_scratch",
                       "03_resnet_ablation_final", "04_efficientnet_b4", "05_vit", "06_mlp_mixer"}
     assert plan["07_comparison"].after == plan["08_gradcam_gallery"].after == tuple(MODEL_STEPS)
+    assert run_all.resolve_params(plan["09_transfer"], base, "demo", {}, {})["epochs"] == 2
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -112,7 +114,7 @@ def test_only_and_from_select_in_plan_order():
     assert names(["08_gradcam_gallery", "00_eda", "0[56]_*"]) == [
         "00_eda", "05_vit", "06_mlp_mixer", "08_gradcam_gallery"]
     assert names(start="05_vit") == ["05_vit", "06_mlp_mixer", "07_comparison",
-                                     "08_gradcam_gallery"]
+                                     "08_gradcam_gallery", "09_transfer"]
     assert names(["0[0-4]*"], "03_resnet_ablation_v3") == MODEL_STEPS[6:9]
 
 

@@ -15,7 +15,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["RunConfig", "ConfigError", "PROFILES", "make_config"]
+__all__ = ["RunConfig", "ConfigError", "PROFILES", "make_config", "LR_FROM_SCRATCH",
+           "LR_FINE_TUNE"]
+
+# The study's rates: random init trains at 1e-3; pretrained weights are fine-tuned at 1e-4
+# (1e-3 from a good start wrecks the features in the first steps, 1e-4 from scratch barely
+# moves in a few epochs). `lr=0` ("auto") picks one from the run's starting point.
+LR_FROM_SCRATCH, LR_FINE_TUNE = 1e-3, 1e-4
 
 
 class ConfigError(ValueError):
@@ -51,10 +57,18 @@ class RunConfig:
     dropout: float = 0.0
     trainable_from: str = "all"    # all | head | layer3 | layer4 | ... (see utils.models)
     init_checkpoint: str = ""      # start from another run's weights (head replaced if needed)
+    # --- the transfer experiment (09_transfer) ------------------------------------------
+    transfer_starts: str = "random,imagenet,nih,xrv"  # starting points compared: random init,
+                                   # ImageNet, NIH (init_checkpoint, "" = 02_chexnet_nih's),
+                                   # torchxrayvision ("xrv" or "xrv:<weights name>")
+    transfer_stages: str = ""      # trainable_from stages compared ("" = head,all on demo and
+                                   # smoke; head,<last block>,all on full)
     # --- training ----------------------------------------------------------------------
     epochs: int = 20
     batch_size: int = 32           # the global batch: N processes take batch_size / N each
-    lr: float = 1e-4
+    lr: float = 0.0                # 0 = auto from the starting point: 1e-3 from random init,
+                                   # 1e-4 fine-tuning (pretrained / init_checkpoint); see
+                                   # learning_rate(), which the results JSON records
     weight_decay: float = 1e-4
     optimizer: str = "adamw"       # adamw | adam | sgd
     scheduler: str = "cosine"      # cosine | plateau | step | none
@@ -65,6 +79,9 @@ class RunConfig:
     sampler: str = "none"          # none | balanced | capped
     sampler_cap: int = 0           # capped: at most N images per finding per epoch
     augmentation: str = "basic"    # none | basic | strong | v3 (utils.transforms)
+    warmup_epochs: float = 0.0     # linear learning-rate warm-up (per batch) before the
+                                   # schedule (cosine or none); 0 = off
+    ema_decay: float = 0.0         # EMA of the weights (validated, saved, evaluated); 0 = off
     early_stopping: int = 0        # patience in epochs; 0 = off
     monitor: str = "val_auroc"     # metric for best checkpoint and early stopping
     grad_clip: float = 0.0         # max grad norm; 0 = off
@@ -114,6 +131,34 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def fine_tuning(self) -> bool:
+        """Whether training starts from learned weights: `init_checkpoint`, or `pretrained`
+        other than False/"none" (it may name a source, e.g. "imagenet", "xrv:<weights>")."""
+        pretrained = self.pretrained
+        if isinstance(pretrained, str):
+            pretrained = pretrained.strip().lower() not in ("", "none", "false")
+        return bool(self.init_checkpoint) or bool(pretrained)
+
+    def learning_rate(self) -> tuple[float, str]:
+        """(the rate training uses, why). An explicit `lr` wins; `lr=0` follows the start.
+
+        Resolved when used, not in `make_config`, so a config copied with another starting
+        point (`dataclasses.replace(cfg, init_checkpoint=...)`, as 02 part B and the transfer
+        notebook do) gets that start's rate.
+        Example:
+            >>> make_config({"pretrained": False}).learning_rate()
+            (0.001, 'auto: 1e-3, training from random init (pretrained=False)')
+        """
+        if self.lr > 0:
+            return self.lr, "set explicitly (lr)"
+        if self.init_checkpoint:
+            return LR_FINE_TUNE, (f"auto: 1e-4, fine-tuning from init_checkpoint="
+                                  f"{self.init_checkpoint}")
+        if self.fine_tuning():
+            return LR_FINE_TUNE, f"auto: 1e-4, fine-tuning pretrained={self.pretrained!r} weights"
+        return LR_FROM_SCRATCH, (f"auto: 1e-3, training from random init "
+                                 f"(pretrained={self.pretrained!r})")
+
     def dataset_list(self) -> list[str]:
         """The `datasets` field as names (`[dataset]` when empty; `["all"]` stays symbolic:
         `utils.runs.datasets_for` resolves it against the data root)."""
@@ -132,6 +177,12 @@ class RunConfig:
         for name in ("val_fraction", "test_fraction", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay!r} must be in [0, 1) (0 = no EMA; "
+                              f"e.g. 0.999)")
+        if self.warmup_epochs and self.scheduler not in ("cosine", "none"):
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs!r} works with "
+                              f"scheduler='cosine' or 'none', not {self.scheduler!r}")
         for name in ("threshold", "target_sensitivity"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1]")
@@ -185,15 +236,16 @@ _CHOICES: dict[str, set] = {
 }
 _MINIMUMS: dict[str, float] = {
     "image_size": 16, "batch_size": 1, "epochs": 1, "max_images": 0, "num_workers": 0,
-    "lr": 1e-12, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
-    "sampler_cap": 0, "early_stopping": 0, "seeds": 1, "grad_clip": 0.0, "max_steps_per_epoch": 0,
-    "bootstrap": 0, "nproc_per_node": 1, "nnodes": 1, "node_rank": 0, "rdzv_timeout": 1,
+    "lr": 0.0, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
+    "sampler_cap": 0, "warmup_epochs": 0.0, "early_stopping": 0, "seeds": 1, "grad_clip": 0.0,
+    "max_steps_per_epoch": 0, "bootstrap": 0, "nproc_per_node": 1, "nnodes": 1, "node_rank": 0,
+    "rdzv_timeout": 1,
 }
 
-# Profiles set scale knobs, and the CPU profiles (demo, smoke) also switch ImageNet weights
-# off (`pretrained=False`: they run offline, on tiny synthetic images) and set `lr`; the rest
-# of the recipe (model, loss, sampler...) belongs to the notebook and its run_all step. Any
-# key can still be overridden by a parameter.
+# Profiles set *scale* knobs; the recipe (model, loss, sampler...) belongs to the notebook
+# and its run_all step, and the learning rate follows the starting point (`lr=0`, auto).
+# demo/smoke also set `pretrained=False`: they run offline on synthetic data. Any key can
+# still be overridden by a parameter.
 PROFILES: dict[str, dict[str, Any]] = {
     # the seeds' settings on the Kaggle data, for one GPU
     "full": {"image_size": 224, "epochs": 20, "batch_size": 32, "max_images": 0,
@@ -202,11 +254,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     # synthetic data the project generates; tiny sizes; minutes on a laptop CPU
     "demo": {"image_size": 64, "epochs": 4, "batch_size": 32, "max_images": 0,
              "num_workers": 0, "cache": True, "bootstrap": 200, "pretrained": False,
-             "lr": 1e-3, "sampler_cap": 60},
+             "sampler_cap": 60},
     # tests: seconds per notebook
     "smoke": {"image_size": 32, "epochs": 1, "batch_size": 8, "max_images": 48,
               "num_workers": 0, "cache": False, "bootstrap": 20, "pretrained": False,
-              "max_steps_per_epoch": 2, "lr": 1e-3, "sampler_cap": 8},
+              "max_steps_per_epoch": 2, "sampler_cap": 8},
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

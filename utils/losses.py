@@ -92,5 +92,10 @@ def build_loss(cfg: Any, train_labels: np.ndarray) -> nn.Module:
         return nn.BCEWithLogitsLoss(pos_weight=weight)
     if cfg.loss == "focal":
         alpha = cfg.focal_alpha if cfg.focal_alpha >= 0 else None
+        if alpha not in (None, 0.5) and getattr(cfg, "sampler", "none") == "balanced":
+            warnings.warn(f"focal_alpha={alpha} re-weights the classes that sampler='balanced' "
+                          f"already balances (alpha < 0.5 pushes towards negatives, > 0.5 "
+                          f"towards positives); pass focal_alpha=-1 (no alpha) with the sampler "
+                          f"(README, recipe benchmark)", stacklevel=2)
         return FocalLoss(alpha=alpha, gamma=cfg.focal_gamma, pos_weight=fixed)
     raise ValueError(f"loss={cfg.loss!r} is not one of {list(LOSSES)}")

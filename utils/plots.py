@@ -28,7 +28,7 @@ __all__ = ["plot_history", "plot_roc_pr", "plot_confusion", "plot_reliability",
            "plot_threshold_sweep", "plot_metric_bars", "plot_seed_points",
            "plot_external_matrix", "plot_per_finding_auroc",
            "plot_class_balance", "plot_image_sizes", "image_grid", "plot_box_stats",
-           "plot_cooccurrence", "save_figure", "SYNTHETIC_STAMP"]
+           "plot_cooccurrence", "plot_learning_curves", "save_figure", "SYNTHETIC_STAMP"]
 
 SYNTHETIC_STAMP = "synthetic demo data"
 _LABEL_NAMES = {0: "Normal", 1: "Pneumonia"}
@@ -105,6 +105,29 @@ def plot_history(history: Any, synthetic: bool = False, caption: str | None = No
         _legend(ax)
     if "lr" in df.columns and (df["lr"] > 0).all():
         axes[2].set_yscale("log")
+    return _finish(fig, synthetic, caption)
+
+
+def plot_learning_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]],
+                         metrics: Sequence[str] = ("val_auroc", "val_loss"),
+                         synthetic: bool = False, caption: str | None = None) -> Figure:
+    """Several runs' per-epoch histories overlaid, one panel per metric (e.g. the transfer
+    notebook's starting points: which learns faster, which ends higher).
+
+    Args:
+        curves: run name → its `History.epochs` rows (`epoch` and the metrics).
+    """
+    if not curves:
+        return _empty("no runs to plot", synthetic)
+    fig, axes = _figure(len(metrics), (5.5 * len(metrics), 3.8))
+    for ax, metric in zip(axes, metrics):
+        for name, rows in curves.items():
+            df = pd.DataFrame(list(rows))
+            if metric in df.columns:
+                ax.plot(df["epoch"], df[metric], marker="o", label=name)
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _legend(ax)
     return _finish(fig, synthetic, caption)
 
 

@@ -86,8 +86,9 @@ def build_results(cfg, *, model_name: str, n_params: int, data_sizes: dict,
         "timing": {"train_seconds": history.get("train_seconds"),
                    "train_images_per_second": history.get("train_images_per_second")},
         "history": list(history.get("epochs", [])),
-        "training": {k: history.get(k) for k in ("best_epoch", "best_score", "monitor",
-                                                 "stopped_early", "resumed_from")},
+        "training": {**{k: history.get(k) for k in ("best_epoch", "best_score", "monitor",
+                                                    "stopped_early", "resumed_from")},
+                     **_lr_used(cfg)},
         "threshold": dict(evaluation["threshold"]),
         "test": _metrics_block(evaluation["test"]),
         "val": dict(evaluation.get("val") or {}),
@@ -109,6 +110,15 @@ def build_results(cfg, *, model_name: str, n_params: int, data_sizes: dict,
                          f"rename them")
     results.update(extra or {})
     return _clean(results)
+
+
+def _lr_used(cfg) -> dict[str, Any]:
+    """`lr` (the rate training started at) and `lr_reason` (explicit, or auto from the
+    starting point: `RunConfig.learning_rate`); a config without it records its `lr`."""
+    if hasattr(cfg, "learning_rate"):
+        lr, reason = cfg.learning_rate()
+        return {"lr": lr, "lr_reason": reason}
+    return {"lr": getattr(cfg, "lr", None), "lr_reason": "set explicitly (lr)"}
 
 
 def write_results(results: dict[str, Any], reports_dir: str | Path = "reports") -> Path:

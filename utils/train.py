@@ -5,7 +5,8 @@ logits. Options, not copies of the loop: AdamW/Adam/SGD, cosine (stepped per *ba
 annealed to 0 over `epochs × steps_per_epoch`) / plateau (per epoch, on `cfg.monitor`,
 factor 0.1, patience 2) / step (per epoch, ×0.1 every `max(1, epochs // 3)` epochs)
 schedules, early stopping and the best checkpoint on `cfg.monitor`, gradient clipping,
-mixed precision on CUDA, channels_last, `torch.compile`, checkpoints with resume.
+mixed precision on CUDA, channels_last, `torch.compile`, a linear warm-up and an EMA of the
+weights (`utils.schedules`), checkpoints with resume.
 
 Resume is exact on CPU with `num_workers=0`: the Python, NumPy, torch and CUDA RNG states,
 every `torch.Generator` the loaders hold (DataLoader's `generator`, a sampler's
@@ -45,6 +46,7 @@ from .fileio import atomic_torch_save
 from .history import (HIGHER_IS_BETTER, History, log_board, open_board, print_epoch, quiet,
                       record)
 from .runtime import pick_device, seed_everything
+from .schedules import make_ema, warmup_scheduler
 
 __all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_batchnorm",
            # re-exported: checkpoints are read back where they are written
@@ -56,7 +58,7 @@ RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images"
                "trainable_from", "init_checkpoint", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
                "scheduler", "loss", "pos_weight", "focal_gamma", "focal_alpha", "sampler",
                "sampler_cap", "augmentation", "early_stopping", "monitor", "grad_clip",
-               "max_steps_per_epoch", "seed", "sync_bn")
+               "max_steps_per_epoch", "seed", "sync_bn", "ema_decay", "warmup_epochs")
 _DEFAULTS = RunConfig().to_dict()
 # `meta` fields that identify the inputs beyond the config (set by utils.experiment.train)
 RESUME_META_KEYS = ("data_fingerprint", "init_fingerprint", "weights_fingerprint")
@@ -67,14 +69,17 @@ def _optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     if not params:
         raise ValueError(f"model has no trainable parameters (trainable_from="
                          f"{cfg.trainable_from!r}); unfreeze at least the head")
+    lr, _ = cfg.learning_rate()  # lr=0: 1e-3 from random init, 1e-4 fine-tuning
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
     sched = torch.optim.lr_scheduler
+    if cfg.warmup_epochs > 0:  # linear warm-up, then cosine or constant (utils.schedules)
+        return warmup_scheduler(opt, cfg, steps_per_epoch)
     if cfg.scheduler == "cosine":
         return sched.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
     if cfg.scheduler == "plateau":
@@ -100,6 +105,20 @@ class _Loop:
     channels_last: bool
     quiet: bool
     world: dist_.World = dist_.World()
+    model: nn.Module | None = None       # the unwrapped model (no DDP / compile wrapper)
+    ema: Any = None                      # timm ModelEmaV3 (cfg.ema_decay), else None
+    steps: int = 0                       # optimizer steps so far (the EMA's warm-up clock)
+
+    @property
+    def per_batch(self) -> bool:
+        """The schedule steps every batch (cosine, or any warm-up), not every epoch."""
+        return self.sched is not None and (self.cfg.scheduler == "cosine" or
+                                           self.cfg.warmup_epochs > 0)
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """What validation scores and checkpoints hold: the EMA weights when kept."""
+        return self.ema.module if self.ema is not None else self.net
 
     def to_device(self, images: torch.Tensor, targets: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
@@ -107,9 +126,9 @@ class _Loop:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, targets.to(self.device, non_blocking=True)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         with autocast(self.device, self.amp):
-            return self.net(images).float()  # the loss and sigmoid run in fp32
+            return (net or self.net)(images).float()  # the loss and sigmoid run in fp32
 
 
 def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
@@ -130,7 +149,10 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
             nn.utils.clip_grad_norm_(loop.net.parameters(), cfg.grad_clip)
         scaler.step(opt)
         scaler.update()
-        if cfg.scheduler == "cosine":
+        loop.steps += 1
+        if loop.ema is not None:  # every rank holds the same weights after the step
+            loop.ema.update(loop.model, step=loop.steps)
+        if loop.per_batch:
             loop.sched.step()
         loss_sum += loss.detach() * len(images)
         n_images += len(images)
@@ -143,12 +165,13 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
 
 
 def _validate(loop: _Loop, loader) -> tuple[dict[str, float], int]:
-    loop.net.eval()
+    net = loop.eval_net
+    net.eval()
     loss_sum, n, outputs, targets = torch.zeros((), device=loop.device), 0, [], []
     with torch.inference_mode():
         for images, target, _ in loader:
             images, target = loop.to_device(images, target)
-            logits = loop.logits(images)
+            logits = loop.logits(images, net)
             loss_sum += loop.loss_fn(logits, target) * len(images)
             outputs.append(logits)
             targets.append(target)
@@ -176,16 +199,22 @@ def _payloads(model, loop: _Loop, hist, epoch, num_classes, meta, rng: list) -> 
     names = meta.get("class_names") or (["Pneumonia"] if num_classes == 1 else
                                         [f"class_{k}" for k in range(num_classes)])
     best = {**plain(meta), "model_name": getattr(info, "name", cfg.model),
-            "model_state": model.state_dict(), "epoch": epoch, "history": hist.to_dict(),
+            "model_state": _eval_module(model, loop).state_dict(), "epoch": epoch, "history": hist.to_dict(),
             "best_score": hist.best_score, "config": cfg.to_dict(), "num_classes": num_classes,
             "class_names": list(names), "input_size": cfg.image_size,
             "mean": plain(getattr(info, "mean", None)), "std": plain(getattr(info, "std", None)),
             "distributed": loop.world.as_dict()}
-    last = {**best, "optimizer_state": loop.opt.state_dict(),
+    last = {**best, "optimizer_state": loop.opt.state_dict(), "steps": loop.steps,
+            # with an EMA, model_state holds the EMA weights; a resume needs the live ones
+            "train_state": model.state_dict() if loop.ema is not None else None,
             "scheduler_state": loop.sched.state_dict() if loop.sched is not None else None,
             "scaler_state": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
             "rng_state": rng[0], **({"rank_rng_states": rng} if len(rng) > 1 else {})}
     return best, last
+
+
+def _eval_module(model: nn.Module, loop: _Loop) -> nn.Module:
+    return loop.ema.module if loop.ema is not None else model
 
 
 def _resume(last: Path, model, loop: _Loop, loaders: tuple, meta: dict) -> History | None:
@@ -209,7 +238,10 @@ def _resume(last: Path, model, loop: _Loop, loaders: tuple, meta: dict) -> Histo
         warnings.warn(f"{last} was trained with other settings ({'; '.join(changed)}); "
                       f"starting fresh and overwriting it", stacklevel=3)
         return None
-    model.load_state_dict(ckpt["model_state"])
+    model.load_state_dict(ckpt.get("train_state") or ckpt["model_state"])
+    if loop.ema is not None:
+        loop.ema.module.load_state_dict(ckpt["model_state"])
+    loop.steps = int(ckpt.get("steps", 0))
     loop.opt.load_state_dict(ckpt["optimizer_state"])
     if loop.sched is not None and ckpt["scheduler_state"] is not None:
         loop.sched.load_state_dict(ckpt["scheduler_state"])
@@ -240,7 +272,7 @@ def _build_loop(model, cfg: RunConfig, loss_fn, device, steps: int) -> _Loop:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     return _Loop(net=torch.compile(net) if cfg.compile else net, loss_fn=loss_fn.to(device),
-                 opt=opt, sched=_scheduler(opt, cfg, steps),
+                 model=model, ema=make_ema(model, cfg), opt=opt, sched=_scheduler(opt, cfg, steps),
                  scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype() == torch.float16),
                  cfg=cfg, device=device, amp=amp, channels_last=channels_last,
                  quiet=quiet() or not world.main, world=world)
@@ -297,7 +329,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
                 dist_.barrier(world)
             elif improved and restore_best:
                 best_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in model.state_dict().items()}
+                              for k, v in _eval_module(model, loop).state_dict().items()}
     finally:
         if board is not None:
             board.close()
@@ -305,6 +337,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
         best_state = load_checkpoint(ckpt_dir / "best.pt")["model_state"]
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    elif loop.ema is not None:  # the last epoch's weights are the EMA's
+        model.load_state_dict(loop.ema.module.state_dict())
     return hist
 
 

@@ -1,0 +1,88 @@
+"""benchmarks.recipes: the held-out split, the paired comparison and the verdict; and one
+tiny end-to-end run on the real Kermany images (skipped without the shared data)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import recipe_stats, recipes
+from conftest import shared_path
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _run(recipe: str, seed: int, p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> dict:
+    return {"recipe": recipe, "seed": seed, "threshold": threshold, "seconds": 1.0,
+            "test_prob": p.tolist(), "test_target": y.tolist(), "val_prob": p.tolist(),
+            "val_target": y.tolist(), "test_patient": [f"p{i // 2}" for i in range(len(y))]}
+
+
+def _runs(shift: float, noise: float = 0.35, n: int = 200) -> list[dict]:
+    """Recipe "a" separates the classes by `shift` more than "b", for three seeds."""
+    rng = np.random.default_rng(0)
+    y = (np.arange(n) % 3 > 0).astype(float)
+    out = []
+    for seed in range(3):
+        base = y * 0.3 + rng.normal(0, noise, n)
+        out += [_run("a", seed, 1 / (1 + np.exp(-(base + shift * (y - 0.5)) * 4)), y),
+                _run("b", seed, 1 / (1 + np.exp(-base * 4)), y)]
+    return out
+
+
+def test_a_clearly_better_recipe_beats_the_spread_and_the_verdict_says_so():
+    c = recipe_stats.paired_comparison(_runs(shift=0.6), "a", "b", n_boot=200)
+    assert c["seeds"] == [0, 1, 2]
+    for m in ("auroc", "f1"):
+        assert c[m]["mean"] > c[m]["spread"] > 0 and c[m]["beats_spread"]
+        assert 0 < c[m]["ci"][0] < c[m]["mean"] < c[m]["ci"][1] and c[m]["p"] < 0.05
+    assert recipe_stats.verdict([c])
+
+
+def test_an_identical_recipe_does_not():
+    runs = _runs(shift=0.0)
+    runs = [dict(r, recipe="a") if r["recipe"] == "b" else dict(r, recipe="c") for r in runs]
+    c = recipe_stats.paired_comparison(runs + [dict(r, recipe="b") for r in runs
+                                               if r["recipe"] == "a"], "a", "b", n_boot=100)
+    assert c["auroc"]["mean"] == 0 and c["auroc"]["p"] == 1.0
+    assert not c["auroc"]["beats_spread"] and not recipe_stats.verdict([c])
+
+
+def test_runs_on_different_test_rows_are_refused():
+    runs = _runs(shift=0.3)
+    runs[1]["test_target"] = runs[1]["test_target"][::-1]
+    with pytest.raises(ValueError, match="different test rows"):
+        recipe_stats.paired_comparison(runs, "a", "b", n_boot=10)
+
+
+def test_recipe_specs_parse_overrides():
+    assert recipes.parse_recipe("final:focal_alpha=-1,ema_decay=0.998,tta=false") == \
+        ("final", {"focal_alpha": -1, "ema_decay": 0.998, "tta": False})
+    assert recipes._specs("plain,v1,final") == ["plain", "v1", "final"]
+    with pytest.raises(SystemExit, match="separate specs with ';'"):
+        recipes._specs("v1,final:focal_alpha=0.5")
+
+
+def test_split_is_by_patient_and_dev_mode_never_touches_the_test_part():
+    root = shared_path("kermany224")
+    full = recipes.benchmark_manifest(root)
+    dev = recipes.benchmark_manifest(root, dev=True)
+    test_paths = set(full.loc[full["split"] == "test", "path"])
+    assert len(test_paths) > 500 and not test_paths & set(dev["path"])
+    assert set(dev["split"]) == {"train", "val", "test"}
+    for m in (full, dev):  # no patient in two parts (the splitter's own check, re-asserted)
+        assert m.groupby("patient_id")["split"].nunique().max() == 1
+    capped = recipes.benchmark_manifest(root, max_train=100)
+    assert (capped["split"] == "train").sum() == 100
+    assert (capped["split"] == "test").sum() == len(test_paths)  # test stays whole
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run_prints_the_table_and_a_verdict(capsys):
+    shared_path("kermany224")
+    recipes.main(["--max-train", "32", "--max-eval", "40", "--seeds", "2", "--epochs", "1",
+                  "--image-size", "32", "--bootstrap", "20", "--threads", "1"])
+    out = capsys.readouterr().out
+    for name in ("plain", "v1", "final"):
+        assert f"\n{name} " in out
+    assert "final − plain" in out and "final − v1" in out
+    assert out.strip().splitlines()[-1].startswith("verdict: final best on AUROC and F1")
