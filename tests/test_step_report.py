@@ -165,6 +165,8 @@ def test_caption_text_and_tables() -> None:
 
 FIGURES = {  # every figure function of utils.plots, with a small valid input
     "plot_history": lambda c: plots.plot_history([{"epoch": 1, "train_loss": 1.0}], caption=c),
+    "plot_learning_curves": lambda c: plots.plot_learning_curves(
+        {"a": [{"epoch": 1, "val_auroc": .7, "val_loss": .6}]}, caption=c),
     "plot_roc_pr": lambda c: plots.plot_roc_pr({"m": ([0, 1, 0, 1], [.1, .9, .2, .8])}, caption=c),
     "plot_confusion": lambda c: plots.plot_confusion([[3, 1], [1, 3]], caption=c),
     "plot_reliability": lambda c: plots.plot_reliability(
