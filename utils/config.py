@@ -253,8 +253,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              "sampler_cap": 10000},
     # synthetic data the project generates; tiny sizes; minutes on a laptop CPU
     # (test_fraction 0.35 for RSNA and NIH, which have no official test split: ~260 test
-    # images, CIs of about ±0.05; batch 16: a few hundred images make ~25 steps an epoch)
-    "demo": {"image_size": 64, "epochs": 4, "batch_size": 16, "max_images": 0,
+    # images, CIs of about ±0.05; run_all gives the slow starters more epochs, batch 16)
+    "demo": {"image_size": 64, "epochs": 3, "batch_size": 32, "max_images": 0,
              "num_workers": 0, "cache": True, "bootstrap": 200, "pretrained": False,
              "sampler_cap": 60, "test_fraction": 0.35},
     # tests: seconds per notebook
