@@ -317,9 +317,11 @@ def write_report(report: dict[str, Any], reports_dir: str | Path = "reports") ->
                              _clean(report))
 
 
-def roc_figure(report: dict[str, Any], dataset: str, reports_dir: str | Path = "reports"):
+def roc_figure(report: dict[str, Any], dataset: str, reports_dir: str | Path = "reports",
+               caption: str | None = None):
     """Test ROC and PR curves of every ranked model on `dataset` overlaid (each model's
-    first seed: a seed-mean score would be an ensemble, not a model of the table)."""
+    first seed: a seed-mean score would be an ensemble, not a model of the table);
+    `caption` is written under the figure (`utils.captions`)."""
     from .plots import plot_roc_pr
 
     curves = {}
@@ -328,6 +330,6 @@ def roc_figure(report: dict[str, Any], dataset: str, reports_dir: str | Path = "
         test = pred[pred["split"] == "test"]
         curves[f"{row['label']} ({row['runs'][0]})"] = (test["target"].to_numpy(),
                                                        test["prob"].to_numpy())
-    fig = plot_roc_pr(curves, synthetic=bool(report.get("synthetic")))
+    fig = plot_roc_pr(curves, synthetic=bool(report.get("synthetic")), caption=caption)
     fig.suptitle(f"{dataset}: test split ROC and PR curves (first seed of each model)")
     return fig

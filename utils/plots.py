@@ -118,7 +118,7 @@ def plot_learning_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]],
         curves: run name → its `History.epochs` rows (`epoch` and the metrics).
     """
     if not curves:
-        return _empty("no runs to plot", synthetic)
+        return _empty("no runs to plot", synthetic, caption)
     fig, axes = _figure(len(metrics), (5.5 * len(metrics), 3.8))
     for ax, metric in zip(axes, metrics):
         for name, rows in curves.items():
