@@ -206,7 +206,8 @@ def test_checkpoint_contents_and_weights_only_load(tmp_path):
     inference = ("model_name", "model_state", "epoch", "history", "best_score", "config",
                  "num_classes", "class_names", "input_size", "mean", "std", "synthetic",
                  "distributed")
-    resume_only = ("optimizer_state", "scheduler_state", "scaler_state", "rng_state")
+    resume_only = ("optimizer_state", "scheduler_state", "scaler_state", "rng_state", "steps",
+                   "train_state")  # train_state: the live weights when an EMA is kept
     assert sorted(ckpt) == sorted((*inference, "sizes"))
     assert ckpt["model_name"] == cfg.model and ckpt["num_classes"] == 1
     assert ckpt["class_names"] == ["Pneumonia"] and ckpt["sizes"] == [3, 4]
