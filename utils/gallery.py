@@ -145,7 +145,7 @@ def _scores(model, layer, reshape, images, boxes, device) -> dict[str, float]:
         return localisation_scores(cam(images.to(device)), boxes)
 
 
-def choose_cam_layer(cases: Cases, device, limit: int = 48) -> dict[str, Any]:
+def choose_cam_layer(cases: Cases, device, limit: int = 32) -> dict[str, Any]:
     """The candidate layer whose Grad-CAM peaks inside the boxes most often on the
     *validation* positives (ties: the deeper layer); the default when val has no boxes.
     Test boxes never take part in the choice."""
@@ -166,7 +166,7 @@ def choose_cam_layer(cases: Cases, device, limit: int = 48) -> dict[str, Any]:
 
 
 def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4,
-                  max_localisation: int = 128) -> dict[str, Any]:
+                  max_localisation: int = 64) -> dict[str, Any]:
     """Images, CAMs, boxes and titles of a step's picked test cases, plus its CAM-vs-box score.
 
     Predictions are recomputed on the test split with the best checkpoint, and cases are
