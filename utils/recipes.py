@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ABLATION_VARIANTS", "recipe_for"]
+__all__ = ["ABLATION_VARIANTS", "STUDY_DIRECTIONS", "ablation_direction", "recipe_for"]
 
 # The study ran its ablation v1 → final on ResNet-50; run_all swaps in ResNet-18 for the
 # CPU-sized profiles (demo, smoke), as it swaps ViT-B for ViT-Ti.
@@ -51,3 +51,37 @@ def recipe_for(variant: str) -> dict[str, Any]:
         raise ValueError(f"unknown ablation variant {variant!r}; choose one of "
                          f"{list(ABLATION_VARIANTS)}")
     return dict(ABLATION_VARIANTS[variant])
+
+
+# What the study reports about its ablation, as (worse, better, claim) pairs
+STUDY_DIRECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("cnn", "resnet18_scratch", "the residual network beats the study's CNN"),
+    ("resnet18_scratch_noreg", "resnet18_scratch", "dropout and augmentation help from scratch"),
+    ("v1", "v2", "v2's augmentation and imbalance handling improve on v1"),
+    ("v2", "v3", "v3 improves on v2"),
+    ("v3", "final", "the final recipe improves on v3"),
+    ("v1", "final", "the final recipe improves on v1"),
+)
+
+
+def ablation_direction(table: Any) -> str:
+    """Markdown: for each step of the study's ablation present in `table` (one row per run:
+    `variant`, `auroc`, `auroc_lo`, `auroc_hi`; seeds averaged), whether this run shows the
+    direction the study reports: holds, does not hold, or cannot tell (the CIs overlap).
+    07_comparison's paired tests are the stricter reading."""
+    by = table.groupby("variant")[["auroc", "auroc_lo", "auroc_hi"]].mean()
+    lines = []
+    for worse, better, claim in STUDY_DIRECTIONS:
+        if worse not in by.index or better not in by.index:
+            continue
+        a, b = by.loc[better], by.loc[worse]
+        if a["auroc_lo"] > b["auroc_hi"]:
+            verdict = "**holds**"
+        elif a["auroc_hi"] < b["auroc_lo"]:
+            verdict = "**does not hold** here"
+        else:
+            verdict = "cannot tell (the 95% CIs overlap)"
+        lines.append(f"- Study: {claim}. Here `{better}` AUROC {a['auroc']:.3f} "
+                     f"[{a['auroc_lo']:.3f}, {a['auroc_hi']:.3f}] vs `{worse}` {b['auroc']:.3f} "
+                     f"[{b['auroc_lo']:.3f}, {b['auroc_hi']:.3f}]: {verdict}.")
+    return "\n".join(lines) or "No pair of the study's ablation steps has run on this dataset yet."
