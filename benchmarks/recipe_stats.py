@@ -92,7 +92,8 @@ def paired_comparison(runs: list[dict[str, Any]], a: str, b: str, n_boot: int = 
             boot = boot[~np.isnan(boot)]
             d["ci"] = [float(q) for q in np.quantile(boot, [0.025, 0.975])]
             d["p"] = float(min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0))))
-        d["beats_spread"] = bool(d["mean"] > spread)
+        # one seed has no spread to beat: its difference is never called beyond it
+        d["beats_spread"] = bool(len(seeds) > 1 and d["mean"] > spread)
         out[metric] = d
     return out
 

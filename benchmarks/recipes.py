@@ -174,8 +174,8 @@ def print_comparisons(comparisons: list[dict[str, Any]]) -> None:
             d = c[m]
             print(f"  {c['a']} − {c['b']:<28} {m:<6} {d['mean']:+.4f} ± {d['sd']:.4f}  "
                   f"CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  p {d['p']:.3f}  "
-                  f"spread {d['spread']:.4f}  {'beats' if d['beats_spread'] else 'NOT beyond'} "
-                  f"the spread")
+                  f"spread {d['spread']:.4f}  " + ("(one seed: no spread)" if len(c["seeds"]) < 2 else
+                                                  f"{'beats' if d['beats_spread'] else 'NOT beyond'} the spread"))
 
 
 def _save(out: Path | None, argv: list[str] | None, start: float, runs: list[dict],
@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> bool:
     ok = verdict(comparisons)
     wall = _save(args.out, argv, start, runs, rows=rows, comparisons=comparisons)
     print(f"wall time {wall / 60:.1f} min")
+    one_seed = any(len(c["seeds"]) < 2 for c in comparisons)
     print(f"verdict: {best} best on AUROC and F1 by more than the seed-to-seed spread: "
-          f"{'yes' if ok else 'no'}")
+          f"{'cannot tell (one seed: no spread)' if one_seed else 'yes' if ok else 'no'}")
     return ok
 
 

@@ -76,6 +76,13 @@ def test_split_is_by_patient_and_dev_mode_never_touches_the_test_part():
     assert (capped["split"] == "test").sum() == len(test_paths)  # test stays whole
 
 
+def test_one_seed_never_beats_the_spread() -> None:
+    runs = [r for r in _runs(shift=0.6) if r["seed"] == 0]  # "a" clearly better, one seed
+    c = recipe_stats.paired_comparison(runs, "a", "b", n_boot=20)
+    assert c["auroc"]["mean"] > 0 and not c["auroc"]["beats_spread"]
+    assert not recipe_stats.verdict([c])
+
+
 @pytest.mark.slow
 def test_tiny_end_to_end_run_prints_the_table_and_a_verdict(capsys):
     shared_path("kermany224")
