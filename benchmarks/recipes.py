@@ -87,25 +87,16 @@ def benchmark_manifest(root: Path, *, dev: bool = False, max_train: int = 0, max
 
 def parse_recipe(spec: str) -> tuple[str, dict[str, Any]]:
     """`final:focal_alpha=0.5,ema=true` → ("final", {"focal_alpha": 0.5, "ema": True})."""
+    from utils.config import parse_value  # run_all's `-p` parsing, one spelling of values
+
     name, _, rest = spec.partition(":")
     overrides: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"recipe {spec!r}: {item!r} is not key=value")
-        overrides[key.strip()] = _value(text.strip())
+        overrides[key.strip()] = parse_value(text.strip())
     return name.strip(), overrides
-
-
-def _value(text: str) -> Any:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def project_run(name: str, overrides: dict[str, Any], manifest: pd.DataFrame, seed: int,

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["RunConfig", "ConfigError", "PROFILES", "make_config", "LR_FROM_SCRATCH",
-           "LR_FINE_TUNE"]
+__all__ = ["RunConfig", "ConfigError", "PROFILES", "make_config", "parse_value",
+           "LR_FROM_SCRATCH", "LR_FINE_TUNE"]
 
 # The study's rates: random init trains at 1e-3; pretrained weights are fine-tuned at 1e-4
 # (1e-3 from a good start wrecks the features in the first steps, 1e-4 from scratch barely
@@ -277,6 +277,19 @@ def _check_type(key: str, value: Any) -> Any:
         raise ConfigError(f"parameter {key}={value!r} has type {type(value).__name__}, "
                           f"expected {expected.__name__}")
     return value
+
+
+def parse_value(text: str) -> Any:
+    """A parameter given as text (`run_all.py -p`, `benchmarks.recipes` specs): true/false ->
+    bool, then int, then float, else the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def make_config(params: Mapping[str, Any] | None = None, profile: str | None = None,

@@ -120,8 +120,13 @@ class _Loop:
 
     @property
     def eval_net(self) -> nn.Module:
-        """What validation scores and checkpoints hold: the EMA weights when kept."""
+        """What validation scores: the EMA weights when kept, else the (wrapped) network."""
         return self.ema.module if self.ema is not None else self.net
+
+    @property
+    def saved(self) -> nn.Module:
+        """Whose state_dict checkpoints hold: the EMA's when kept, else the bare model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def to_device(self, images: torch.Tensor, targets: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
@@ -202,7 +207,7 @@ def _payloads(model, loop: _Loop, hist, epoch, num_classes, meta, rng: list) -> 
     names = meta.get("class_names") or (["Pneumonia"] if num_classes == 1 else
                                         [f"class_{k}" for k in range(num_classes)])
     best = {**plain(meta), "model_name": getattr(info, "name", cfg.model),
-            "model_state": _eval_module(model, loop).state_dict(), "epoch": epoch, "history": hist.to_dict(),
+            "model_state": loop.saved.state_dict(), "epoch": epoch, "history": hist.to_dict(),
             "best_score": hist.best_score, "config": cfg.to_dict(), "num_classes": num_classes,
             "class_names": list(names), "input_size": cfg.image_size,
             "mean": plain(getattr(info, "mean", None)), "std": plain(getattr(info, "std", None)),
@@ -214,10 +219,6 @@ def _payloads(model, loop: _Loop, hist, epoch, num_classes, meta, rng: list) -> 
             "scaler_state": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
             "rng_state": rng[0], **({"rank_rng_states": rng} if len(rng) > 1 else {})}
     return best, last
-
-
-def _eval_module(model: nn.Module, loop: _Loop) -> nn.Module:
-    return loop.ema.module if loop.ema is not None else model
 
 
 def _resume(last: Path, model, loop: _Loop, loaders: tuple, meta: dict) -> History | None:
@@ -332,7 +333,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
                 dist_.barrier(world)
             elif improved and restore_best:
                 best_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in _eval_module(model, loop).state_dict().items()}
+                              for k, v in loop.saved.state_dict().items()}
     finally:
         if board is not None:
             board.close()
