@@ -6,8 +6,9 @@ lists plus `test_patient` (all recipes predict the same test rows in the same or
 The paired bootstrap resamples test *patients* (a patient's films together, as
 `utils.evaluate.bootstrap_ci` does) and applies each resample to both recipes and every
 seed, so the difference's interval reflects the test set's sampling, paired, on top of the
-seed-to-seed variation that the per-seed mean ± sd shows. When the `stats` helper's
-utils/stats.py lands, its paired tests (DeLong) can replace this one.
+seed-to-seed variation that the per-seed mean ± sd shows. It draws its patient weights
+with `utils.stats` but keeps its own loop: `utils.stats.paired_bootstrap` also resamples
+the seeds within each draw (07's headline CIs), which is not what this table reports.
 """
 from __future__ import annotations
 
