@@ -205,10 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _specs(text: str) -> list[str]:
+    """`plain,v1,final`, `v1;final:a=1,b=2`, or one spec with overrides `final:a=1,b=2`."""
+    if ";" not in text and ":" in text:
+        if "," in text.partition(":")[0]:  # `v1,final:a=1`: which comma splits specs?
+            raise SystemExit("recipes: separate specs with ';' when one has overrides "
+                             "(e.g. --recipes 'v1;final:focal_alpha=0.5')")
+        return [text.strip()]
     sep = ";" if ";" in text else ","
-    if sep == "," and ":" in text:
-        raise SystemExit("recipes: separate specs with ';' when one has overrides "
-                         "(e.g. --recipes 'v1;final:focal_alpha=0.5')")
     return [s.strip() for s in text.split(sep) if s.strip()]
 
 

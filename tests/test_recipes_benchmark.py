@@ -60,6 +60,9 @@ def test_recipe_specs_parse_overrides():
     assert recipes._specs("plain,v1,final") == ["plain", "v1", "final"]
     with pytest.raises(SystemExit, match="separate specs with ';'"):
         recipes._specs("v1,final:focal_alpha=0.5")
+    assert recipes._specs("final:augmentation=basic,ema_decay=0.99") == [
+        "final:augmentation=basic,ema_decay=0.99"]  # one spec needs no ';'
+    assert recipes._specs("v1;final:a=1,b=2;") == ["v1", "final:a=1,b=2"]
 
 
 def test_split_is_by_patient_and_dev_mode_never_touches_the_test_part():

@@ -65,6 +65,7 @@ class RunConfig:
                                    # smoke; head,<last block>,all on full)
     # --- training ----------------------------------------------------------------------
     epochs: int = 20
+    nih_epochs: int = 0            # 02_chexnet part A (14 findings on NIH); 0 = `epochs`
     batch_size: int = 32           # the global batch: N processes take batch_size / N each
     lr: float = 0.0                # 0 = auto from the starting point: 1e-3 from random init,
                                    # 1e-4 fine-tuning (pretrained / init_checkpoint); see
@@ -235,8 +236,8 @@ _CHOICES: dict[str, set] = {
     "dist_backend": {"auto", "gloo", "nccl"},
 }
 _MINIMUMS: dict[str, float] = {
-    "image_size": 16, "batch_size": 1, "epochs": 1, "max_images": 0, "num_workers": 0,
-    "lr": 0.0, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
+    "image_size": 16, "batch_size": 1, "epochs": 1, "nih_epochs": 0, "max_images": 0,
+    "num_workers": 0, "lr": 0.0, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
     "sampler_cap": 0, "warmup_epochs": 0.0, "early_stopping": 0, "seeds": 1, "grad_clip": 0.0,
     "max_steps_per_epoch": 0, "bootstrap": 0, "nproc_per_node": 1, "nnodes": 1, "node_rank": 0,
     "rdzv_timeout": 1,

@@ -14,7 +14,7 @@ from .config import RunConfig, make_config
 from .notebook import RunContext
 
 __all__ = ["runs_with_checkpoints", "pick_cases", "Cases", "load_cases", "cam_candidates",
-           "choose_cam_layer", "build_gallery", "localisation_table"]
+           "choose_cam_layer", "CAM_CHOICES", "build_gallery", "localisation_table"]
 
 _GROUPS = ("true positive (confident)", "false negative", "false positive")
 
@@ -138,31 +138,45 @@ def _positives_with_boxes(loader, limit: int) -> tuple[torch.Tensor | None, list
     return torch.stack([it[0] for it in items]), [it[2]["boxes"].tolist() for it in items]
 
 
-def _scores(model, layer, reshape, images, boxes, device) -> dict[str, float]:
+def _scores(model, layer, reshape, images, boxes, device,
+            method: str = "gradcam") -> dict[str, float]:
     from .cam import CamExplainer, localisation_scores
 
-    with CamExplainer(model, target_layer=layer, reshape=reshape) as cam:
+    with CamExplainer(model, method=method, target_layer=layer, reshape=reshape) as cam:
         return localisation_scores(cam(images.to(device)), boxes)
 
 
-def choose_cam_layer(cases: Cases, device, limit: int = 32) -> dict[str, Any]:
-    """The candidate layer whose Grad-CAM peaks inside the boxes most often on the
-    *validation* positives (ties: the deeper layer); the default when val has no boxes.
-    Test boxes never take part in the choice."""
+# Grad-CAM first (it wins ties), then two variants of it that weight each position by its own
+# gradient instead of the map's average one. On the demo's study CNN, Grad-CAM's maps peaked
+# in the image corners at every layer (val hit rate 0-7 % against 7 % for a random point),
+# LayerCAM's at `features.3` inside the box 58 % of the time (43 val positives, seed 42).
+CAM_CHOICES = ("gradcam", "hirescam", "layercam")
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM",
+                "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "eigencam": "EigenCAM",
+                "eigengradcam": "EigenGrad-CAM", "scorecam": "Score-CAM"}
+
+
+def choose_cam_layer(cases: Cases, device, limit: int = 32,
+                     methods: tuple[str, ...] = CAM_CHOICES) -> dict[str, Any]:
+    """The candidate layer and CAM method whose map peaks inside the boxes most often on
+    the *validation* positives (ties: Grad-CAM, then the deeper layer); Grad-CAM of the
+    default layer when val has no boxes. Test boxes never take part in the choice."""
     model, info = cases.model, cases.model.info
     candidates = cam_candidates(model)
     images, boxes = (_positives_with_boxes(cases.val, limit) if cases.val is not None
                      else (None, []))
-    if images is None or len(candidates) == 1:
-        return {"layer": "default", "chosen_on": "default (no validation boxes)",
-                "val_hit_rate": float("nan")}
-    best, best_rate = "default", -1.0
-    for name in reversed(list(candidates)):  # deepest first: a later layer wins ties
-        reshape = info.cam_reshape if name == "default" else None
-        rate = _scores(model, candidates[name], reshape, images, boxes, device)["hit_rate"]
-        if rate > best_rate:
-            best, best_rate = name, rate
-    return {"layer": best, "chosen_on": "val", "val_hit_rate": best_rate}
+    if images is None:
+        return {"layer": "default", "method": "gradcam",
+                "chosen_on": "default (no validation boxes)", "val_hit_rate": float("nan")}
+    best, best_rate = ("default", "gradcam"), -1.0
+    for method in methods:
+        for name in reversed(list(candidates)):  # deepest first: a later layer wins ties
+            reshape = info.cam_reshape if name == "default" else None
+            rate = _scores(model, candidates[name], reshape, images, boxes, device,
+                           method)["hit_rate"]
+            if rate > best_rate:
+                best, best_rate = (name, method), rate
+    return {"layer": best[0], "method": best[1], "chosen_on": "val", "val_hit_rate": best_rate}
 
 
 def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4,
@@ -178,11 +192,11 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     model, run_cfg, pred = cases.model.to(ctx.device), cases.run_cfg, cases.pred
     choice = choose_cam_layer(cases, ctx.device)
     candidates = cam_candidates(model)
-    layer = candidates[choice["layer"]]
+    layer, method = candidates[choice["layer"]], choice["method"]
     reshape = model.info.cam_reshape if choice["layer"] == "default" else None
     out: dict[str, Any] = {"images": [], "titles": [], "boxes": [], "cams": [],
-                           "layer": choice["layer"]}
-    with CamExplainer(model, target_layer=layer, reshape=reshape) as cam:
+                           "layer": choice["layer"], "method": METHOD_NAMES[method]}
+    with CamExplainer(model, method=method, target_layer=layer, reshape=reshape) as cam:
         for group, i, image, image_u8, meta in cases.items():
             out["images"].append(image_u8)
             out["cams"].append(cam(image.to(ctx.device))[0])
@@ -191,9 +205,11 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
             out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}{flat}")
     images, boxes = _positives_with_boxes(cases.test, max_localisation)
     nan = float("nan")
-    scores = (_scores(model, layer, reshape, images, boxes, ctx.device) if images is not None
+    scores = (_scores(model, layer, reshape, images, boxes, ctx.device, method)
+              if images is not None
               else {"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan})
-    default = (scores if choice["layer"] == "default" or images is None else
+    plain = (choice["layer"], method) == ("default", "gradcam")
+    default = (scores if plain or images is None else  # Grad-CAM of the last layer, as CheXNet
                _scores(model, candidates["default"], model.info.cam_reshape, images, boxes,
                        ctx.device))
     out["localisation"] = {"step": step, "model": run_cfg.model, "dataset": run_cfg.dataset,
@@ -205,7 +221,8 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
 def localisation_table(galleries: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per model: pointing-game hit rate and IoU against the random-point baseline."""
     rows = [g["localisation"] for g in galleries.values()]
-    table = pd.DataFrame(rows, columns=["step", "model", "dataset", "n", "layer", "chosen_on",
+    table = pd.DataFrame(rows, columns=["step", "model", "dataset", "n", "layer", "method",
+                                        "chosen_on",
                                         "val_hit_rate", "hit_rate", "random_hit_rate",
                                         "default_hit_rate", "mean_iou", "threshold"])
     table["hit_rate_vs_random"] = table["hit_rate"] / table["random_hit_rate"]

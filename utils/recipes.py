@@ -35,8 +35,11 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "v3": {**_BASE_V1, "augmentation": "v3", "loss": "weighted_bce", "threshold": 0.6},
     # final: focal loss + sampler + cosine + early stopping + TTA + threshold chosen on val.
     # Focal without alpha: the balanced sampler already evens the classes, and alpha 0.25
-    # (RetinaNet's) would weight positives down again (README "Recipe benchmark")
-    "final": {**_BASE_V1, "augmentation": "strong", "loss": "focal", "focal_alpha": -1.0,
+    # (RetinaNet's) would weight positives down again. Basic augmentation, not v2's strong
+    # one: on the recipe benchmark's dev split (real Kermany, ResNet-18, 3 epochs from
+    # scratch) it took dev-test AUROC 0.9957/0.9973 → 0.9984/0.9986 over two seeds; an EMA of
+    # the weights bought nothing on top (0.9978/0.9978). README "Recipe benchmark".
+    "final": {**_BASE_V1, "augmentation": "basic", "loss": "focal", "focal_alpha": -1.0,
               "sampler": "balanced",
               "scheduler": "cosine", "early_stopping": 3, "tta": True,
               "threshold_policy": "max_f1"},
