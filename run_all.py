@@ -104,7 +104,7 @@ def _ablation_step(variant: str) -> Step:
 
 def _model_steps() -> list[Step]:
     # part A, DenseNet121 from scratch on 14 NIH findings, learns slowly: its Pneumonia test
-    # AUROC on the demo: 0.59 and 0.79 after 3 epochs (two runs), 0.83 and 0.86 after 6
+    # AUROC on the demo (`python run_all.py`): 0.59 after 3 epochs, 0.83 after 6, 0.95 after 10
     return [Step("02_chexnet", "02_chexnet.ipynb", dict(_COMMON),
                  profile_params={"demo": {"datasets": "", "nih_epochs": 10}}),
             *[_ablation_step(v) for v in ABLATION_VARIANTS],

@@ -165,8 +165,9 @@ def print_comparisons(comparisons: list[dict[str, Any]]) -> None:
             d = c[m]
             print(f"  {c['a']} − {c['b']:<28} {m:<6} {d['mean']:+.4f} ± {d['sd']:.4f}  "
                   f"CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  p {d['p']:.3f}  "
-                  f"spread {d['spread']:.4f}  " + ("(one seed: no spread)" if len(c["seeds"]) < 2 else
-                                                  f"{'beats' if d['beats_spread'] else 'NOT beyond'} the spread"))
+                  f"spread {d['spread']:.4f}  " + (
+                      "(one seed: no spread)" if len(c["seeds"]) < 2 else
+                      f"{'beats' if d['beats_spread'] else 'NOT beyond'} the spread"))
 
 
 def _save(out: Path | None, argv: list[str] | None, start: float, runs: list[dict],

@@ -304,3 +304,9 @@ def test_cam_for_every_registry_model(name):
     before = _hook_count(model)
     _check(compute_cams(model, torch.rand(1, 1, 64, 64)), 1, 64)  # layer/reshape from .info
     assert _hook_count(model) == before
+
+
+def test_every_cam_method_has_a_label_for_titles():
+    from utils.cam import CAM_LABELS, CAM_METHODS, _methods
+
+    assert set(CAM_LABELS) == set(CAM_METHODS) == set(_methods())

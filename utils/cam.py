@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CamExplainer", "CAM_METHODS", "compute_cams", "overlay", "tokens_to_grid",
+__all__ = ["CamExplainer", "CAM_METHODS", "CAM_LABELS", "compute_cams", "overlay", "tokens_to_grid",
            "last_conv_layer", "box_mask", "is_flat", "peak_point", "pointing_hit", "cam_iou",
            "localisation_scores"]
 
@@ -31,6 +31,9 @@ def _methods() -> dict[str, type]:
 
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam",
                                 "eigencam", "eigengradcam", "scorecam")
+CAM_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
+              "xgradcam": "XGrad-CAM", "layercam": "LayerCAM", "eigencam": "EigenCAM",
+              "eigengradcam": "EigenGrad-CAM", "scorecam": "Score-CAM"}  # for titles
 
 
 class _LogitTarget:

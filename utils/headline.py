@@ -1,8 +1,9 @@
 """The front page's headline comparison: per dataset and test set, every model's AUROC with
 its CI, from `07_comparison.json` when the comparison ran, else from the runs' own results.
 
-Only runs whose test sets have the same fingerprint are ranked together (README "Honest evaluation"), so a
-group is (dataset, test_fingerprint); a dataset with one test set shows as just its name.
+Only runs whose test sets have the same fingerprint are ranked together (README "Honest
+evaluation"), so a group is (dataset, test_fingerprint); a dataset with one test set shows
+as just its name.
 """
 from __future__ import annotations
 
