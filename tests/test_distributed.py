@@ -148,6 +148,37 @@ def test_failure_names_the_rank_the_signal_and_its_last_lines():
                                                             "3 (pid: 1)"), {}, 1)
 
 
+def test_failure_passes_over_a_worker_torchrun_stopped_for_the_one_that_died():
+    # torchrun's summary as CI printed it: rank 0 crashed on the dead peer's socket and wrote
+    # its error file first, so torchrun named it the root cause; rank 1 was SIGKILLed
+    summary = """utils.train_cli FAILED
+------------------------------------------------------------
+Failures:
+[0]:
+  time      : 2026-12-02_07:12:55
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 13647)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 13647
+------------------------------------------------------------
+Root Cause (first observed failure):
+[1]:
+  time      : 2026-12-02_07:12:54
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 13646)  (SIGTERM)
+  error_file: /tmp/torchelastic/error.json
+  traceback : Traceback (most recent call last):
+============================================================"""
+    message = _failure(summary, {0: deque(["gloo\n"]), 1: deque(["epoch 4/12\n"])}, 1)
+    assert "rank 1 (local rank 1 on localhost) was killed by SIGKILL" in message
+    assert message.endswith("epoch 4/12\n")
+    only_stopped = summary.replace("-9 (pid: 13647)", "-15 (pid: 13647)  (SIGTERM)")
+    assert "rank 0 (local rank 0 on localhost) was killed by SIGTERM" in _failure(
+        only_stopped, {}, 1)  # all stopped: the root cause stands
+
+
 def test_another_world_size_warns_and_starts_fresh(tmp_path):
     from test_train import KillAfter, cfg_for, run
 

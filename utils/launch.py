@@ -137,22 +137,41 @@ def _write_spec(exp, meta: dict, folder: Path, synthetic: bool) -> Path:
         "synthetic": synthetic})
 
 
+def _entries(output: str) -> list[dict]:
+    """Each failed worker in torchrun's last summary: root cause first, then the others."""
+    summary = output.rpartition(" FAILED\n")[2]
+    others, _, root = summary.partition("Root Cause (first observed failure):")
+    found = []
+    for block in re.split(r"^\[\d+\]:", root + others, flags=re.M)[1:]:
+        rank = re.search(r"rank\s*:\s*(\d+) \(local_rank: (\d+)\)", block)
+        exit_ = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+        if rank and exit_:
+            signal = re.search(r"\((SIG[A-Z]+)\)", block)
+            host = re.search(r"host\s*:\s*(\S+)", block)
+            found.append({"rank": int(rank.group(1)), "local": int(rank.group(2)),
+                          "status": int(exit_.group(1)), "host": host.group(1) if host else "?",
+                          "signal": signal.group(1) if signal else None})
+    return found
+
+
 def _failure(output: str, tails: dict[int, deque], code: int) -> str:
-    """The failing worker in torchrun's summary ('Root Cause'), with its last lines."""
-    block = output.rpartition("Root Cause (first observed failure):")[2]
-    rank = re.search(r"rank\s*:\s*(\d+) \(local_rank: (\d+)\)", block)
-    exit_ = re.search(r"exitcode\s*:\s*(-?\d+)", block)
-    signal = re.search(r"\((SIG[A-Z]+)\)", block)
-    host = re.search(r"host\s*:\s*(\S+)", block)
-    if not (rank and exit_):
+    """The worker that failed first, with its last lines.
+
+    torchrun's 'Root Cause' is the earliest timestamp, and a worker that crashed on a dead
+    peer's closed socket writes its error file before torchrun notices the peer died; so a
+    worker torchrun itself stopped (SIGTERM) is passed over for one that failed on its own.
+    """
+    entries = _entries(output)
+    if not entries:
         lines = "".join(tails.get(-1, []))
         return f"torchrun exited with code {code} before naming a failed worker:\n{lines}"
-    local, status = int(rank.group(2)), int(exit_.group(1))
-    how = (f"was killed by {signal.group(1) if signal else 'signal ' + str(-status)}"
+    first = next((e for e in entries if e["status"] != -15), entries[0])
+    status = first["status"]
+    how = (f"was killed by {first['signal'] or 'signal ' + str(-status)}"
            if status < 0 else f"exited with code {status}")
-    lines = "".join(tails.get(local, [])) or "(it printed nothing)\n"
-    return (f"distributed training failed: rank {rank.group(1)} (local rank {local} on "
-            f"{host.group(1) if host else '?'}) {how}; torchrun stopped the other workers. "
+    lines = "".join(tails.get(first["local"], [])) or "(it printed nothing)\n"
+    return (f"distributed training failed: rank {first['rank']} (local rank {first['local']} "
+            f"on {first['host']}) {how}; torchrun stopped the other workers. "
             f"A re-run resumes from last.pt. Its last lines:\n{lines}")
 
 
