@@ -2,6 +2,7 @@
 tiny end-to-end run on the real Kermany images (skipped without the shared data)."""
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -34,6 +35,7 @@ def test_a_clearly_better_recipe_beats_the_spread_and_the_verdict_says_so():
     assert c["seeds"] == [0, 1, 2]
     for m in ("auroc", "f1"):
         assert c[m]["mean"] > c[m]["spread"] > 0 and c[m]["beats_spread"]
+        assert c[m]["consistent"] and c[m]["wins"] == 3
         assert 0 < c[m]["ci"][0] < c[m]["mean"] < c[m]["ci"][1] and c[m]["p"] < 0.05
     assert recipe_stats.verdict([c])
 
@@ -45,6 +47,26 @@ def test_an_identical_recipe_does_not():
                                                if r["recipe"] == "a"], "a", "b", n_boot=100)
     assert c["auroc"]["mean"] == 0 and c["auroc"]["p"] == 1.0
     assert not c["auroc"]["beats_spread"] and not recipe_stats.verdict([c])
+
+
+def test_a_comparator_collapsing_on_one_seed_does_not_hide_a_consistent_win():
+    runs = _runs(shift=0.6)
+    collapsed = next(r for r in runs if r["recipe"] == "b" and r["seed"] == 1)
+    collapsed["test_prob"] = (np.asarray(collapsed["test_prob"]) * 0.3).tolist()  # all < 0.5
+    c = recipe_stats.paired_comparison(runs, "a", "b", n_boot=200)
+    assert c["f1"]["wins"] == 3 and c["f1"]["sign_p"] == 0.125
+    assert not c["f1"]["beats_spread"]  # b's collapse inflates the sd the mean must beat...
+    assert c["f1"]["consistent"] and recipe_stats.verdict([c])  # ...not the per-seed wins
+
+
+def test_losing_one_seed_fails_the_verdict():
+    runs = _runs(shift=0.6)
+    for r in runs:  # seed 2: "a" and "b" swap
+        if r["seed"] == 2:
+            r["recipe"] = {"a": "b", "b": "a"}[r["recipe"]]
+    c = recipe_stats.paired_comparison(runs, "a", "b", n_boot=200)
+    assert c["auroc"]["wins"] == 2 and c["auroc"]["sign_p"] == 0.5
+    assert not c["auroc"]["consistent"] and not recipe_stats.verdict([c])
 
 
 def test_runs_on_different_test_rows_are_refused():
@@ -96,3 +118,32 @@ def test_tiny_end_to_end_run_prints_the_table_and_a_verdict(capsys):
         assert f"\n{name} " in out
     assert "final − plain" in out and "final − v1" in out
     assert out.strip().splitlines()[-1].startswith("verdict: final best on AUROC and F1")
+
+
+def test_out_file_with_other_settings_is_refused_and_old_files_read_their_argv(tmp_path):
+    out = tmp_path / "runs.json"
+    out.write_text(json.dumps({"argv": ["--out", "runs.json"], "runs": [{"recipe": "v1"}]}))
+    same = recipes.build_parser().parse_args(["--seeds", "5", "--out", str(out)])
+    assert recipes.load_earlier(out, same) == [{"recipe": "v1"}]  # defaults, from its argv
+    other = recipes.build_parser().parse_args(["--epochs", "4", "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"other settings.*'epochs': \(3, 4\)"):
+        recipes.load_earlier(out, other)
+    assert recipes.load_earlier(tmp_path / "absent.json", same) == []
+
+
+@pytest.mark.slow
+def test_a_second_run_with_more_seeds_only_trains_the_missing_ones(tmp_path, capsys):
+    shared_path("kermany224")
+    out = tmp_path / "runs.json"
+    tiny = ["--max-train", "32", "--max-eval", "40", "--epochs", "1", "--image-size", "32",
+            "--bootstrap", "20", "--threads", "1", "--recipes", "plain,final", "--out", str(out)]
+    recipes.main(tiny + ["--seeds", "1"])
+    capsys.readouterr()
+    recipes.main(tiny + ["--seeds", "2"])
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "2 runs kept" in printed
+    assert "done plain seed 1" in printed and "seed 0:" not in printed
+    saved = json.loads(out.read_text())
+    assert sorted((r["recipe"], r["seed"]) for r in saved["runs"]) == [
+        ("final", 0), ("final", 1), ("plain", 0), ("plain", 1)]
+    assert saved["comparisons"][0]["seeds"] == [0, 1]
