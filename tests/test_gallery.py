@@ -28,6 +28,20 @@ def test_localisation_table_ratio_to_random():
     assert list(table["step"]) == ["a", "b"]
 
 
+def test_hit_rate_ci_resamples_patients_not_films():
+    from utils.gallery import hit_rate_ci
+
+    hits = [1, 1, 1, 1, 0, 0, 0, 0] * 4
+    films = [f"f{i}" for i in range(len(hits))]          # 32 independent films
+    patients = [f"p{i // 4}" for i in range(len(hits))]  # 8 patients, all hit or all miss
+    lo, hi = hit_rate_ci(hits, films)
+    plo, phi = hit_rate_ci(hits, patients)
+    assert lo < 0.5 < hi and plo < 0.5 < phi
+    assert phi - plo > 1.3 * (hi - lo)  # clustered films carry less information
+    assert hit_rate_ci([1, 1, 1], ["a", "b", "c"]) == (1.0, 1.0)
+    assert all(np.isnan(hit_rate_ci([], [])))
+
+
 @pytest.mark.parametrize("name, sides", [
     ("resnet18", [16, 8, 4, 2]), ("densenet121", [16, 8, 4, 2]),
     ("simple_cnn", [32, 16, 8, 4, 2]), ("efficientnet_b0", [16, 8, 4, 2]),

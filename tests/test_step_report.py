@@ -151,6 +151,39 @@ def test_comparison_and_eda_and_plain_steps_in_words(tmp_path: Path) -> None:
 
 
 # --- captions ---------------------------------------------------------------------------
+def test_gallery_and_transfer_reports_open_with_their_results(tmp_path: Path) -> None:
+    from utils.gallery import localisation_table, save_localisation
+
+    rows = [{"step": "03_v3", "model": "resnet18", "dataset": "kermany", "n": 64,
+             "layer": "layer3", "method": "hirescam", "hit_rate": 0.62, "hit_lo": 0.5,
+             "hit_hi": 0.74, "random_hit_rate": 0.08},
+            {"step": "03_final", "model": "resnet18", "dataset": "kermany", "n": 64,
+             "hit_rate": 0.09, "hit_lo": 0.03, "hit_hi": 0.17, "random_hit_rate": 0.08},
+            {"step": "02_nih", "model": "chexnet", "dataset": "kermany", "n": 0,
+             "hit_rate": float("nan"), "random_hit_rate": float("nan")}]
+    table = localisation_table({r["step"]: {"localisation": r} for r in rows})
+    assert table["above_random"].tolist() == [True, False, False]
+    save_localisation(table, tmp_path, "08_gradcam_gallery", synthetic=True)
+    lines = step_summary("08_gradcam_gallery", tmp_path / "results", "Where each model looks.")
+    assert "for 1 of 2 models" in lines[0] and "03_v3 (resnet18) 62% [50%, 74%] of 64" in lines[0]
+    assert lines[1].startswith("Not clear of a random point: 03_final (resnet18) 9% [3%, 17%]")
+    assert "02_nih" not in " ".join(lines) and "synthetic" in lines[-1]
+
+    arm = {"start": "random", "trainable_from": "all", "auroc": 0.94, "auroc_lo": 0.92,
+           "auroc_hi": 0.96}
+    nih = {"start": "nih", "trainable_from": "all", "auroc": 0.97, "auroc_lo": 0.95,
+           "auroc_hi": 0.98, "delta_auroc vs random/all": 0.026, "delta_lo vs random/all": 0.004,
+           "delta_hi vs random/all": 0.045, "p_delong vs random/all": 0.0}
+    (tmp_path / "results" / "09_transfer.json").write_text(json.dumps(
+        {"kind": "transfer", "reference": "random/all", "arms": [arm, nih],
+         "skipped": [{"start": "imagenet", "trainable_from": "head", "why skipped": "offline"}],
+         "data": {"dataset": "rsna"}, "model": {"name": "chexnet"}}))
+    lines = step_summary("09_transfer", tmp_path / "results", "Transfer.")
+    assert "chexnet on rsna's test split" in lines[0] and "random/all 0.94 [0.92, 0.96]" in lines[0]
+    assert "nih/all 0.97 [0.95, 0.98] (Δ +0.026 [+0.004, +0.045], DeLong p < 0.001)" in lines[0]
+    assert lines[1].startswith("Not run here: imagenet")
+
+
 def test_caption_text_and_tables() -> None:
     assert caption_text("rsna", "test", n=300, patients=240) == \
         "RSNA Pneumonia · test split · n = 300 images, 240 patients"

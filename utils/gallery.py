@@ -14,7 +14,8 @@ from .config import RunConfig, make_config
 from .notebook import RunContext
 
 __all__ = ["runs_with_checkpoints", "pick_cases", "Cases", "load_cases", "cam_candidates",
-           "choose_cam_layer", "CAM_CHOICES", "build_gallery", "localisation_table"]
+           "choose_cam_layer", "CAM_CHOICES", "build_gallery", "localisation_table",
+           "hit_rate_ci", "save_localisation"]
 
 _GROUPS = ("true positive (confident)", "false negative", "false positive")
 
@@ -128,22 +129,50 @@ def cam_candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {**layers, "default": default}
 
 
-def _positives_with_boxes(loader, limit: int) -> tuple[torch.Tensor | None, list]:
+def _boxed_rows(loader, limit: int) -> np.ndarray:
     dataset = loader.dataset
     has_box = dataset.manifest["boxes"].map(len).to_numpy() > 0  # no decode needed
-    rows = np.flatnonzero((dataset.labels[:, 0] == 1) & has_box)[:limit]
-    items = [dataset[int(i)] for i in rows]
+    return np.flatnonzero((dataset.labels[:, 0] == 1) & has_box)[:limit]
+
+
+def _positives_with_boxes(loader, limit: int) -> tuple[torch.Tensor | None, list]:
+    items = [loader.dataset[int(i)] for i in _boxed_rows(loader, limit)]
     if not items:
         return None, []
     return torch.stack([it[0] for it in items]), [it[2]["boxes"].tolist() for it in items]
 
 
+def _boxed_patients(loader, limit: int) -> list[str]:
+    """The patient of each image `_positives_with_boxes` returns, in the same order."""
+    manifest = loader.dataset.manifest
+    return manifest["patient_id"].astype(str).to_numpy()[_boxed_rows(loader, limit)].tolist()
+
+
+def hit_rate_ci(hits: Any, patients: Any, n_boot: int = 1000,
+                seed: int = 0) -> tuple[float, float]:
+    """95% interval of a pointing-game hit rate, resampling patients (their films together,
+    as every CI of the project does); NaNs without cases."""
+    from .stats import cluster_index, resample_weights
+
+    hits = np.asarray(hits, dtype=float)
+    if hits.size == 0:
+        return float("nan"), float("nan")
+    index = cluster_index(list(patients), hits.size)
+    rates = np.concatenate([W @ hits / W.sum(1) for W in
+                            resample_weights(index, n_boot, np.random.default_rng(seed))])
+    lo, hi = np.quantile(rates, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
 def _scores(model, layer, reshape, images, boxes, device,
-            method: str = "gradcam") -> dict[str, float]:
-    from .cam import CamExplainer, localisation_scores
+            method: str = "gradcam") -> dict[str, Any]:
+    """`localisation_scores` plus `hits`, each image's pointing-game outcome."""
+    from .cam import CamExplainer, localisation_scores, pointing_hit
 
     with CamExplainer(model, method=method, target_layer=layer, reshape=reshape) as cam:
-        return localisation_scores(cam(images.to(device)), boxes)
+        cams = cam(images.to(device))
+    return {**localisation_scores(cams, boxes),
+            "hits": [pointing_hit(c, b) for c, b in zip(cams, boxes)]}
 
 
 # Grad-CAM first (it wins ties), then two variants of it that weight each position by its own
@@ -204,7 +233,11 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     nan = float("nan")
     scores = (_scores(model, layer, reshape, images, boxes, ctx.device, method)
               if images is not None
-              else {"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan})
+              else {"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan,
+                    "hits": []})
+    hits = scores.pop("hits")
+    scores["hit_lo"], scores["hit_hi"] = hit_rate_ci(
+        hits, _boxed_patients(cases.test, max_localisation) if hits else [])
     plain = (choice["layer"], method) == ("default", "gradcam")
     default = (scores if plain or images is None else  # Grad-CAM of the last layer, as CheXNet
                _scores(model, candidates["default"], model.info.cam_reshape, images, boxes,
@@ -216,11 +249,25 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
 
 
 def localisation_table(galleries: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per model: pointing-game hit rate and IoU against the random-point baseline."""
+    """One row per model: pointing-game hit rate (95% CI over patients) and IoU against the
+    random-point baseline; `above_random` when the whole CI clears it."""
     rows = [g["localisation"] for g in galleries.values()]
     table = pd.DataFrame(rows, columns=["step", "model", "dataset", "n", "layer", "method",
                                         "chosen_on",
-                                        "val_hit_rate", "hit_rate", "random_hit_rate",
-                                        "default_hit_rate", "mean_iou", "threshold"])
+                                        "val_hit_rate", "hit_rate", "hit_lo", "hit_hi",
+                                        "random_hit_rate", "default_hit_rate", "mean_iou",
+                                        "threshold"])
     table["hit_rate_vs_random"] = table["hit_rate"] / table["random_hit_rate"]
+    table["above_random"] = table["hit_lo"] > table["random_hit_rate"]
     return table
+
+
+def save_localisation(table: pd.DataFrame, reports_dir: str | Path, step: str,
+                      synthetic: bool) -> Path:
+    """`<reports_dir>/results/<step>.json`: the table's rows, for the report's opening
+    sentences (`narrative.gallery_summary`)."""
+    from .fileio import atomic_write_json
+
+    rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    return atomic_write_json(Path(reports_dir) / "results" / f"{step}.json",
+                             {"localisation": rows, "synthetic": bool(synthetic)})

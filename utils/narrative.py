@@ -17,7 +17,8 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 __all__ = ["fmt_ci", "load_runs", "owner_step", "run_sentences", "runs_summary",
-           "comparison_summary", "eda_summary", "step_summary", "headline_rows",
+           "comparison_summary", "eda_summary", "gallery_summary", "transfer_summary",
+           "step_summary", "headline_rows",
            "COMPARISON_STEP"]
 
 COMPARISON_STEP = "07_comparison"   # its results/07_comparison.json holds the `common` list
@@ -216,6 +217,73 @@ def eda_summary(sources: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value  # not None, not NaN
+
+
+def _hit(row: Mapping[str, Any]) -> str:
+    ci = f" [{row['hit_lo']:.0%}, {row['hit_hi']:.0%}]" if _num(row.get("hit_lo")) else ""
+    return (f"{row.get('step')} ({row.get('model')}) {row['hit_rate']:.0%}{ci} of "
+            f"{row.get('n')} vs {row['random_hit_rate']:.0%}")
+
+
+def gallery_summary(rows: list[Mapping[str, Any]], synthetic: bool = False) -> list[str]:
+    """08's localisation rows in words: how many models' CAMs beat a random point with the
+    whole 95% CI (over patients), the best, and every one that does not."""
+    scored = [r for r in rows if _num(r.get("hit_rate")) and _num(r.get("random_hit_rate"))]
+    out = []
+    if not scored:
+        out.append("No test split of these runs has boxes, so the CAMs are shown but not "
+                   "scored against lesions.")
+    else:
+        clear = [r for r in scored if _num(r.get("hit_lo")) and r["hit_lo"] > r["random_hit_rate"]]
+        best = max(scored, key=lambda r: r["hit_rate"] - r["random_hit_rate"])
+        out.append(f"Pointing game on each run's test positives with boxes: for {len(clear)} "
+                   f"of {len(scored)} models the CAM's peak falls inside a box more often than "
+                   f"a uniformly random point, with the 95% CI over patients clear of it. The "
+                   f"widest margin: {_hit(best)} for a random point "
+                   f"({best.get('method')} at {best.get('layer')}, chosen on validation).")
+        if rest := [r for r in scored if r not in clear]:
+            out.append("Not clear of a random point: " + "; ".join(_hit(r) for r in rest)
+                       + ". A model can classify well and still point elsewhere: a CAM "
+                         "explains the model, not the disease.")
+    if synthetic:
+        out.append("These runs used the generated synthetic demo data: the maps show the "
+                   "method works, they are not clinical findings.")
+    return out
+
+
+def transfer_summary(own: Mapping[str, Any]) -> list[str]:
+    """09_transfer's arms in words: each starting point's test AUROC (95% CI) and its paired
+    difference from the reference arm (DeLong p); the arms that could not run."""
+    dataset = (own.get("data") or {}).get("dataset", "?")
+    model = (own.get("model") or {}).get("name", "the model")
+    ref = own.get("reference", "random/all")
+    parts = []
+    for arm in own.get("arms") or []:
+        text = (f"{arm.get('start')}/{arm.get('trainable_from')} "
+                f"{fmt_ci(arm.get('auroc'), [arm.get('auroc_lo'), arm.get('auroc_hi')])}")
+        delta = arm.get(f"delta_auroc vs {ref}")
+        if _num(delta):
+            p = arm.get(f"p_delong vs {ref}")
+            text += (f" (Δ {delta:+.3f} [{arm[f'delta_lo vs {ref}']:+.3f}, "
+                     f"{arm[f'delta_hi vs {ref}']:+.3f}]"
+                     + ((", DeLong p < 0.001" if p < 0.001 else f", DeLong p {p:.3f}")
+                        if _num(p) else "") + ")")
+        parts.append(text)
+    out = [f"The same {model} on {dataset}'s test split from each starting point, test AUROC "
+           f"(95% CI over patients) and the paired difference from {ref}: "
+           + "; ".join(parts) + "."] if parts else ["No transfer arm ran."]
+    if skipped := own.get("skipped"):
+        names = sorted({f"{a.get('start')}" for a in skipped})
+        out.append(f"Not run here: {', '.join(names)} (the table of skipped arms below says "
+                   f"why, and where their weights come from).")
+    if (own.get("data") or {}).get("synthetic"):
+        out.append("These runs used the generated synthetic demo data: the numbers show the "
+                   "pipeline works, they are not clinical results.")
+    return out
+
+
 def step_summary(step: str, results_dir: str | Path, description: str = "",
                  names: Iterable[str] = ()) -> list[str]:
     """The sentences at the top of `step`'s report: its runs', 07's comparison, or — for a
@@ -229,6 +297,10 @@ def step_summary(step: str, results_dir: str | Path, description: str = "",
         return comparison_summary(own["common"]) + [p for p in answer.split("\n\n") if p]
     if own.get("sources"):
         return eda_summary(own["sources"])
+    if "localisation" in own:
+        return gallery_summary(own["localisation"], bool(own.get("synthetic")))
+    if own.get("kind") == "transfer":
+        return transfer_summary(own)
     if step == COMPARISON_STEP:  # 07 before it writes its own JSON: the runs it compared
         if rows := headline_rows(results_dir.parent)[0]:
             return comparison_summary(rows)
