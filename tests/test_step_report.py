@@ -166,6 +166,7 @@ def test_gallery_and_transfer_reports_open_with_their_results(tmp_path: Path) ->
     save_localisation(table, tmp_path, "08_gradcam_gallery", synthetic=True)
     lines = step_summary("08_gradcam_gallery", tmp_path / "results", "Where each model looks.")
     assert "for 1 of 2 models" in lines[0] and "03_v3 (resnet18) 62% [50%, 74%] of 64" in lines[0]
+    assert "(HiResCAM at layer3, chosen on validation)" in lines[0]
     assert lines[1].startswith("Not clear of a random point: 03_final (resnet18) 9% [3%, 17%]")
     assert "02_nih" not in " ".join(lines) and "synthetic" in lines[-1]
 

@@ -238,11 +238,14 @@ def gallery_summary(rows: list[Mapping[str, Any]], synthetic: bool = False) -> l
     else:
         clear = [r for r in scored if _num(r.get("hit_lo")) and r["hit_lo"] > r["random_hit_rate"]]
         best = max(scored, key=lambda r: r["hit_rate"] - r["random_hit_rate"])
+        from .cam import CAM_LABELS  # local: the other reports need no torch
+
+        method = CAM_LABELS.get(str(best.get("method")), best.get("method"))
         out.append(f"Pointing game on each run's test positives with boxes: for {len(clear)} "
                    f"of {len(scored)} models the CAM's peak falls inside a box more often than "
                    f"a uniformly random point, with the 95% CI over patients clear of it. The "
                    f"widest margin: {_hit(best)} for a random point "
-                   f"({best.get('method')} at {best.get('layer')}, chosen on validation).")
+                   f"({method} at {best.get('layer')}, chosen on validation).")
         if rest := [r for r in scored if r not in clear]:
             out.append("Not clear of a random point: " + "; ".join(_hit(r) for r in rest)
                        + ". A model can classify well and still point elsewhere: a CAM "
