@@ -21,6 +21,8 @@ __all__ = ["fmt_ci", "load_runs", "owner_step", "run_sentences", "runs_summary",
            "step_summary", "headline_rows",
            "COMPARISON_STEP"]
 
+_SYNTHETIC_RUNS = ("These runs used the generated synthetic demo data: the numbers show the "
+                   "pipeline works, they are not clinical results.")
 COMPARISON_STEP = "07_comparison"   # its results/07_comparison.json holds the `common` list
 
 _NAMES = {"auroc": "AUROC", "f1": "F1", "sensitivity": "sensitivity",
@@ -158,8 +160,7 @@ def runs_summary(runs: list[Mapping[str, Any]]) -> list[str]:
         if seeds := _seeds_sentence(group):
             out.append(seeds)
     if any((r.get("data") or {}).get("synthetic") for r in runs):
-        out.append("These runs used the generated synthetic demo data: the numbers show the "
-                   "pipeline works, they are not clinical results.")
+        out.append(_SYNTHETIC_RUNS)
     return out
 
 
@@ -282,8 +283,7 @@ def transfer_summary(own: Mapping[str, Any]) -> list[str]:
         out.append(f"Not run here: {', '.join(names)} (the table of skipped arms below says "
                    f"why, and where their weights come from).")
     if (own.get("data") or {}).get("synthetic"):
-        out.append("These runs used the generated synthetic demo data: the numbers show the "
-                   "pipeline works, they are not clinical results.")
+        out.append(_SYNTHETIC_RUNS)
     return out
 
 
