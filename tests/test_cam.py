@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from utils.cam import (CAM_METHODS, CamExplainer, _methods, box_mask, cam_iou, compute_cams,
+from utils.cam import (CAM_METHODS, CamExplainer, _methods, cam_sweep, box_mask, cam_iou, compute_cams,
                        last_conv_layer, localisation_scores, overlay, peak_point, pointing_hit,
                        tokens_to_grid)
 from utils.models import create_model, list_models
@@ -310,3 +310,29 @@ def test_every_cam_method_has_a_label_for_titles():
     from utils.cam import CAM_LABELS, CAM_METHODS, _methods
 
     assert set(CAM_LABELS) == set(CAM_METHODS) == set(_methods())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_mini"])
+def test_cam_sweep_equals_one_explainer_per_layer_and_method(name):
+    """One pass for every (layer, method) pair gives the maps CamExplainer gives one by one,
+    and leaves no hook behind and the model's mode as it was."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=1, pretrained=False, image_size=64)
+    model.train()
+    info = model.info
+    layers = ({"layer2": model.layer2[-1], "layer3": model.layer3[-1],
+               "default": info.cam_layer(model)} if name == "resnet18"
+              else {"default": info.cam_layer(model)})
+    methods = ("gradcam", "hirescam", "layercam", "gradcam++")
+    images, hooks = torch.rand(5, 1, 64, 64), _hook_count(model)
+    maps = cam_sweep(model, layers, methods, images, reshape=info.cam_reshape, batch_size=2)
+    assert set(maps) == {(n, m) for n in layers for m in methods}
+    assert model.training and _hook_count(model) == hooks
+    for (layer, method), got in maps.items():
+        with CamExplainer(model, method=method, target_layer=layers[layer],
+                          reshape=info.cam_reshape) as cam:
+            want = cam(images, batch_size=2)
+        _check(got, 5, 64)
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{layer} {method}")
+    with pytest.raises(ValueError, match="gradient methods"):
+        cam_sweep(model, layers, ("scorecam",), images)

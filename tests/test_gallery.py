@@ -92,9 +92,8 @@ def test_the_cam_layer_is_chosen_on_validation_boxes_deeper_on_ties(monkeypatch)
 
     model = create_model("resnet18", 1, image_size=64)
     rates = {"layer1": 0.5, "layer2": 0.7, "layer3": 0.7, "default": 0.0}
-    names = {id(m): n for n, m in gallery.cam_candidates(model).items()}
-    monkeypatch.setattr(gallery, "_scores",
-                        lambda m, layer, *a: {"hit_rate": rates[names[id(layer)]]})
+    monkeypatch.setattr(gallery, "_sweep", lambda m, layers, methods, *a: {
+        (n, k): {"hit_rate": rates[n]} for n in layers for k in methods})
     cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
     choice = gallery.choose_cam_layer(cases, "cpu")
     assert choice == {"layer": "layer3", "method": "gradcam", "chosen_on": "val",
@@ -108,13 +107,12 @@ def test_a_cam_method_that_localises_better_on_validation_is_chosen(monkeypatch)
     from utils.models import create_model
 
     model = create_model("resnet18", 1, image_size=64)
-    names = {id(m): n for n, m in gallery.cam_candidates(model).items()}
 
-    def scores(m, layer, reshape, images, boxes, device, method="gradcam"):
-        best = names[id(layer)] == "layer2" and method == "layercam"
-        return {"hit_rate": 0.6 if best else 0.1}
+    def sweep(m, layers, methods, images, boxes, device):
+        return {(n, k): {"hit_rate": 0.6 if (n, k) == ("layer2", "layercam") else 0.1}
+                for n in layers for k in methods}
 
-    monkeypatch.setattr(gallery, "_scores", scores)
+    monkeypatch.setattr(gallery, "_sweep", sweep)
     cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
     assert gallery.choose_cam_layer(cases, "cpu") == {
         "layer": "layer2", "method": "layercam", "chosen_on": "val", "val_hit_rate": 0.6}

@@ -360,3 +360,51 @@ def test_killed_run_resumes_after_the_last_completed_step(tmp_path, monkeypatch)
     assert resumed["first"] == killed["first"]  # skipped, not re-run
     assert resumed["second"]["status"] == "ok" and (reports / "second.html").exists()
     assert "skipped-unchanged" in (reports / "index.html").read_text()
+
+
+# --- steps side by side (--jobs) -----------------------------------------------------------
+def test_default_plan_orders_side_by_side_steps_as_the_study_reads_them():
+    plan = {s.name: s for s in run_all.default_plan()}
+    variants = [f"03_resnet_ablation_{v}" for v in run_all.ABLATION_VARIANTS]
+    for earlier, later in zip(variants, variants[1:]):  # "the ablation so far" reads them
+        assert earlier in plan[later].needs
+    assert all("01_preprocessing" in plan[s].needs for s in MODEL_STEPS)
+    assert run_all.auto_jobs("full", None) == 1 and run_all.auto_jobs("demo", 2) == 1
+    assert run_all.auto_jobs("demo", None) == min(2, run_all._cpus())
+    assert run_all.auto_jobs("demo", None, steps=1) == 1
+
+
+def test_jobs_run_steps_side_by_side_in_dependency_order(tmp_path, monkeypatch):
+    """`o2` needs `o`; both finish while `h` still holds (one at a time, `h` would block
+    them), and each kernel gets its share of the threads."""
+    import threading
+
+    freeze(monkeypatch, tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    hold = tmp_path / "hold"
+    hold.touch()
+    monkeypatch.setenv("CXR_TEST_HOLD", str(hold))
+    seen: list[bool] = []
+
+    def release() -> None:
+        done = tmp_path / "reports" / "results" / "o2.json"
+        deadline = time.time() + 50
+        while not done.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        seen.append(done.exists())
+        hold.unlink()
+
+    watcher = threading.Thread(target=release)
+    watcher.start()
+    plan = [Step("h", "hold.ipynb"), Step("o", "ok.ipynb"), Step("o2", "ok.ipynb", needs=("o",))]
+    try:
+        assert main(cli(tmp_path, "--jobs", "2"), plan=plan) == 0
+    finally:
+        watcher.join()
+    assert seen == [True], "o2 did not finish while h was still running"
+    st = state(tmp_path)
+    assert all(st[s]["status"] == "ok" for s in ("h", "o", "o2"))
+    assert st["o2"]["started"] >= st["o"]["finished"]
+    result = json.loads((tmp_path / "reports" / "results" / "o.json").read_text())
+    assert result["threads"] == str(max(1, run_all._cpus() // 2))
+    assert main(cli(tmp_path, "--jobs", "0"), plan=plan) == 2

@@ -393,3 +393,18 @@ def test_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.raises(RuntimeError, match=r"tensorboard=true needs the tensorboard package"):
         run(cfg_for(epochs=1, tensorboard=True, reports_dir=str(tmp_path)), tmp_path / "c")
+
+
+def test_a_tie_on_the_monitor_goes_to_the_lower_validation_loss():
+    """A saturated val AUROC (1.0 from epoch 2) must not pin best.pt to epoch 2 while the
+    loss keeps falling, nor stop training early for lack of progress."""
+    from utils.history import History, record
+
+    cfg = cfg_for(epochs=10, early_stopping=2, monitor="val_auroc")
+    hist = History(monitor="val_auroc")
+    rows = [(0.9, 0.5), (1.0, 0.4), (1.0, 0.3), (1.0, 0.2), (1.0, 0.25), (0.99, 0.1)]
+    flags = [record(hist, cfg, {"epoch": i + 1, "val_auroc": a, "val_loss": l, "seconds": 1.0,
+                                "val_seconds": 0.1, "train_images": 8})
+             for i, (a, l) in enumerate(rows)]
+    assert flags == [True, True, True, True, False, False]
+    assert hist.best_epoch == 4 and hist.best_score == 1.0 and hist.stopped_early

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CamExplainer", "CAM_METHODS", "CAM_LABELS", "compute_cams", "overlay", "tokens_to_grid",
-           "last_conv_layer", "box_mask", "is_flat", "peak_point", "pointing_hit", "cam_iou",
+__all__ = ["CamExplainer", "CAM_METHODS", "CAM_LABELS", "compute_cams", "cam_sweep", "overlay",
+           "tokens_to_grid", "last_conv_layer", "box_mask", "is_flat", "peak_point", "pointing_hit", "cam_iou",
            "localisation_scores"]
 
 
@@ -182,6 +182,57 @@ def compute_cams(model: nn.Module, images: torch.Tensor | np.ndarray,
     """
     with CamExplainer(model, method=method, target_layer=target_layer, reshape=reshape) as cam:
         return cam(images, target_index=target_index, positive=positive, batch_size=batch_size)
+
+
+# the methods that differ only in how they weigh one layer's activations and gradients
+_GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")
+
+
+def cam_sweep(model: nn.Module, layers: dict[str, nn.Module], methods: Sequence[str],
+              images: torch.Tensor, reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              batch_size: int = 16) -> dict[tuple[str, str], np.ndarray]:
+    """CAMs `N×H×W` of the positive logit for every `(layer name, method)` pair, from one
+    forward and one backward pass per batch.
+
+    The gradient methods differ only in how they weigh the same activations and gradients,
+    so the gallery's choice of 4 layers × 3 methods costs one pass instead of twelve (the
+    demo's 08 spent most of its time there). pytorch-grad-cam computes every map: its method
+    objects share one set of hooks. Each map equals
+    `CamExplainer(model, method, layers[name], reshape)(images)` (tests/test_cam.py).
+    """
+    unknown = [m for m in methods if m not in _GRADIENT_METHODS]
+    if unknown:
+        raise ValueError(f"cam_sweep takes gradient methods {_GRADIENT_METHODS}, got {unknown}")
+    names, classes, was_training = list(layers), _methods(), model.training
+    cams = [classes[m](model=model, target_layers=[layers[n] for n in names],
+                       reshape_transform=reshape) for m in methods]
+    hooks = cams[0].activations_and_grads
+    for cam in cams[1:]:  # one set of hooks: the others read what the first one recorded
+        cam.activations_and_grads.release()
+        cam.activations_and_grads = hooks
+    out: dict[tuple[str, str], list[np.ndarray]] = {(n, m): [] for n in names for m in methods}
+    device = next(model.parameters()).device
+    try:
+        with torch.enable_grad():
+            for start in range(0, len(images), batch_size):
+                batch = images[start:start + batch_size].to(device).clone().requires_grad_(True)
+                targets = [_LogitTarget(0, 1.0)] * len(batch)
+                outputs = hooks(batch)
+                model.zero_grad()
+                sum(t(o) for t, o in zip(targets, outputs)).backward()  # as BaseCAM.forward
+                for method, cam in zip(methods, cams):
+                    per_layer = cam.compute_cam_per_layer(batch, targets, False)
+                    for name, layer_cam in zip(names, per_layer):  # BaseCAM.forward, per layer
+                        out[(name, method)].append(cam.aggregate_multi_layers([layer_cam]))
+    finally:
+        hooks.release()
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+    maps = {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
+    if not all(np.isfinite(m).all() for m in maps.values()):
+        raise FloatingPointError("non-finite CAM values: the model's activations or "
+                                 "gradients hold NaN/inf for these images")
+    return {k: np.clip(m, 0.0, 1.0) for k, m in maps.items()}
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4,

@@ -164,15 +164,17 @@ def hit_rate_ci(hits: Any, patients: Any, n_boot: int = 1000,
     return float(lo), float(hi)
 
 
-def _scores(model, layer, reshape, images, boxes, device,
-            method: str = "gradcam") -> dict[str, Any]:
-    """`localisation_scores` plus `hits`, each image's pointing-game outcome."""
-    from .cam import CamExplainer, localisation_scores, pointing_hit
+def _sweep(model, layers: dict[str, torch.nn.Module], methods: tuple[str, ...], images,
+           boxes, device) -> dict[tuple[str, str], dict[str, Any]]:
+    """`localisation_scores` plus `hits` (each image's pointing-game outcome) for every
+    (layer, method) pair, from one CAM pass (`cam_sweep`). Transformers only have the
+    default layer, so the registry's token reshape applies to every layer passed."""
+    from .cam import cam_sweep, localisation_scores, pointing_hit
 
-    with CamExplainer(model, method=method, target_layer=layer, reshape=reshape) as cam:
-        cams = cam(images.to(device))
-    return {**localisation_scores(cams, boxes),
-            "hits": [pointing_hit(c, b) for c, b in zip(cams, boxes)]}
+    maps = cam_sweep(model.to(device), layers, methods, images, reshape=model.info.cam_reshape)
+    return {key: {**localisation_scores(cams, boxes),
+                  "hits": [pointing_hit(c, b) for c, b in zip(cams, boxes)]}
+            for key, cams in maps.items()}
 
 
 # Grad-CAM first (it wins ties), then two variants of it that weight each position by its own
@@ -187,22 +189,34 @@ def choose_cam_layer(cases: Cases, device, limit: int = 32,
     """The candidate layer and CAM method whose map peaks inside the boxes most often on
     the *validation* positives (ties: Grad-CAM, then the deeper layer); Grad-CAM of the
     default layer when val has no boxes. Test boxes never take part in the choice."""
-    model, info = cases.model, cases.model.info
-    candidates = cam_candidates(model)
+    candidates = cam_candidates(cases.model)
     images, boxes = (_positives_with_boxes(cases.val, limit) if cases.val is not None
                      else (None, []))
     if images is None:
         return {"layer": "default", "method": "gradcam",
                 "chosen_on": "default (no validation boxes)", "val_hit_rate": float("nan")}
+    scores = _sweep(cases.model, candidates, methods, images, boxes, device)
     best, best_rate = ("default", "gradcam"), -1.0
     for method in methods:
         for name in reversed(list(candidates)):  # deepest first: a later layer wins ties
-            reshape = info.cam_reshape if name == "default" else None
-            rate = _scores(model, candidates[name], reshape, images, boxes, device,
-                           method)["hit_rate"]
+            rate = scores[(name, method)]["hit_rate"]
             if rate > best_rate:
                 best, best_rate = (name, method), rate
     return {"layer": best[0], "method": best[1], "chosen_on": "val", "val_hit_rate": best_rate}
+
+
+def _test_scores(model, candidates, choice, images, boxes, device) -> tuple[dict, float]:
+    """The chosen (layer, method)'s test scores and Grad-CAM of the default layer's hit rate
+    (CheXNet's choice, for comparison), from one pass."""
+    nan = float("nan")
+    if images is None:
+        return ({"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan,
+                 "hits": []}, nan)
+    layer, method = choice["layer"], choice["method"]
+    layers = {layer: candidates[layer], "default": candidates["default"]}
+    scores = _sweep(model, layers, tuple(dict.fromkeys((method, "gradcam"))), images, boxes,
+                    device)
+    return scores[(layer, method)], scores[("default", "gradcam")]["hit_rate"]
 
 
 def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4,
@@ -213,6 +227,7 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     picked at the checkpoint's validation-chosen threshold (`load_cases`).
     """
     from .cam import CAM_LABELS, CamExplainer, is_flat
+    from .occlusion import occlusion_check
 
     cases = load_cases(step, cfg, ctx, per_group)
     model, run_cfg, pred = cases.model.to(ctx.device), cases.run_cfg, cases.pred
@@ -230,33 +245,29 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
             flat = " (flat CAM)" if is_flat(out["cams"][-1]) else ""
             out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}{flat}")
     images, boxes = _positives_with_boxes(cases.test, max_localisation)
-    nan = float("nan")
-    scores = (_scores(model, layer, reshape, images, boxes, ctx.device, method)
-              if images is not None
-              else {"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan,
-                    "hits": []})
+    scores, default_rate = _test_scores(model, candidates, choice, images, boxes, ctx.device)
+    occluded = occlusion_check(model, images, boxes, ctx.device) if images is not None else {}
     hits = scores.pop("hits")
     scores["hit_lo"], scores["hit_hi"] = hit_rate_ci(
         hits, _boxed_patients(cases.test, max_localisation) if hits else [])
-    plain = (choice["layer"], method) == ("default", "gradcam")
-    default = (scores if plain or images is None else  # Grad-CAM of the last layer, as CheXNet
-               _scores(model, candidates["default"], model.info.cam_reshape, images, boxes,
-                       ctx.device))
     out["localisation"] = {"step": step, "model": run_cfg.model, "dataset": run_cfg.dataset,
                            "threshold": cases.threshold, **scores, **choice,
-                           "default_hit_rate": default["hit_rate"]}
+                           "default_hit_rate": default_rate, **occluded}
     return out
 
 
 def localisation_table(galleries: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per model: pointing-game hit rate (95% CI over patients) and IoU against the
-    random-point baseline; `above_random` when the whole CI clears it."""
+    random-point baseline; `above_random` when the whole CI clears it; then p before and
+    after the boxes are replaced by the mirrored lung, and after a control box is
+    (`utils.occlusion`)."""
     rows = [g["localisation"] for g in galleries.values()]
     table = pd.DataFrame(rows, columns=["step", "model", "dataset", "n", "layer", "method",
                                         "chosen_on",
                                         "val_hit_rate", "hit_rate", "hit_lo", "hit_hi",
                                         "random_hit_rate", "default_hit_rate", "mean_iou",
-                                        "threshold"])
+                                        "threshold", "occlusion_n", "p_before", "p_mirrored",
+                                        "drop_share", "p_control", "control_drop_share"])
     table["hit_rate_vs_random"] = table["hit_rate"] / table["random_hit_rate"]
     table["above_random"] = table["hit_lo"] > table["random_hit_rate"]
     return table

@@ -57,19 +57,31 @@ def quiet() -> bool:
     return not sys.stderr.isatty()
 
 
-def improved(score: float, hist: History) -> bool:
-    """The first epoch is always 'best' (so best.pt exists); NaN never beats a number."""
+def improved(score: float, hist: History, loss: float = math.nan) -> bool:
+    """The first epoch is always 'best' (so best.pt exists); NaN never beats a number.
+
+    A tie on the monitor goes to the lower validation loss: on a small validation split the
+    AUROC saturates at 1.0 within a few epochs (the demo's CheXNet on RSNA: epoch 1 of 3), and
+    without the tie-break best.pt would keep the first, least-trained epoch to touch it and
+    early stopping would count the better later epochs as no progress.
+    """
     if hist.best_epoch == 0 or (math.isnan(hist.best_score) and not math.isnan(score)):
         return True
     if math.isnan(score):
         return False
+    if score == hist.best_score and hist.monitor != "val_loss":
+        return loss < _best_row(hist).get("val_loss", math.nan)  # NaN on either side: no
     return score > hist.best_score if HIGHER_IS_BETTER[hist.monitor] else score < hist.best_score
+
+
+def _best_row(hist: History) -> dict:
+    return next((r for r in hist.epochs if r.get("epoch") == hist.best_epoch), {})
 
 
 def record(hist: History, cfg, row: dict) -> bool:
     """Append an epoch, update best/early-stopping/timing; True when it is the new best."""
+    better = improved(row[cfg.monitor], hist, row.get("val_loss", math.nan))
     hist.epochs.append(row)
-    better = improved(row[cfg.monitor], hist)
     if better:
         hist.best_epoch, hist.best_score = row["epoch"], row[cfg.monitor]
     hist.stopped_early = bool(cfg.early_stopping and row["epoch"] < cfg.epochs and

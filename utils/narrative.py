@@ -228,6 +228,12 @@ def _hit(row: Mapping[str, Any]) -> str:
             f"{row.get('n')} vs {row['random_hit_rate']:.0%}")
 
 
+def _occ(row: Mapping[str, Any]) -> str:
+    return (f"{row.get('step')} mean p {row['p_before']:.2f} → {row['p_mirrored']:.2f}, "
+            f"lower for {row['drop_share']:.0%} of {int(row['occlusion_n'])} positives "
+            f"(control {row['p_control']:.2f}, lower for {row['control_drop_share']:.0%})")
+
+
 def gallery_summary(rows: list[Mapping[str, Any]], synthetic: bool = False) -> list[str]:
     """08's localisation rows in words: how many models' CAMs beat a random point with the
     whole 95% CI (over patients), the best, and every one that does not."""
@@ -251,6 +257,11 @@ def gallery_summary(rows: list[Mapping[str, Any]], synthetic: bool = False) -> l
             out.append("Not clear of a random point: " + "; ".join(_hit(r) for r in rest)
                        + ". A model can classify well and still point elsewhere: a CAM "
                          "explains the model, not the disease.")
+            if used := [r for r in rest if _num(r.get("p_mirrored"))]:
+                out.append("Whether those models use the lesion anyway, with the boxes "
+                           "replaced by the mirrored other lung (and, as a control, a "
+                           "same-size box without lesion): " + "; ".join(map(_occ, used))
+                           + ".")
     if synthetic:
         out.append("These runs used the generated synthetic demo data: the maps show the "
                    "method works, they are not clinical findings.")
