@@ -178,7 +178,7 @@ def _sweep(model, layers: dict[str, torch.nn.Module], methods: tuple[str, ...], 
 
 
 # Grad-CAM first (it wins ties), then two variants of it that weight each position by its own
-# gradient instead of the map's average one. On the demo (`python run_all.py`), the study's
+# gradient instead of the map's average one. In one demo run (`python run_all.py`), the study's
 # CNN: Grad-CAM at its best layer (`features.2`) hits 16 % of the test boxes, HiResCAM at
 # `features.3` 41 %, against 8 % for a random point.
 CAM_CHOICES = ("gradcam", "hirescam", "layercam")
