@@ -108,11 +108,10 @@ def _ablation_step(variant: str) -> Step:
         standin["demo"].update(epochs=10, batch_size=16)  # 10 at batch 32: 0.81, 16: 0.99)
     # side by side (--jobs), the variants still run in the study's order: each report's
     # "ablation so far" reads the variants before it
-    order = list(ABLATION_VARIANTS)
-    earlier = order[order.index(variant) - 1:order.index(variant)]
+    previous = ABLATION_VARIANTS[:ABLATION_VARIANTS.index(variant)][-1:]  # () for the first
     return Step(f"03_resnet_ablation_{variant}", "03_resnet_ablation.ipynb", params,
                 profile_params=standin,
-                needs=(_PREP, *(f"03_resnet_ablation_{v}" for v in earlier)))
+                needs=(_PREP, *(f"03_resnet_ablation_{v}" for v in previous)))
 
 
 def _model_steps() -> list[Step]:

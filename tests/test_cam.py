@@ -13,8 +13,8 @@ import torch
 import torchvision
 from torch import nn
 
-from utils.cam import (CAM_METHODS, CamExplainer, _methods, cam_sweep, box_mask, cam_iou, compute_cams,
-                       last_conv_layer, localisation_scores, overlay, peak_point, pointing_hit,
+from utils.cam import (CAM_METHODS, CamExplainer, _methods, box_mask, cam_iou, cam_sweep,
+                       compute_cams, last_conv_layer, localisation_scores, overlay, peak_point, pointing_hit,
                        tokens_to_grid)
 from utils.models import create_model, list_models
 

@@ -31,7 +31,8 @@ def test_mirroring_copies_the_other_side_and_refuses_bilateral_boxes():
     image = torch.arange(32 * 32, dtype=torch.float32).reshape(1, 32, 32)
     out = mirror_boxes(image, [[4, 8, 8, 8]])
     assert torch.equal(out[0, 8:16, 4:12], image[0, 8:16, 20:28].flip(-1))
-    assert torch.equal(out[0, :8], image[0, :8]) and torch.equal(out[0, 8:16, 12:], image[0, 8:16, 12:])
+    assert torch.equal(out[0, :8], image[0, :8])
+    assert torch.equal(out[0, 8:16, 12:], image[0, 8:16, 12:])
     assert mirror_boxes(image, [[4, 8, 8, 8], [20, 10, 8, 8]]) is None  # both lungs
     assert mirror_boxes(image, [[12, 8, 8, 8]]) is None                # on the midline
 
@@ -52,5 +53,6 @@ def test_a_model_that_ignores_the_lesion_keeps_p():
 
 def test_no_usable_image_gives_nan_and_the_model_keeps_its_mode():
     model = _RegionBrightness().train()
-    out = occlusion_check(model, *(_lesion_images(2)[0], [[[12, 8, 8, 8]]] * 2))
+    images, _ = _lesion_images(2)
+    out = occlusion_check(model, images, [[[12, 8, 8, 8]]] * 2)  # on the midline: no mirror
     assert out["occlusion_n"] == 0 and np.isnan(out["p_before"]) and model.training

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 __all__ = ["CamExplainer", "CAM_METHODS", "CAM_LABELS", "compute_cams", "cam_sweep", "overlay",
-           "tokens_to_grid", "last_conv_layer", "box_mask", "is_flat", "peak_point", "pointing_hit", "cam_iou",
-           "localisation_scores"]
+           "tokens_to_grid", "last_conv_layer", "box_mask", "is_flat", "peak_point",
+           "pointing_hit", "cam_iou", "localisation_scores"]
 
 
 def _methods() -> dict[str, type]:
@@ -162,11 +162,16 @@ class CamExplainer:
                 # still gets gradients at the target layer
                 batch = x[start:start + batch_size].clone().requires_grad_(True)
                 out.append(self._cam(input_tensor=batch, targets=targets))
-        cams = np.concatenate(out).astype(np.float32)
-        if not np.isfinite(cams).all():
-            raise FloatingPointError("non-finite CAM values: the model's activations or "
-                                     "gradients hold NaN/inf for these images")
-        return np.clip(cams, 0.0, 1.0)  # only float rounding is clipped
+        return _checked(np.concatenate(out))
+
+
+def _checked(cams: np.ndarray) -> np.ndarray:
+    """float32 CAMs in [0, 1] (only float rounding is clipped); NaN/inf is an error."""
+    cams = cams.astype(np.float32)
+    if not np.isfinite(cams).all():
+        raise FloatingPointError("non-finite CAM values: the model's activations or "
+                                 "gradients hold NaN/inf for these images")
+    return np.clip(cams, 0.0, 1.0)
 
 
 def compute_cams(model: nn.Module, images: torch.Tensor | np.ndarray,
@@ -228,11 +233,7 @@ def cam_sweep(model: nn.Module, layers: dict[str, nn.Module], methods: Sequence[
         hooks.release()
         model.train(was_training)
         model.zero_grad(set_to_none=True)
-    maps = {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
-    if not all(np.isfinite(m).all() for m in maps.values()):
-        raise FloatingPointError("non-finite CAM values: the model's activations or "
-                                 "gradients hold NaN/inf for these images")
-    return {k: np.clip(m, 0.0, 1.0) for k, m in maps.items()}
+    return {key: _checked(np.concatenate(maps)) for key, maps in out.items()}
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
