@@ -33,6 +33,7 @@ from typing import Any, Iterator
 from utils.config import ConfigError, RunConfig, make_config, parse_value
 from utils.recipes import ABLATION_VARIANTS as _RECIPES
 from utils.report_index import build_rows, summary_table, write_index
+from utils.runtime import usable_cpus
 from utils.run_state import (code_digest, data_facts, fingerprint, load_state, save_state,
                              upstream_facts)
 from utils.step_report import render_notebook_html
@@ -287,7 +288,7 @@ def kernel_env(jobs: int = 1) -> Iterator[None]:
     os.environ.update(CXR_QUIET="1", MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     if jobs > 1:
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus() // jobs)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // jobs)))
     try:
         yield
     finally:
@@ -295,19 +296,12 @@ def kernel_env(jobs: int = 1) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def auto_jobs(profile: str, nproc_per_node: int | None, steps: int = 2) -> int:
     """Steps side by side by default: 2 on the demo (its small steps spend half their time
     in one-threaded work: kernel start, imports, plots, reports; measured: 2 ablation steps
     in 45 s side by side, 65 s one after the other), 1 on real data (one GPU, big steps) and
     with torchrun (its processes take the cores), and for a single step (all the threads)."""
-    return min(2, _cpus(), steps) if profile == "demo" and not nproc_per_node else 1
+    return min(2, usable_cpus(), steps) if profile == "demo" and not nproc_per_node else 1
 
 
 def execute(step: Step, params: dict[str, Any], notebook: Path, reports: Path,

@@ -14,8 +14,8 @@ import torchvision
 from torch import nn
 
 from utils.cam import (CAM_METHODS, CamExplainer, _methods, box_mask, cam_iou, cam_sweep,
-                       compute_cams, last_conv_layer, localisation_scores, overlay, peak_point, pointing_hit,
-                       tokens_to_grid)
+                       compute_cams, is_flat, last_conv_layer, localisation_scores, overlay,
+                       peak_point, pointing_hit, tokens_to_grid)
 from utils.models import create_model, list_models
 
 
@@ -336,3 +336,80 @@ def test_cam_sweep_equals_one_explainer_per_layer_and_method(name):
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{layer} {method}")
     with pytest.raises(ValueError, match="gradient methods"):
         cam_sweep(model, layers, ("scorecam",), images)
+
+
+# --- CAMs from a healthy reference ----------------------------------------------------------
+
+def test_a_reference_cam_weighs_activations_minus_the_reference():
+    """Zero reference = the plain method; the image's own activation as reference = a flat
+    map (nothing differs)."""
+    from utils.cam import REFERENCE_METHODS, reference_activations
+
+    torch.manual_seed(0)
+    model = _resnet18_1ch()
+    layers = {"layer2": model.layer2}
+    images = torch.rand(3, 1, 64, 64)
+    own = reference_activations(model, layers, images[:1])["layer2"]
+    assert own.shape == (1, 128, 8, 8)
+    for method, plain in zip(REFERENCE_METHODS, ("gradcam", "hirescam")):
+        want = compute_cams(model, images, method=plain, target_layer=model.layer2)
+        got = compute_cams(model, images, method=method, target_layer=model.layer2,
+                           reference=np.zeros_like(own))
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        same = compute_cams(model, images[:1], method=method, target_layer=model.layer2,
+                            reference=own)
+        assert is_flat(same[0]), method
+
+
+def test_reference_methods_need_a_reference_and_the_others_refuse_one():
+    model = _tiny_cnn()
+    with pytest.raises(ValueError, match="reference"):
+        CamExplainer(model, method="gradcam-ref", target_layer=model[4])
+    with pytest.raises(ValueError, match="reference"):
+        CamExplainer(model, method="gradcam", target_layer=model[4], reference=np.zeros(1))
+    with pytest.raises(ValueError, match="references"):
+        cam_sweep(model, {"x": model[4]}, ("gradcam-ref",), torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="at least one"):
+        from utils.cam import reference_activations
+        reference_activations(model, {"x": model[4]}, torch.rand(0, 1, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_mini"])
+def test_cam_sweep_with_references_equals_one_explainer_each(name):
+    from utils.cam import reference_activations
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=1, pretrained=False, image_size=64).eval()
+    info = model.info
+    layers = ({"layer1": model.layer1[-1], "layer3": model.layer3[-1]} if name == "resnet18"
+              else {"default": info.cam_layer(model)})
+    normals, images = torch.rand(4, 1, 64, 64), torch.rand(3, 1, 64, 64)
+    refs = reference_activations(model, layers, normals, reshape=info.cam_reshape, batch_size=3)
+    maps = cam_sweep(model, layers, ("gradcam-ref", "hirescam-ref", "gradcam"), images,
+                     reshape=info.cam_reshape, references=refs, batch_size=2)
+    for (layer, method), got in maps.items():
+        reference = refs[layer] if method.endswith("-ref") else None
+        want = compute_cams(model, images, method=method, target_layer=layers[layer],
+                            reshape=info.cam_reshape, reference=reference)
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{layer} {method}")
+
+
+def test_what_every_film_has_cancels_against_the_reference():
+    """A model whose logit is the mean brightness: plain Grad-CAM peaks on the bright stripe
+    every film has (the demo CNNs' mediastinum); from the normals' mean it peaks on the
+    lesion, the only thing that differs from a healthy film."""
+    from utils.cam import reference_activations
+
+    conv = torch.nn.Conv2d(1, 1, 1)
+    torch.nn.init.ones_(conv.weight), torch.nn.init.zeros_(conv.bias)
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(1, 1))
+    normal = torch.zeros(1, 1, 32, 32)
+    normal[..., :, 14:18] = 1.0                       # the stripe every film has
+    sick = normal.clone()
+    sick[..., 6:10, 24:28] = 0.6                      # a fainter lesion
+    box = [[24, 6, 4, 4]]
+    plain = compute_cams(model, sick, target_layer=model[1])
+    ref = reference_activations(model, {"relu": model[1]}, normal.repeat(3, 1, 1, 1))["relu"]
+    cams = compute_cams(model, sick, method="gradcam-ref", target_layer=model[1], reference=ref)
+    assert not pointing_hit(plain[0], box) and pointing_hit(cams[0], box)

@@ -1,6 +1,8 @@
 """utils.gallery's pure parts: which test cases the 08 gallery picks, and its table."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -86,6 +88,10 @@ class _Loader:
         return self.item
 
 
+def _choice(choice: dict) -> dict:
+    return {k: choice[k] for k in ("layer", "method", "chosen_on", "val_hit_rate")}
+
+
 def test_the_cam_layer_is_chosen_on_validation_boxes_deeper_on_ties(monkeypatch):
     from utils import gallery
     from utils.models import create_model
@@ -96,8 +102,9 @@ def test_the_cam_layer_is_chosen_on_validation_boxes_deeper_on_ties(monkeypatch)
         (n, k): {"hit_rate": rates[n]} for n in layers for k in methods})
     cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
     choice = gallery.choose_cam_layer(cases, "cpu")
-    assert choice == {"layer": "layer3", "method": "gradcam", "chosen_on": "val",
-                      "val_hit_rate": 0.7}  # every method ties here: Grad-CAM wins ties
+    assert _choice(choice) == {"layer": "layer3", "method": "gradcam", "chosen_on": "val",
+                               "val_hit_rate": 0.7}  # every method ties: Grad-CAM wins ties
+    assert (choice["plain_layer"], choice["plain_method"]) == ("layer3", "gradcam")
     cases.val = None
     assert gallery.choose_cam_layer(cases, "cpu")["layer"] == "default"
 
@@ -108,11 +115,40 @@ def test_a_cam_method_that_localises_better_on_validation_is_chosen(monkeypatch)
 
     model = create_model("resnet18", 1, image_size=64)
 
-    def sweep(m, layers, methods, images, boxes, device):
+    def sweep(m, layers, methods, images, boxes, device, references=None):
+        assert "gradcam-ref" not in methods, "no references: no -ref methods"
         return {(n, k): {"hit_rate": 0.6 if (n, k) == ("layer2", "layercam") else 0.1}
                 for n in layers for k in methods}
 
     monkeypatch.setattr(gallery, "_sweep", sweep)
     cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
-    assert gallery.choose_cam_layer(cases, "cpu") == {
+    assert _choice(gallery.choose_cam_layer(cases, "cpu")) == {
         "layer": "layer2", "method": "layercam", "chosen_on": "val", "val_hit_rate": 0.6}
+
+
+def test_the_choice_is_what_training_added_over_an_untrained_copy(monkeypatch):
+    """A map that hits as often on the untrained copy shows the image, not the model
+    (Adebayo et al.'s randomisation check): the choice maximises the difference."""
+    from utils import gallery
+    from utils.models import create_model
+
+    model = create_model("resnet18", 1, image_size=64)
+    copy = gallery.untrained_copy(SimpleNamespace(model="resnet18", dropout=0.0,
+                                                  image_size=64))
+    assert not copy.training
+    trained_rates = {("layer1", "gradcam-ref"): 0.9, ("layer2", "gradcam-ref"): 0.8}
+    untrained_rates = {("layer1", "gradcam-ref"): 0.8, ("layer2", "gradcam-ref"): 0.1}
+
+    def sweep(m, layers, methods, images, boxes, device, references=None):
+        rates = trained_rates if m is model else untrained_rates
+        assert references is not None and set(references) == set(layers)
+        return {(n, k): {"hit_rate": rates.get((n, k), 0.0)} for n in layers for k in methods}
+
+    monkeypatch.setattr(gallery, "_sweep", sweep)
+    refs = {n: np.zeros(1) for n in gallery.cam_candidates(model)}
+    trained = gallery.Explained(model, gallery.cam_candidates(model), refs, 3)
+    untrained = gallery.Explained(copy, gallery.cam_candidates(copy), refs, 3)
+    cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
+    choice = gallery.choose_cam_layer(cases, "cpu", trained=trained, untrained=untrained)
+    assert (choice["layer"], choice["method"]) == ("layer2", "gradcam-ref")
+    assert (choice["val_hit_rate"], choice["val_untrained_hit_rate"]) == (0.8, 0.1)

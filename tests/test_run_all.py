@@ -370,7 +370,7 @@ def test_default_plan_orders_side_by_side_steps_as_the_study_reads_them():
         assert earlier in plan[later].needs
     assert all("01_preprocessing" in plan[s].needs for s in MODEL_STEPS)
     assert run_all.auto_jobs("full", None) == 1 and run_all.auto_jobs("demo", 2) == 1
-    assert run_all.auto_jobs("demo", None) == min(2, run_all._cpus())
+    assert run_all.auto_jobs("demo", None) == min(2, run_all.usable_cpus())
     assert run_all.auto_jobs("demo", None, steps=1) == 1
 
 
@@ -406,5 +406,5 @@ def test_jobs_run_steps_side_by_side_in_dependency_order(tmp_path, monkeypatch):
     assert all(st[s]["status"] == "ok" for s in ("h", "o", "o2"))
     assert st["o2"]["started"] >= st["o"]["finished"]
     result = json.loads((tmp_path / "reports" / "results" / "o.json").read_text())
-    assert result["threads"] == str(max(1, run_all._cpus() // 2))
+    assert result["threads"] == str(max(1, run_all.usable_cpus() // 2))
     assert main(cli(tmp_path, "--jobs", "0"), plan=plan) == 2

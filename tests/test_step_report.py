@@ -155,11 +155,12 @@ def test_gallery_and_transfer_reports_open_with_their_results(tmp_path: Path) ->
     from utils.gallery import localisation_table, save_localisation
 
     rows = [{"step": "03_v3", "model": "resnet18", "dataset": "kermany", "n": 64,
-             "layer": "layer3", "method": "hirescam", "hit_rate": 0.62, "hit_lo": 0.5,
-             "hit_hi": 0.74, "random_hit_rate": 0.08},
+             "layer": "layer3", "method": "gradcam-ref", "hit_rate": 0.62, "hit_lo": 0.5,
+             "hit_hi": 0.74, "random_hit_rate": 0.08, "untrained_hit_rate": 0.1,
+             "plain_hit_rate": 0.2},
             {"step": "03_final", "model": "resnet18", "dataset": "kermany", "n": 64,
              "hit_rate": 0.09, "hit_lo": 0.03, "hit_hi": 0.17, "random_hit_rate": 0.08,
-             "occlusion_n": 60, "p_before": 0.41, "p_mirrored": 0.01, "drop_share": 1.0,
+             "untrained_hit_rate": 0.05, "occlusion_n": 60, "p_before": 0.41, "p_mirrored": 0.01, "drop_share": 1.0,
              "p_control": 0.40, "control_drop_share": 0.45},
             {"step": "02_nih", "model": "chexnet", "dataset": "kermany", "n": 0,
              "hit_rate": float("nan"), "random_hit_rate": float("nan")}]
@@ -168,9 +169,14 @@ def test_gallery_and_transfer_reports_open_with_their_results(tmp_path: Path) ->
     save_localisation(table, tmp_path, "08_gradcam_gallery", synthetic=True)
     lines = step_summary("08_gradcam_gallery", tmp_path / "results", "Where each model looks.")
     assert "for 1 of 2 models" in lines[0] and "03_v3 (resnet18) 62% [50%, 74%] of 64" in lines[0]
-    assert "(HiResCAM at layer3, chosen on validation)" in lines[0]
-    assert lines[1].startswith("Not clear of a random point: 03_final (resnet18) 9% [3%, 17%]")
-    assert lines[2].endswith("03_final mean p 0.41 → 0.01, lower for 100% of 60 positives "
+    assert "(Grad-CAM from a healthy reference at layer3, chosen on validation)" in lines[0]
+    assert lines[1] == ("The same map of an untrained copy of each network (the "
+                        "model-randomisation check) hits 5%–10%; 1 of 2 models' CIs clear "
+                        "their copy (not: 03_final 9% vs 5%).")
+    assert lines[2] == ("Without the healthy reference (the best plain method, chosen the "
+                        "same way) the maps hit 03_v3 20%.")
+    assert lines[3].startswith("Not clear of a random point: 03_final (resnet18) 9% [3%, 17%]")
+    assert lines[4].endswith("03_final mean p 0.41 → 0.01, lower for 100% of 60 positives "
                              "(control 0.40, lower for 45%).")
     assert "02_nih" not in " ".join(lines) and "synthetic" in lines[-1]
 

@@ -3,7 +3,8 @@
 The CAM machinery is pytorch-grad-cam's; this module adds what the notebooks need around it:
 hooks that are always released (`with CamExplainer(model) as cam:`), targets for a single
 pneumonia logit (positive or negated) and for the 14 NIH logits, the ViT/Mixer token
-reshape, and a localisation score with its honest baseline (the hit rate of a random point).
+reshape, a healthy reference for Grad-CAM and HiResCAM (`gradcam-ref`, `hirescam-ref`), and
+a localisation score with its honest baseline (the hit rate of a random point).
 
 Boxes are `[x, y, w, h]` in the CAM's pixel grid (the transformed image the model saw). A
 pixel belongs to a box when its centre does, the same rule for pointing, IoU and baseline.
@@ -16,9 +17,35 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CamExplainer", "CAM_METHODS", "CAM_LABELS", "compute_cams", "cam_sweep", "overlay",
+__all__ = ["CamExplainer", "CAM_METHODS", "CAM_LABELS", "REFERENCE_METHODS", "compute_cams",
+           "cam_sweep", "reference_activations", "overlay",
            "tokens_to_grid", "last_conv_layer", "box_mask", "is_flat", "peak_point",
            "pointing_hit", "cam_iou", "localisation_scores"]
+
+
+class _FromReference:
+    """A pytorch-grad-cam method whose activations are measured from a healthy reference.
+
+    Grad-CAM weighs a layer's activations `A` by the pneumonia logit's gradients; what every
+    film has (mediastinum, spine, the bright body) fires many channels in every image, so on
+    the demo's small CNNs the map peaked there, on healthy and sick films alike. With
+    `references[layer]` = `R`, the mean activation of the validation normals
+    (`reference_activations`), the map weighs `A - R` instead: where this film's features
+    exceed a healthy film's, as DeepLIFT measures from a reference input. Zero reference =
+    the plain method. This subclass hook is the only CAM arithmetic the project writes.
+    """
+
+    references: dict[nn.Module, np.ndarray]
+
+    def get_cam_image(self, input_tensor, target_layer, targets, activations, grads,
+                      eigen_smooth=False):
+        reference = self.references.get(target_layer)
+        if reference is None:
+            raise ValueError("a -ref CAM method needs `reference=` (CamExplainer) or "
+                             "`references=` (cam_sweep) for its layer: "
+                             "utils.cam.reference_activations(model, layers, normals)")
+        return super().get_cam_image(input_tensor, target_layer, targets,
+                                     activations - reference, grads, eigen_smooth)
 
 
 def _methods() -> dict[str, type]:
@@ -26,14 +53,20 @@ def _methods() -> dict[str, type]:
 
     return {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
             "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM, "eigencam": pgc.EigenCAM,
-            "eigengradcam": pgc.EigenGradCAM, "scorecam": pgc.ScoreCAM}
+            "eigengradcam": pgc.EigenGradCAM, "scorecam": pgc.ScoreCAM,
+            "gradcam-ref": type("GradCAMFromReference", (_FromReference, pgc.GradCAM), {}),
+            "hirescam-ref": type("HiResCAMFromReference", (_FromReference, pgc.HiResCAM), {})}
 
 
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam",
-                                "eigencam", "eigengradcam", "scorecam")
+                                "eigencam", "eigengradcam", "scorecam", "gradcam-ref",
+                                "hirescam-ref")
+REFERENCE_METHODS: tuple[str, ...] = ("gradcam-ref", "hirescam-ref")  # need a reference
 CAM_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
               "xgradcam": "XGrad-CAM", "layercam": "LayerCAM", "eigencam": "EigenCAM",
-              "eigengradcam": "EigenGrad-CAM", "scorecam": "Score-CAM"}  # for titles
+              "eigengradcam": "EigenGrad-CAM", "scorecam": "Score-CAM",
+              "gradcam-ref": "Grad-CAM from a healthy reference",
+              "hirescam-ref": "HiResCAM from a healthy reference"}  # for titles
 
 
 class _LogitTarget:
@@ -87,6 +120,8 @@ class CamExplainer:
         method: one of `CAM_METHODS` (gradcam, gradcam++, eigencam, ...).
         target_layer: layer to explain; default `model.info.cam_layer(model)`.
         reshape: tokens → `B×C×h×w` for transformers; default `model.info.cam_reshape`.
+        reference: the layer's healthy reference activation (`reference_activations`), for
+            the `-ref` methods (`REFERENCE_METHODS`).
     Example:
         >>> with CamExplainer(model) as cam:  # doctest: +SKIP
         ...     maps = cam(images)            # N×H×W in [0, 1]
@@ -94,10 +129,15 @@ class CamExplainer:
 
     def __init__(self, model: nn.Module, method: str = "gradcam",
                  target_layer: nn.Module | None = None,
-                 reshape: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 reference: np.ndarray | None = None) -> None:
         methods = _methods()
         if method not in methods:
             raise ValueError(f"method={method!r} is not one of {list(methods)}")
+        if (method in REFERENCE_METHODS) != (reference is not None):
+            raise ValueError(f"method={method!r} with reference="
+                             f"{'None' if reference is None else 'an array'}: the -ref methods "
+                             "take one (utils.cam.reference_activations), the others none")
         info = getattr(model, "info", None)
         if target_layer is None:
             if info is None or getattr(info, "cam_layer", None) is None:
@@ -106,7 +146,7 @@ class CamExplainer:
             target_layer = info.cam_layer(model)
             reshape = reshape if reshape is not None else info.cam_reshape
         self.model, self.method, self.target_layer = model, method, target_layer
-        self.reshape = reshape
+        self.reshape, self.reference = reshape, reference
         self._cam_class = methods[method]
         self._cam: Any = None
         self._was_training = model.training
@@ -115,6 +155,8 @@ class CamExplainer:
         self._was_training = self.model.training
         self._cam = self._cam_class(model=self.model, target_layers=[self.target_layer],
                                     reshape_transform=self.reshape)
+        if self.reference is not None:
+            self._cam.references = {self.target_layer: np.asarray(self.reference)}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,36 +220,71 @@ def compute_cams(model: nn.Module, images: torch.Tensor | np.ndarray,
                  target_index: int | Sequence[int] = 0, method: str = "gradcam",
                  positive: bool = True, *, target_layer: nn.Module | None = None,
                  reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 batch_size: int = 16) -> np.ndarray:
+                 batch_size: int = 16, reference: np.ndarray | None = None) -> np.ndarray:
     """CAMs `N×H×W` in [0, 1] in one call (hooks added and removed inside).
 
     Arguments as in `CamExplainer` and its call.
     Example:
         >>> cams = compute_cams(model, batch_images)  # doctest: +SKIP
     """
-    with CamExplainer(model, method=method, target_layer=target_layer, reshape=reshape) as cam:
+    with CamExplainer(model, method=method, target_layer=target_layer, reshape=reshape,
+                      reference=reference) as cam:
         return cam(images, target_index=target_index, positive=positive, batch_size=batch_size)
 
 
 # the methods that differ only in how they weigh one layer's activations and gradients
-_GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")
+_GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam",
+                     *REFERENCE_METHODS)
+
+
+def reference_activations(model: nn.Module, layers: dict[str, nn.Module], images: torch.Tensor,
+                          reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                          batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Each layer's mean activation `1×C×h×w` over `images` (the healthy reference of the
+    `-ref` CAM methods: pass the validation normals), through the same hooks and token
+    reshape the CAM uses, in eval mode as pytorch-grad-cam runs (the mode is restored)."""
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+
+    if len(images) == 0:
+        raise ValueError("reference_activations needs at least one image (healthy films)")
+    names = list(layers)
+    hooks = ActivationsAndGradients(model, [layers[n] for n in names], reshape)
+    device, sums, was_training = next(model.parameters()).device, [0.0] * len(names), model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                hooks(images[start:start + batch_size].to(device))
+                sums = [s + a.double().sum(0, keepdim=True)
+                        for s, a in zip(sums, hooks.activations)]
+    finally:
+        hooks.release()
+        model.train(was_training)
+    return {n: (s / len(images)).float().numpy() for n, s in zip(names, sums)}
 
 
 def cam_sweep(model: nn.Module, layers: dict[str, nn.Module], methods: Sequence[str],
               images: torch.Tensor, reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              batch_size: int = 16) -> dict[tuple[str, str], np.ndarray]:
+              batch_size: int = 16, references: dict[str, np.ndarray] | None = None
+              ) -> dict[tuple[str, str], np.ndarray]:
     """CAMs `N×H×W` of the positive logit for every `(layer name, method)` pair, from one
-    forward and one backward pass per batch.
+    forward and one backward pass per batch. `layers` in forward order: pytorch-grad-cam
+    pairs each layer with the activations in the order the hooks fire.
 
     The gradient methods differ only in how they weigh the same activations and gradients,
     so the gallery's choice of 4 layers × 3 methods costs one pass instead of twelve (the
     demo's 08 spent most of its time there). pytorch-grad-cam computes every map: its method
     objects share one set of hooks. Each map equals
-    `CamExplainer(model, method, layers[name], reshape)(images)` (tests/test_cam.py).
+    `CamExplainer(model, method, layers[name], reshape)(images)` (tests/test_cam.py); the
+    `-ref` methods read `references[name]` (`reference_activations`).
     """
     unknown = [m for m in methods if m not in _GRADIENT_METHODS]
     if unknown:
         raise ValueError(f"cam_sweep takes gradient methods {_GRADIENT_METHODS}, got {unknown}")
+    missing = [n for n in layers if n not in (references or {})]
+    if missing and any(m in REFERENCE_METHODS for m in methods):
+        raise ValueError(f"the -ref methods need references for layers {missing}: "
+                         "utils.cam.reference_activations(model, layers, normals)")
     names, classes, was_training = list(layers), _methods(), model.training
     cams = [classes[m](model=model, target_layers=[layers[n] for n in names],
                        reshape_transform=reshape) for m in methods]
@@ -215,6 +292,8 @@ def cam_sweep(model: nn.Module, layers: dict[str, nn.Module], methods: Sequence[
     for cam in cams[1:]:  # one set of hooks: the others read what the first one recorded
         cam.activations_and_grads.release()
         cam.activations_and_grads = hooks
+    for cam in cams:
+        cam.references = {layers[n]: references[n] for n in names if n in (references or {})}
     out: dict[tuple[str, str], list[np.ndarray]] = {(n, m): [] for n in names for m in methods}
     device = next(model.parameters()).device
     try:

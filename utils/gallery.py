@@ -142,6 +142,51 @@ def _positives_with_boxes(loader, limit: int) -> tuple[torch.Tensor | None, list
     return torch.stack([it[0] for it in items]), [it[2]["boxes"].tolist() for it in items]
 
 
+def _normals(loader, limit: int) -> torch.Tensor | None:
+    """Up to `limit` images of the loader's normals (label 0), None without any."""
+    rows = np.flatnonzero(loader.dataset.labels[:, 0] == 0)[:limit]
+    return torch.stack([loader.dataset[int(i)][0] for i in rows]) if len(rows) else None
+
+
+@dataclass
+class Explained:
+    """A model ready for the gallery's CAMs: its candidate layers (`cam_candidates`) and
+    their healthy references (the `-ref` methods'; None without validation normals)."""
+
+    model: torch.nn.Module
+    layers: dict[str, torch.nn.Module]
+    references: dict[str, np.ndarray] | None = None
+    reference_n: int = 0            # validation normals averaged into the references
+
+
+def explained(model: torch.nn.Module, val, device, limit: int = 64) -> Explained:
+    """`model` with its candidate layers and, from up to `limit` *validation* normals, each
+    layer's mean activation: the reference of the `-ref` CAM methods."""
+    from .cam import reference_activations
+
+    model = model.to(device)
+    layers = cam_candidates(model)
+    normals = _normals(val, limit) if val is not None else None
+    if normals is None:
+        return Explained(model, layers)
+    refs = reference_activations(model, layers, normals, reshape=model.info.cam_reshape)
+    return Explained(model, layers, refs, len(normals))
+
+
+def untrained_copy(run_cfg: RunConfig, seed: int = 0) -> torch.nn.Module:
+    """The run's architecture with the registry's random initialisation and no pretrained
+    weights, in eval mode: the model-randomisation check of Adebayo et al. (2018, "Sanity
+    checks for saliency maps"). A CAM that localises as well on this copy shows the image
+    (the lesion is what differs most from a healthy film), not what training taught."""
+    from .models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(run_cfg.model, num_classes=1, pretrained=False,
+                             dropout=run_cfg.dropout, image_size=run_cfg.image_size)
+    return model.eval()
+
+
 def _boxed_patients(loader, limit: int) -> list[str]:
     """The patient of each image `_positives_with_boxes` returns, in the same order."""
     manifest = loader.dataset.manifest
@@ -165,58 +210,104 @@ def hit_rate_ci(hits: Any, patients: Any, n_boot: int = 1000,
 
 
 def _sweep(model, layers: dict[str, torch.nn.Module], methods: tuple[str, ...], images,
-           boxes, device) -> dict[tuple[str, str], dict[str, Any]]:
+           boxes, device, references: dict[str, np.ndarray] | None = None
+           ) -> dict[tuple[str, str], dict[str, Any]]:
     """`localisation_scores` plus `hits` (each image's pointing-game outcome) for every
     (layer, method) pair, from one CAM pass (`cam_sweep`). Transformers only have the
     default layer, so the registry's token reshape applies to every layer passed."""
     from .cam import cam_sweep, localisation_scores, pointing_hit
 
-    maps = cam_sweep(model.to(device), layers, methods, images, reshape=model.info.cam_reshape)
+    maps = cam_sweep(model.to(device), layers, methods, images, reshape=model.info.cam_reshape,
+                     references=references)
     return {key: {**localisation_scores(cams, boxes),
                   "hits": [pointing_hit(c, b) for c, b in zip(cams, boxes)]}
             for key, cams in maps.items()}
 
 
 # Grad-CAM first (it wins ties), then two variants of it that weight each position by its own
-# gradient instead of the map's average one. In one demo run (`python run_all.py`), the study's
-# CNN: Grad-CAM at its best layer (`features.2`) hits 16 % of the test boxes, HiResCAM at
-# `features.3` 41 %, against 8 % for a random point.
-CAM_CHOICES = ("gradcam", "hirescam", "layercam")
+# gradient instead of the map's average one, then Grad-CAM and HiResCAM measured from a healthy
+# reference (`utils.cam._FromReference`). On one demo run's validation positives (43 boxed
+# Kermany films, random point 7 %), the study's CNN: plain Grad-CAM at best 2 % (its maps peak
+# on the mediastinum), HiResCAM 23 %, Grad-CAM from the reference 74 % (its untrained copy 7 %);
+# ResNet-18 v1: Grad-CAM 30 %, from the reference 93 % (untrained 19 %).
+CAM_CHOICES = ("gradcam", "hirescam", "layercam", "gradcam-ref", "hirescam-ref")
 
 
-def choose_cam_layer(cases: Cases, device, limit: int = 32,
-                     methods: tuple[str, ...] = CAM_CHOICES) -> dict[str, Any]:
-    """The candidate layer and CAM method whose map peaks inside the boxes most often on
-    the *validation* positives (ties: Grad-CAM, then the deeper layer); Grad-CAM of the
-    default layer when val has no boxes. Test boxes never take part in the choice."""
-    candidates = cam_candidates(cases.model)
+def _best(gain: dict[tuple[str, str], float], names: list[str],
+          methods: tuple[str, ...]) -> tuple[str, str]:
+    """The (layer, method) with the highest gain: earlier methods win ties, then the deeper
+    layer."""
+    best, best_gain = ("default", "gradcam"), -np.inf
+    for method in methods:
+        for name in reversed(names):  # deepest first: a later layer wins ties
+            if gain[(name, method)] > best_gain:
+                best, best_gain = (name, method), gain[(name, method)]
+    return best
+
+
+def choose_cam_layer(cases: Cases, device, limit: int = 64,
+                     methods: tuple[str, ...] = CAM_CHOICES, trained: Explained | None = None,
+                     untrained: Explained | None = None) -> dict[str, Any]:
+    """The candidate layer and CAM method whose map peaks inside the boxes most often on the
+    *validation* positives, beyond what the same map of the `untrained` copy scores there
+    (`untrained_copy`; without one, beyond 0), and the best of the methods without a
+    reference (`plain_*`, for comparison). Ties: Grad-CAM, then the deeper layer. The `-ref`
+    methods take part when `trained` has references. Grad-CAM of the default layer when val
+    has no boxes. Test boxes never take part in the choice."""
+    from .cam import REFERENCE_METHODS
+
+    trained = trained or Explained(cases.model, cam_candidates(cases.model))
+    if trained.references is None:
+        methods = tuple(m for m in methods if m not in REFERENCE_METHODS)
     images, boxes = (_positives_with_boxes(cases.val, limit) if cases.val is not None
                      else (None, []))
-    if images is None:
-        return {"layer": "default", "method": "gradcam",
-                "chosen_on": "default (no validation boxes)", "val_hit_rate": float("nan")}
-    scores = _sweep(cases.model, candidates, methods, images, boxes, device)
-    best, best_rate = ("default", "gradcam"), -1.0
-    for method in methods:
-        for name in reversed(list(candidates)):  # deepest first: a later layer wins ties
-            rate = scores[(name, method)]["hit_rate"]
-            if rate > best_rate:
-                best, best_rate = (name, method), rate
-    return {"layer": best[0], "method": best[1], "chosen_on": "val", "val_hit_rate": best_rate}
-
-
-def _test_scores(model, candidates, choice, images, boxes, device) -> tuple[dict, float]:
-    """The chosen (layer, method)'s test scores and Grad-CAM of the default layer's hit rate
-    (CheXNet's choice, for comparison), from one pass."""
     nan = float("nan")
     if images is None:
-        return ({"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan,
-                 "hits": []}, nan)
-    layer, method = choice["layer"], choice["method"]
-    layers = {layer: candidates[layer], "default": candidates["default"]}
-    scores = _sweep(model, layers, tuple(dict.fromkeys((method, "gradcam"))), images, boxes,
-                    device)
-    return scores[(layer, method)], scores[("default", "gradcam")]["hit_rate"]
+        return {"layer": "default", "method": "gradcam", "chosen_on": "default (no validation "
+                "boxes)", "val_hit_rate": nan, "val_untrained_hit_rate": nan,
+                "plain_layer": "default", "plain_method": "gradcam"}
+    scores = {k: v["hit_rate"] for k, v in _sweep(trained.model, trained.layers, methods, images,
+                                                  boxes, device, trained.references).items()}
+    base = ({k: v["hit_rate"] for k, v in _sweep(untrained.model, untrained.layers, methods,
+                                                 images, boxes, device,
+                                                 untrained.references).items()}
+            if untrained is not None else dict.fromkeys(scores, 0.0))
+    gain = {k: scores[k] - base[k] for k in scores}
+    names = list(trained.layers)
+    best = _best(gain, names, methods)
+    plain = _best(gain, names, tuple(m for m in methods if m not in REFERENCE_METHODS))
+    return {"layer": best[0], "method": best[1], "chosen_on": "val",
+            "val_hit_rate": scores[best],
+            "val_untrained_hit_rate": base[best] if untrained is not None else nan,
+            "plain_layer": plain[0], "plain_method": plain[1]}
+
+
+def _test_scores(trained: Explained, untrained: Explained | None, choice: dict, images, boxes,
+                 device) -> dict[str, Any]:
+    """The chosen (layer, method)'s test scores with `hits`, and the hit rates of the same map
+    of the untrained copy (`untrained_hit_rate`), of the best method without a reference
+    (`plain_hit_rate`) and of Grad-CAM of the default layer (CheXNet's choice)."""
+    nan = float("nan")
+    if images is None:
+        return {"hit_rate": nan, "mean_iou": nan, "n": 0, "random_hit_rate": nan, "hits": [],
+                "untrained_hit_rate": nan, "plain_hit_rate": nan, "default_hit_rate": nan}
+    chosen = (choice["layer"], choice["method"])
+    keys = [chosen, (choice["plain_layer"], choice["plain_method"]), ("default", "gradcam")]
+    scores = _sweep_keys(trained, keys, images, boxes, device)
+    base = (_sweep_keys(untrained, keys[:1], images, boxes, device)[chosen]["hit_rate"]
+            if untrained is not None else nan)
+    return {**scores[chosen], "untrained_hit_rate": base,
+            "plain_hit_rate": scores[keys[1]]["hit_rate"],
+            "default_hit_rate": scores[keys[2]]["hit_rate"]}
+
+
+def _sweep_keys(model: Explained, keys: list[tuple[str, str]], images, boxes, device) -> dict:
+    """`_sweep` over just the (layer, method) pairs in `keys`, in one pass."""
+    wanted = {name for name, _ in keys}  # in forward order, as pytorch-grad-cam pairs them
+    layers = {name: layer for name, layer in model.layers.items() if name in wanted}
+    refs = {n: model.references[n] for n in layers} if model.references else None
+    return _sweep(model.model, layers, tuple(dict.fromkeys(m for _, m in keys)), images, boxes,
+                  device, refs)
 
 
 def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4,
@@ -224,20 +315,20 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     """Images, CAMs, boxes and titles of a step's picked test cases, plus its CAM-vs-box score.
 
     Predictions are recomputed on the test split with the best checkpoint, and cases are
-    picked at the checkpoint's validation-chosen threshold (`load_cases`).
+    picked at the checkpoint's validation-chosen threshold (`load_cases`). The CAM layer and
+    method are chosen on validation against an untrained copy (`choose_cam_layer`).
     """
-    from .cam import CAM_LABELS, CamExplainer, is_flat
+    from .cam import CAM_LABELS, is_flat
     from .occlusion import occlusion_check
 
     cases = load_cases(step, cfg, ctx, per_group)
     model, run_cfg, pred = cases.model.to(ctx.device), cases.run_cfg, cases.pred
-    choice = choose_cam_layer(cases, ctx.device)
-    candidates = cam_candidates(model)
-    layer, method = candidates[choice["layer"]], choice["method"]
-    reshape = model.info.cam_reshape if choice["layer"] == "default" else None
+    trained = explained(model, cases.val, ctx.device)
+    untrained = explained(untrained_copy(run_cfg, cfg.seed), cases.val, ctx.device)
+    choice = choose_cam_layer(cases, ctx.device, trained=trained, untrained=untrained)
     out: dict[str, Any] = {"images": [], "titles": [], "boxes": [], "cams": [],
-                           "layer": choice["layer"], "method": CAM_LABELS[method]}
-    with CamExplainer(model, method=method, target_layer=layer, reshape=reshape) as cam:
+                           "layer": choice["layer"], "method": CAM_LABELS[choice["method"]]}
+    with _explainer(trained, choice) as cam:
         for group, i, image, image_u8, meta in cases.items():
             out["images"].append(image_u8)
             out["cams"].append(cam(image.to(ctx.device))[0])
@@ -245,31 +336,46 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
             flat = " (flat CAM)" if is_flat(out["cams"][-1]) else ""
             out["titles"].append(f"{group}\np={pred.probs[i, 0]:.2f}{flat}")
     images, boxes = _positives_with_boxes(cases.test, max_localisation)
-    scores, default_rate = _test_scores(model, candidates, choice, images, boxes, ctx.device)
+    scores = _test_scores(trained, untrained, choice, images, boxes, ctx.device)
     occluded = occlusion_check(model, images, boxes, ctx.device) if images is not None else {}
     hits = scores.pop("hits")
     scores["hit_lo"], scores["hit_hi"] = hit_rate_ci(
         hits, _boxed_patients(cases.test, max_localisation) if hits else [])
     out["localisation"] = {"step": step, "model": run_cfg.model, "dataset": run_cfg.dataset,
                            "threshold": cases.threshold, **scores, **choice,
-                           "default_hit_rate": default_rate, **occluded}
+                           "reference_n": trained.reference_n, **occluded}
     return out
+
+
+def _explainer(model: Explained, choice: dict[str, Any]):
+    """A `CamExplainer` for the chosen layer and method (with its reference when it has one)."""
+    from .cam import CamExplainer, REFERENCE_METHODS
+
+    name, method = choice["layer"], choice["method"]
+    reference = model.references[name] if method in REFERENCE_METHODS else None
+    reshape = model.model.info.cam_reshape if name == "default" else None
+    return CamExplainer(model.model, method=method, target_layer=model.layers[name],
+                        reshape=reshape, reference=reference)
 
 
 def localisation_table(galleries: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per model: pointing-game hit rate (95% CI over patients) and IoU against the
-    random-point baseline; `above_random` when the whole CI clears it; then p before and
+    random-point baseline; `above_random` when the whole CI clears it, `above_untrained`
+    when it clears the same map of the untrained copy (`untrained_copy`); then p before and
     after the boxes are replaced by the mirrored lung, and after a control box is
     (`utils.occlusion`)."""
     rows = [g["localisation"] for g in galleries.values()]
     table = pd.DataFrame(rows, columns=["step", "model", "dataset", "n", "layer", "method",
-                                        "chosen_on",
-                                        "val_hit_rate", "hit_rate", "hit_lo", "hit_hi",
-                                        "random_hit_rate", "default_hit_rate", "mean_iou",
+                                        "chosen_on", "val_hit_rate", "val_untrained_hit_rate",
+                                        "hit_rate", "hit_lo", "hit_hi", "random_hit_rate",
+                                        "untrained_hit_rate", "plain_layer", "plain_method",
+                                        "plain_hit_rate", "default_hit_rate", "reference_n",
+                                        "mean_iou",
                                         "threshold", "occlusion_n", "p_before", "p_mirrored",
                                         "drop_share", "p_control", "control_drop_share"])
     table["hit_rate_vs_random"] = table["hit_rate"] / table["random_hit_rate"]
     table["above_random"] = table["hit_lo"] > table["random_hit_rate"]
+    table["above_untrained"] = table["hit_lo"] > table["untrained_hit_rate"]
     return table
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from .distributed import LaunchError, backend_for, under_torchrun
 from .fileio import atomic_write_json, atomic_write_text
+from .runtime import usable_cpus
 
 __all__ = ["needs_launch", "check_launch", "torchrun_command", "train_distributed",
            "DistributedTrainingError", "LaunchError"]
@@ -206,7 +207,7 @@ def _stream(cmd: list[str], env: dict[str, str]) -> None:
 def _worker_env(nproc: int) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", CXR_QUIET="1")
     # torchrun's default is 1 thread (with a banner): share this machine's cores instead
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // nproc)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 

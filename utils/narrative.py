@@ -234,9 +234,36 @@ def _occ(row: Mapping[str, Any]) -> str:
             f"(control {row['p_control']:.2f}, lower for {row['control_drop_share']:.0%})")
 
 
+def _against_untrained(scored: list[Mapping[str, Any]]) -> list[str]:
+    """The randomisation check and the maps without a reference, in words (08's rows)."""
+    out = []
+    if checked := [r for r in scored if _num(r.get("untrained_hit_rate"))]:
+        above = [r for r in checked if _num(r.get("hit_lo"))
+                 and r["hit_lo"] > r["untrained_hit_rate"]]
+        text = (f"The same map of an untrained copy of each network (the model-randomisation "
+                f"check) hits {_span([r['untrained_hit_rate'] for r in checked])}; "
+                f"{len(above)} of {len(checked)} models' CIs clear their copy")
+        below = [f"{r.get('step')} {r['hit_rate']:.0%} vs {r['untrained_hit_rate']:.0%}"
+                 for r in checked if r not in above]
+        out.append(text + (f" (not: {'; '.join(below)})." if below else "."))
+    plain = [r for r in scored if str(r.get("method", "")).endswith("-ref")
+             and _num(r.get("plain_hit_rate"))]
+    if plain:
+        out.append("Without the healthy reference (the best plain method, chosen the same "
+                   "way) the maps hit " + "; ".join(
+                       f"{r.get('step')} {r['plain_hit_rate']:.0%}" for r in plain) + ".")
+    return out
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.0%}" if lo == hi else f"{lo:.0%}–{hi:.0%}"
+
+
 def gallery_summary(rows: list[Mapping[str, Any]], synthetic: bool = False) -> list[str]:
     """08's localisation rows in words: how many models' CAMs beat a random point with the
-    whole 95% CI (over patients), the best, and every one that does not."""
+    whole 95% CI (over patients), the best, the untrained copies' and the plain maps' hit
+    rates, and every model that is not clear of a random point."""
     scored = [r for r in rows if _num(r.get("hit_rate")) and _num(r.get("random_hit_rate"))]
     out = []
     if not scored:
@@ -253,6 +280,7 @@ def gallery_summary(rows: list[Mapping[str, Any]], synthetic: bool = False) -> l
                    f"a uniformly random point, with the 95% CI over patients clear of it. The "
                    f"widest margin: {_hit(best)} for a random point "
                    f"({method} at {best.get('layer')}, chosen on validation).")
+        out.extend(_against_untrained(scored))
         if rest := [r for r in scored if r not in clear]:
             out.append("Not clear of a random point: " + "; ".join(_hit(r) for r in rest)
                        + ". A model can classify well and still point elsewhere: a CAM "

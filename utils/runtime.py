@@ -14,7 +14,17 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["pick_device", "amp_dtype", "autocast", "seed_everything", "environment", "in_colab"]
+__all__ = ["pick_device", "amp_dtype", "autocast", "seed_everything", "environment", "in_colab",
+           "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's):
+    what run_all's side-by-side kernels and torchrun's workers split their threads over."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def pick_device(requested: str = "auto") -> "torch.device":
