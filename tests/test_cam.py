@@ -376,12 +376,13 @@ def test_reference_methods_need_a_reference_and_the_others_refuse_one():
 
 @pytest.mark.parametrize("name", ["resnet18", "vit_mini"])
 def test_cam_sweep_with_references_equals_one_explainer_each(name):
+    """Also with the layers given out of forward order (layer3 before layer1)."""
     from utils.cam import reference_activations
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=1, pretrained=False, image_size=64).eval()
     info = model.info
-    layers = ({"layer1": model.layer1[-1], "layer3": model.layer3[-1]} if name == "resnet18"
+    layers = ({"layer3": model.layer3[-1], "layer1": model.layer1[-1]} if name == "resnet18"
               else {"default": info.cam_layer(model)})
     normals, images = torch.rand(4, 1, 64, 64), torch.rand(3, 1, 64, 64)
     refs = reference_activations(model, layers, normals, reshape=info.cam_reshape, batch_size=3)

@@ -247,7 +247,7 @@ def reference_activations(model: nn.Module, layers: dict[str, nn.Module], images
 
     if len(images) == 0:
         raise ValueError("reference_activations needs at least one image (healthy films)")
-    names = list(layers)
+    names = _forward_order(model, layers, images[:1])  # the order its hooks record in
     hooks = ActivationsAndGradients(model, [layers[n] for n in names], reshape)
     device, sums, was_training = next(model.parameters()).device, [0.0] * len(names), model.training
     model.eval()
@@ -268,8 +268,7 @@ def cam_sweep(model: nn.Module, layers: dict[str, nn.Module], methods: Sequence[
               batch_size: int = 16, references: dict[str, np.ndarray] | None = None
               ) -> dict[tuple[str, str], np.ndarray]:
     """CAMs `N×H×W` of the positive logit for every `(layer name, method)` pair, from one
-    forward and one backward pass per batch. `layers` in forward order: pytorch-grad-cam
-    pairs each layer with the activations in the order the hooks fire.
+    forward and one backward pass per batch.
 
     The gradient methods differ only in how they weigh the same activations and gradients,
     so the gallery's choice of 4 layers × 3 methods costs one pass instead of twelve (the
@@ -285,7 +284,9 @@ def cam_sweep(model: nn.Module, layers: dict[str, nn.Module], methods: Sequence[
     if missing and any(m in REFERENCE_METHODS for m in methods):
         raise ValueError(f"the -ref methods need references for layers {missing}: "
                          "utils.cam.reference_activations(model, layers, normals)")
-    names, classes, was_training = list(layers), _methods(), model.training
+    # pytorch-grad-cam pairs its layers with the activations in the order the hooks fire
+    names, classes, was_training = _forward_order(model, layers, images[:1]), _methods(), \
+        model.training
     cams = [classes[m](model=model, target_layers=[layers[n] for n in names],
                        reshape_transform=reshape) for m in methods]
     hooks = cams[0].activations_and_grads
@@ -313,6 +314,24 @@ def cam_sweep(model: nn.Module, layers: dict[str, nn.Module], methods: Sequence[
         model.train(was_training)
         model.zero_grad(set_to_none=True)
     return {key: _checked(np.concatenate(maps)) for key, maps in out.items()}
+
+
+def _forward_order(model: nn.Module, layers: dict[str, nn.Module],
+                   probe: torch.Tensor) -> list[str]:
+    """The names of `layers` in the order their outputs appear in a forward pass (in eval
+    mode: the probe must not move BatchNorm's running statistics)."""
+    seen: list[str] = []
+    hooks = [layer.register_forward_hook(lambda *_, n=name: seen.append(n))
+             for name, layer in layers.items()]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(probe.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(seen)) + [n for n in layers if n not in seen]
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4,

@@ -226,10 +226,11 @@ def _sweep(model, layers: dict[str, torch.nn.Module], methods: tuple[str, ...], 
 
 # Grad-CAM first (it wins ties), then two variants of it that weight each position by its own
 # gradient instead of the map's average one, then Grad-CAM and HiResCAM measured from a healthy
-# reference (`utils.cam._FromReference`). On one demo run's validation positives (43 boxed
-# Kermany films, random point 7 %), the study's CNN: plain Grad-CAM at best 2 % (its maps peak
-# on the mediastinum), HiResCAM 23 %, Grad-CAM from the reference 74 % (its untrained copy 7 %);
-# ResNet-18 v1: Grad-CAM 30 %, from the reference 93 % (untrained 19 %).
+# reference (`utils.cam._FromReference`). On the demo's validation positives (`python
+# run_all.py`: 43 boxed Kermany films, random point 7 %), the study's CNN: plain Grad-CAM at
+# best 2 % (its maps peak on the mediastinum), HiResCAM 23 %, Grad-CAM from the reference at
+# features.3 74 % (its untrained copy 2 %); ResNet-18 v1: Grad-CAM 30 %, from the reference at
+# layer1 100 % (untrained copy 16 %).
 CAM_CHOICES = ("gradcam", "hirescam", "layercam", "gradcam-ref", "hirescam-ref")
 
 
@@ -303,8 +304,7 @@ def _test_scores(trained: Explained, untrained: Explained | None, choice: dict, 
 
 def _sweep_keys(model: Explained, keys: list[tuple[str, str]], images, boxes, device) -> dict:
     """`_sweep` over just the (layer, method) pairs in `keys`, in one pass."""
-    wanted = {name for name, _ in keys}  # in forward order, as pytorch-grad-cam pairs them
-    layers = {name: layer for name, layer in model.layers.items() if name in wanted}
+    layers = {name: model.layers[name] for name, _ in keys}
     refs = {n: model.references[n] for n in layers} if model.references else None
     return _sweep(model.model, layers, tuple(dict.fromkeys(m for _, m in keys)), images, boxes,
                   device, refs)
