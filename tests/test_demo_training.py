@@ -122,7 +122,7 @@ def test_a_registry_cnn_points_at_the_lesions_from_a_healthy_reference(demo_load
     HiResCAM from the reference at layer1 0.86, random point 0.07, the untrained copy's same
     map 0.54 (the lesion is what differs most from a healthy film), the best plain map
     (LayerCAM, layer2) 0.14; 34 s."""
-    from utils import gallery
+    from utils import gallery, localisation
 
     cfg, loaders = demo_loaders
     cfg = dataclasses.replace(cfg, model="resnet18", epochs=4, pretrained=False)
@@ -132,12 +132,12 @@ def test_a_registry_cnn_points_at_the_lesions_from_a_healthy_reference(demo_load
         loss_fn=build_loss(cfg, loaders["train"].dataset.labels))
     model.eval()
     cases = gallery.Cases(model, {}, cfg, loaders["test"], None, 0.5, {}, loaders["val"])
-    trained = gallery.explained(model, loaders["val"], "cpu")
-    untrained = gallery.explained(gallery.untrained_copy(cfg), loaders["val"], "cpu")
-    choice = gallery.choose_cam_layer(cases, "cpu", trained=trained, untrained=untrained)
+    trained = localisation.explained(model, loaders["val"], "cpu")
+    untrained = localisation.explained(localisation.untrained_copy(cfg), loaders["val"], "cpu")
+    choice = localisation.choose_cam_layer(cases, "cpu", trained=trained, untrained=untrained)
     assert choice["method"].endswith("-ref") and trained.reference_n > 10, choice
     images, boxes = _boxed_test_images(loaders["test"])
-    test = gallery._test_scores(trained, untrained, choice, images, boxes, "cpu")
+    test = localisation.score_test_split(trained, untrained, choice, images, boxes, "cpu")
     baseline = test["random_hit_rate"]
     assert test["hit_rate"] >= max(0.5, 5 * baseline), (choice, test)
     assert test["hit_rate"] > test["untrained_hit_rate"] + 0.2, (choice, test)

@@ -31,7 +31,7 @@ def test_localisation_table_ratio_to_random():
 
 
 def test_hit_rate_ci_resamples_patients_not_films():
-    from utils.gallery import hit_rate_ci
+    from utils.localisation import hit_rate_ci
 
     hits = [1, 1, 1, 1, 0, 0, 0, 0] * 4
     films = [f"f{i}" for i in range(len(hits))]          # 32 independent films
@@ -51,7 +51,7 @@ def test_hit_rate_ci_resamples_patients_not_films():
 def test_cam_candidates_run_fine_to_coarse_and_end_with_the_default(name, sides):
     import torch
 
-    from utils.gallery import cam_candidates
+    from utils.localisation import cam_candidates
     from utils.models import create_model
 
     model = create_model(name, 1, image_size=64).eval()
@@ -93,24 +93,24 @@ def _choice(choice: dict) -> dict:
 
 
 def test_the_cam_layer_is_chosen_on_validation_boxes_deeper_on_ties(monkeypatch):
-    from utils import gallery
+    from utils import gallery, localisation
     from utils.models import create_model
 
     model = create_model("resnet18", 1, image_size=64)
     rates = {"layer1": 0.5, "layer2": 0.7, "layer3": 0.7, "default": 0.0}
-    monkeypatch.setattr(gallery, "_sweep", lambda m, layers, methods, *a: {
+    monkeypatch.setattr(localisation, "_sweep", lambda m, layers, methods, *a: {
         (n, k): {"hit_rate": rates[n]} for n in layers for k in methods})
     cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
-    choice = gallery.choose_cam_layer(cases, "cpu")
+    choice = localisation.choose_cam_layer(cases, "cpu")
     assert _choice(choice) == {"layer": "layer3", "method": "gradcam", "chosen_on": "val",
                                "val_hit_rate": 0.7}  # every method ties: Grad-CAM wins ties
     assert (choice["plain_layer"], choice["plain_method"]) == ("layer3", "gradcam")
     cases.val = None
-    assert gallery.choose_cam_layer(cases, "cpu")["layer"] == "default"
+    assert localisation.choose_cam_layer(cases, "cpu")["layer"] == "default"
 
 
 def test_a_cam_method_that_localises_better_on_validation_is_chosen(monkeypatch):
-    from utils import gallery
+    from utils import gallery, localisation
     from utils.models import create_model
 
     model = create_model("resnet18", 1, image_size=64)
@@ -120,20 +120,20 @@ def test_a_cam_method_that_localises_better_on_validation_is_chosen(monkeypatch)
         return {(n, k): {"hit_rate": 0.6 if (n, k) == ("layer2", "layercam") else 0.1}
                 for n in layers for k in methods}
 
-    monkeypatch.setattr(gallery, "_sweep", sweep)
+    monkeypatch.setattr(localisation, "_sweep", sweep)
     cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
-    assert _choice(gallery.choose_cam_layer(cases, "cpu")) == {
+    assert _choice(localisation.choose_cam_layer(cases, "cpu")) == {
         "layer": "layer2", "method": "layercam", "chosen_on": "val", "val_hit_rate": 0.6}
 
 
 def test_the_choice_is_what_training_added_over_an_untrained_copy(monkeypatch):
     """A map that hits as often on the untrained copy shows the image, not the model
     (Adebayo et al.'s randomisation check): the choice maximises the difference."""
-    from utils import gallery
+    from utils import gallery, localisation
     from utils.models import create_model
 
     model = create_model("resnet18", 1, image_size=64)
-    copy = gallery.untrained_copy(SimpleNamespace(model="resnet18", dropout=0.0,
+    copy = localisation.untrained_copy(SimpleNamespace(model="resnet18", dropout=0.0,
                                                   image_size=64))
     assert not copy.training
     trained_rates = {("layer1", "gradcam-ref"): 0.9, ("layer2", "gradcam-ref"): 0.8}
@@ -144,11 +144,11 @@ def test_the_choice_is_what_training_added_over_an_untrained_copy(monkeypatch):
         assert references is not None and set(references) == set(layers)
         return {(n, k): {"hit_rate": rates.get((n, k), 0.0)} for n in layers for k in methods}
 
-    monkeypatch.setattr(gallery, "_sweep", sweep)
-    refs = {n: np.zeros(1) for n in gallery.cam_candidates(model)}
-    trained = gallery.Explained(model, gallery.cam_candidates(model), refs, 3)
-    untrained = gallery.Explained(copy, gallery.cam_candidates(copy), refs, 3)
+    monkeypatch.setattr(localisation, "_sweep", sweep)
+    refs = {n: np.zeros(1) for n in localisation.cam_candidates(model)}
+    trained = localisation.Explained(model, localisation.cam_candidates(model), refs, 3)
+    untrained = localisation.Explained(copy, localisation.cam_candidates(copy), refs, 3)
     cases = gallery.Cases(model, {}, None, _Loader(forbidden=True), None, 0.5, {}, _Loader())
-    choice = gallery.choose_cam_layer(cases, "cpu", trained=trained, untrained=untrained)
+    choice = localisation.choose_cam_layer(cases, "cpu", trained=trained, untrained=untrained)
     assert (choice["layer"], choice["method"]) == ("layer2", "gradcam-ref")
     assert (choice["val_hit_rate"], choice["val_untrained_hit_rate"]) == (0.8, 0.1)
