@@ -1,4 +1,5 @@
-"""utils.gallery's pure parts: which test cases the 08 gallery picks, and its table."""
+"""utils.gallery's and utils.localisation's pure parts: which test cases the 08 gallery picks,
+which CAM layer and method it explains them with, and its table."""
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -28,7 +28,7 @@ class _FromReference:
 
     Grad-CAM weighs a layer's activations `A` by the pneumonia logit's gradients; what every
     film has (mediastinum, spine, the bright body) fires many channels in every image, so on
-    the demo's small CNNs the map peaked there, on healthy and sick films alike. With
+    the demo's small CNNs the map of a positive film peaked there, not on its lesion. With
     `references[layer]` = `R`, the mean activation of the validation normals
     (`reference_activations`), the map weighs `A - R` instead: where this film's features
     exceed a healthy film's, as DeepLIFT measures from a reference input. Zero reference =

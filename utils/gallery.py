@@ -111,14 +111,15 @@ def build_gallery(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4
     """
     from .cam import CAM_LABELS, is_flat
     from .localisation import (boxed_patients, cam_explainer, choose_cam_layer, explained,
-                               hit_rate_ci, positives_with_boxes, score_test_split,
-                               untrained_copy)
+                               hit_rate_ci, normal_images, positives_with_boxes,
+                               score_test_split, untrained_copy)
     from .occlusion import occlusion_check
 
     cases = load_cases(step, cfg, ctx, per_group)
     model, run_cfg, pred = cases.model.to(ctx.device), cases.run_cfg, cases.pred
-    trained = explained(model, cases.val, ctx.device)
-    untrained = explained(untrained_copy(run_cfg, cfg.seed), cases.val, ctx.device)
+    normals = normal_images(cases.val)
+    trained = explained(model, normals, ctx.device)
+    untrained = explained(untrained_copy(run_cfg, cfg.seed), normals, ctx.device)
     choice = choose_cam_layer(cases, ctx.device, trained=trained, untrained=untrained)
     out: dict[str, Any] = {"images": [], "titles": [], "boxes": [], "cams": [],
                            "layer": choice["layer"], "method": CAM_LABELS[choice["method"]]}

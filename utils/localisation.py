@@ -13,7 +13,7 @@ from .config import RunConfig
 
 __all__ = ["cam_candidates", "Explained", "explained", "untrained_copy", "CAM_CHOICES",
            "choose_cam_layer", "score_test_split", "cam_explainer", "hit_rate_ci",
-           "positives_with_boxes", "boxed_patients"]
+           "positives_with_boxes", "boxed_patients", "normal_images"]
 
 
 def cam_candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -57,8 +57,11 @@ def positives_with_boxes(loader, limit: int) -> tuple[torch.Tensor | None, list]
     return torch.stack([it[0] for it in items]), [it[2]["boxes"].tolist() for it in items]
 
 
-def _normals(loader, limit: int) -> torch.Tensor | None:
-    """Up to `limit` images of the loader's normals (label 0), None without any."""
+def normal_images(loader, limit: int = 64) -> torch.Tensor | None:
+    """Up to `limit` images of the loader's normals (label 0), None without any (or without
+    a loader): the healthy reference's films, decoded once for a model and its copy."""
+    if loader is None:
+        return None
     rows = np.flatnonzero(loader.dataset.labels[:, 0] == 0)[:limit]
     return torch.stack([loader.dataset[int(i)][0] for i in rows]) if len(rows) else None
 
@@ -74,14 +77,14 @@ class Explained:
     reference_n: int = 0            # validation normals averaged into the references
 
 
-def explained(model: torch.nn.Module, val, device, limit: int = 64) -> Explained:
-    """`model` with its candidate layers and, from up to `limit` *validation* normals, each
-    layer's mean activation: the reference of the `-ref` CAM methods."""
+def explained(model: torch.nn.Module, normals: torch.Tensor | None, device) -> Explained:
+    """`model` with its candidate layers and, from the *validation* `normals`
+    (`normal_images`), each layer's mean activation: the reference of the `-ref` CAM
+    methods (none without normals)."""
     from .cam import reference_activations
 
     model = model.to(device)
     layers = cam_candidates(model)
-    normals = _normals(val, limit) if val is not None else None
     if normals is None:
         return Explained(model, layers)
     refs = reference_activations(model, layers, normals, reshape=model.info.cam_reshape)
@@ -224,7 +227,6 @@ def _sweep_keys(model: Explained, keys: list[tuple[str, str]], images, boxes, de
     refs = {n: model.references[n] for n in layers} if model.references else None
     return _sweep(model.model, layers, tuple(dict.fromkeys(m for _, m in keys)), images, boxes,
                   device, refs)
-
 
 
 def cam_explainer(model: Explained, choice: dict[str, Any]):
