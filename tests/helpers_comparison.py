@@ -2,9 +2,12 @@
 write them (utils.results), for models × datasets × seeds, with external rows."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from utils.results import write_predictions, write_results
 from utils.runs import run_name
@@ -36,11 +39,15 @@ def _scores(split: dict, strength: float, seed: int) -> dict:
 
 
 def write_run(reports: Path, step: str, dataset: str, seed_index: int, strength: float,
-              model: str, fingerprint: str | None = None, external: bool = True) -> str:
+              model: str, fingerprint: str | None = None, external: bool = True,
+              val_strength: float | None = None) -> str:
+    """One seed's results JSON and predictions CSV; `val_strength` (default `strength`)
+    lets a model look better or worse on validation than on test."""
     name = run_name(step, dataset, "rsna", seed_index)
     seed = 42 + seed_index
     test = _scores(test_split(dataset), strength, seed * 7 + len(step))
-    val = _scores(test_split(dataset, 40), strength, seed * 11 + len(step))
+    val = _scores(test_split(dataset, 40), strength if val_strength is None else val_strength,
+                  seed * 11 + len(step))
     others = {d: _scores(test_split(d), strength * 0.6, seed * 13 + len(step))
               for d in DATASETS if d != dataset} if external else {}
     write_results({"step": name, "plan_step": step, "seed": seed, "seed_index": seed_index,
@@ -50,7 +57,9 @@ def write_run(reports: Path, step: str, dataset: str, seed_index: int, strength:
                    "timing": {"train_seconds": 10.0 + seed_index,
                               "train_images_per_second": 50.0},
                    "threshold": {"value": 0.5, "policy": "max_f1", "chosen_on": "val"},
-                   "test": {"auroc": 0.8, "auroc_ci": [0.7, 0.9]}}, reports)
+                   "test": {"auroc": 0.8, "auroc_ci": [0.7, 0.9]},
+                   "val": {"auroc": float(roc_auc_score(val["targets"], val["probs"]))}},
+                  reports)
     write_predictions(name, {"val": val, "test": test}, reports, dataset=dataset,
                       external=others)
     return name
@@ -67,3 +76,46 @@ def make_reports(reports: Path, seeds: int = 2, apart: bool = True) -> Path:
         write_run(reports, "04_efficientnet_b4", "kermany", 0, 3.0, "efficientnet_b4",
                   fingerprint="fp-other", external=False)
     return reports
+
+
+def split_aurocs(reports: Path, dataset: str, split: str) -> dict[str, list[float]]:
+    """Each step's per-seed AUROC (seed order) on `dataset`'s own `split` rows, straight from
+    the CSVs with scikit-learn: an independent check of what utils.comparison computes."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted((reports / "results").glob("*_predictions.csv")):
+        res = json.loads((reports / "results" /
+                          path.name.replace("_predictions.csv", ".json")).read_text())
+        if res["data"]["dataset"] != dataset:
+            continue
+        frame = pd.read_csv(path)
+        rows = frame[(frame["split"] == split) & (frame["dataset"] == dataset)]
+        auc = roc_auc_score(rows["target"], rows["prob"]) if len(rows) else float("nan")
+        out.setdefault(res["plan_step"], []).append((res["seed_index"], auc))
+    return {step: [auc for _, auc in sorted(seeds)] for step, seeds in out.items()}
+
+
+def permute_test_labels(reports: Path, dataset: str, seed: int) -> None:
+    """Shuffle `dataset`'s test labels over its images, the same shuffle in every CSV (the
+    runs stay aligned), and rewrite every results JSON's test AUROC and fingerprint from
+    them; validation rows are left alone."""
+    rng = np.random.default_rng(seed)
+    csvs = sorted((reports / "results").glob("*_predictions.csv"))
+    labels: dict[str, float] = {}
+    for csv in csvs:  # path -> label on the test split (and other runs' external rows)
+        frame = pd.read_csv(csv)
+        rows = frame[frame["split"].isin(["test", "external"]) & (frame["dataset"] == dataset)]
+        labels.update(zip(rows["path"], rows["target"]))
+    paths = sorted(labels)
+    shuffled = dict(zip(paths, np.array([labels[p] for p in paths])[rng.permutation(len(paths))]))
+    for csv in csvs:
+        frame = pd.read_csv(csv)
+        rows = frame["split"].isin(["test", "external"]) & (frame["dataset"] == dataset)
+        frame.loc[rows, "target"] = frame.loc[rows, "path"].map(shuffled)
+        frame.to_csv(csv, index=False)
+        results = reports / "results" / csv.name.replace("_predictions.csv", ".json")
+        res = json.loads(results.read_text())
+        if res["data"]["dataset"] == dataset:
+            test = frame[(frame["split"] == "test")]
+            res["test"]["auroc"] = float(roc_auc_score(test["target"], test["prob"]))
+            res["data"]["test_fingerprint"] = f"fp-{dataset}-permuted"
+            results.write_text(json.dumps(res))

@@ -1,17 +1,23 @@
 """utils.comparison on fixture reports (3 models × 2 datasets × 2 seeds, external rows, one
 run on another test set): the three lists of 07_comparison.json, the runs listed apart, the
-sentences and the study's answer; and the 07 notebook rendering them."""
+sentences and the study's answer; the paired tests' reference, chosen on validation and
+unmoved when the test labels are shuffled; Holm's families and the seed-variance term by
+hand; and the 07 notebook rendering them."""
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 
-from helpers_comparison import DATASETS, MODELS, make_reports, write_run
-from utils import comparison
+from helpers_comparison import (DATASETS, MODELS, make_reports, permute_test_labels,
+                                split_aurocs, write_run)
+from utils import comparison, stats
 from utils import comparison_view as view
 from utils.results import load_results
 
@@ -44,14 +50,134 @@ def test_three_lists_have_the_documented_keys(report):
 def test_paired_p_values_and_tests(report):
     for r in report["paired"]:
         assert 0 <= r["p_value"] <= 1 and 0 <= r["p_adjusted"] <= 1
-        assert r["p_adjusted"] >= r["p_value"] - 1e-12
         assert r["test"] == ("delong" if r["metric"] == "auroc" else "paired_bootstrap")
     for dataset in DATASETS:
         common = [r for r in report["common"] if r["dataset"] == dataset]
-        best = max(common, key=lambda r: r["auroc"])
         paired = [r for r in report["paired"] if r["dataset"] == dataset]
-        assert {r["a"] for r in paired} == {best["label"]}
+        assert {r["a"] for r in paired} == {report["reference"][dataset]["label"]}
         assert len(paired) == 4 * (len(common) - 1)  # AUROC, F1, sensitivity, specificity
+
+
+def test_reference_is_the_best_mean_validation_auroc(reports, report):
+    for dataset in DATASETS:
+        val = {step: np.mean(aucs) for step, aucs in split_aurocs(reports, dataset, "val").items()
+               if step in MODELS}  # 04_efficientnet_b4 is on another test set: never ranked
+        ref = report["reference"][dataset]
+        assert ref["chosen_by"] == "best mean validation AUROC"
+        assert ref["step"] == max(val, key=val.get)
+        assert ref["val_auroc"] == pytest.approx(val[ref["step"]])
+        assert {r["step"]: r["val_auroc"] for r in report["common"]
+                if r["dataset"] == dataset} == pytest.approx(val)
+    # on rsna the fixture's best test AUROC (02_chexnet) is not its best on validation
+    rsna = [r["step"] for r in report["common"] if r["dataset"] == "rsna"]
+    assert rsna[0] == "02_chexnet" and report["reference"]["rsna"]["step"] == "05_vit"
+    assert {r["a_step"] for r in report["paired"] if r["dataset"] == "rsna"} == {"05_vit"}
+
+
+def test_shuffled_test_labels_move_the_ranking_not_the_reference(tmp_path):
+    make_reports(tmp_path / "real", apart=False)
+    shutil.copytree(tmp_path / "real", tmp_path / "shuffled")
+    for dataset in DATASETS:
+        permute_test_labels(tmp_path / "shuffled", dataset, seed=4)
+    real, shuffled = (comparison.build_report(tmp_path / name, n_boot=0)
+                      for name in ("real", "shuffled"))
+    for dataset in DATASETS:
+        top = [[r["step"] for r in rep["common"] if r["dataset"] == dataset][0]
+               for rep in (real, shuffled)]
+        assert top[0] != top[1], dataset  # the test split now ranks another model first...
+        # ...and the reference, the tests against it and the family stay as they were
+        assert shuffled["reference"][dataset] == real["reference"][dataset]
+        pairs = [{(r["a_step"], r["b_step"]) for r in rep["paired"] if r["dataset"] == dataset}
+                 for rep in (real, shuffled)]
+        assert pairs[0] == pairs[1] and len(pairs[0]) == len(MODELS) - 1
+
+
+def test_holm_family_per_dataset_and_metric_by_hand(report):
+    for key, per_family in (("paired", len(MODELS) - 1), ("question", 2)):
+        adjusted = 0
+        for dataset in DATASETS:
+            for metric in comparison.METRICS if key == "paired" else ("auroc",):
+                family = sorted((r for r in report[key]
+                                 if r["dataset"] == dataset and r["metric"] == metric),
+                                key=lambda r: r["p_value"])
+                assert len(family) == per_family, (key, dataset, metric)
+                # Holm, two tests: the smaller p times 2, the larger times 1, kept monotone
+                first = min(1.0, 2 * family[0]["p_value"])
+                second = min(1.0, max(first, family[1]["p_value"]))
+                assert [r["p_adjusted"] for r in family] == pytest.approx([first, second])
+                adjusted += sum(r["p_adjusted"] != r["p_value"] for r in family)
+        assert adjusted, key  # some p changed: the check above would catch a skipped Holm
+
+
+def _group(step: str, y: list[int], probs: list[list[float]]) -> comparison.Group:
+    return comparison.Group(dataset="d", step=step, model=step, label=step,
+                            runs=pd.DataFrame(), y=np.array(y),
+                            groups=[f"p{i}" for i in range(len(y))], probs=np.array(probs))
+
+
+def test_seed_variance_of_the_auroc_contrast_by_hand():
+    y = [0, 0, 1, 1]  # four cases: each score row's AUROC is a multiple of 1/4
+    auc = {1.0: [0.1, 0.2, 0.3, 0.4], 0.75: [0.1, 0.35, 0.3, 0.4],
+           0.5: [0.1, 0.4, 0.2, 0.3], 0.25: [0.3, 0.4, 0.1, 0.35]}
+    a = _group("a", y, [auc[1.0], auc[0.75], auc[0.5]])  # seeds 1, 0.75, 0.5: mean 0.75
+    b = _group("b", y, [auc[0.75], auc[0.25]])           # seeds 0.75, 0.25: mean 0.5
+    row = comparison._auroc_comparison(a, b, 0.05)
+    # var(1, .75, .5; ddof=1) / 3 + var(.75, .25; ddof=1) / 2 = 0.0625/3 + 0.125/2 = 1/12
+    assert row["seed_variance"] == pytest.approx(1 / 12)
+    assert row["delta"] == pytest.approx(0.25)
+    delong = stats.delong_contrast(y, np.vstack([a.probs, b.probs]),
+                                   [1 / 3] * 3 + [-1 / 2] * 2, a.groups)
+    assert row["z"] == pytest.approx(0.25 / np.sqrt(delong["se"] ** 2 + 1 / 12))
+    one = comparison._auroc_comparison(_group("a", y, [auc[1.0]]), b, 0.05)
+    assert one["seed_variance"] == pytest.approx(0.125 / 2)  # one seed adds no term of its own
+
+
+def test_seed_variance_in_the_report_is_each_means_s2_over_s(reports, report):
+    for dataset in DATASETS:
+        test = split_aurocs(reports, dataset, "test")
+        for r in (r for r in report["paired"]
+                  if r["dataset"] == dataset and r["metric"] == "auroc"):
+            want = sum(np.var(test[s], ddof=1) / len(test[s]) for s in (r["a_step"], r["b_step"]))
+            assert r["seed_variance"] == pytest.approx(want) and want > 0
+
+
+def test_reference_ties_and_missing_validation_scores():
+    y, p = [0, 1], [[0.2, 0.8]]
+    groups = {step: _group(step, y, p) for step in ("03_b", "02_a", "04_c", "05_d")}
+    groups["03_b"].val_aurocs, groups["02_a"].val_aurocs = [0.9, 0.8], [0.85, 0.85]
+    groups["04_c"].val_aurocs, groups["05_d"].val_aurocs = [0.99, math.nan], []
+    ref, record = comparison._reference(list(groups.values()))
+    # 04_c's one scored seed is the best, but its other seed has none: not eligible
+    assert ref is groups["02_a"] and record["tied_with"] == ["03_b"]  # tie: first by name
+    assert record["no_validation"] == ["04_c", "05_d"] and record["val_auroc"] == 0.85
+    none, record = comparison._reference([groups["04_c"], groups["05_d"]])
+    assert none is None and record["step"] is None and "no model" in record["reason"]
+
+
+def test_validation_auroc_from_the_csv_else_the_results_json(tmp_path):
+    make_reports(tmp_path, seeds=1, apart=False)
+    results = tmp_path / "results"
+
+    def edit(run: str, change) -> None:
+        path = results / f"{run}.json"
+        res = json.loads(path.read_text())
+        change(res)
+        path.write_text(json.dumps(res))
+
+    csv = results / "06_mlp_mixer.kermany_predictions.csv"
+    frame = pd.read_csv(csv)
+    frame[frame["split"] != "val"].to_csv(csv, index=False)  # its CSV lost its val rows
+    edit("06_mlp_mixer.kermany", lambda res: res["val"].update(auroc=0.987))
+    edit("05_vit.kermany", lambda res: res["val"].update(auroc=0.123))  # its CSV has val rows
+    val = {r["step"]: r["val_auroc"] for r in comparison.build_report(tmp_path, n_boot=0)["common"]
+           if r["dataset"] == "kermany"}
+    assert val["06_mlp_mixer"] == 0.987  # from the JSON
+    assert val["05_vit"] == pytest.approx(split_aurocs(tmp_path, "kermany", "val")["05_vit"][0])
+    edit("06_mlp_mixer.kermany", lambda res: res.pop("val"))
+    rep = comparison.build_report(tmp_path, n_boot=0)
+    assert rep["reference"]["kermany"]["step"] == "02_chexnet"
+    assert rep["reference"]["kermany"]["no_validation"] == ["06_mlp_mixer"]
+    assert "not eligible: 06_mlp_mixer" in view.reference_sentence(rep, "kermany")
 
 
 def test_external_entry_for_every_model_train_and_other_source(report):
@@ -119,6 +245,23 @@ def test_study_answer_from_the_numbers(report):
     assert all(0 <= r["p_adjusted"] <= 1 for r in report["question"])
     empty = {"datasets": ["kermany"], "question": [], "common": [{"seeds": 1}]}
     assert "no answer" in view.study_answer(empty)
+
+
+def test_report_says_the_reference_was_chosen_on_validation(report):
+    ref = report["reference"]["rsna"]
+    text = view.sentences_markdown(report, "rsna")
+    assert text.startswith(f"Reference (best on validation): vit_tiny (05_vit), mean "
+                           f"validation AUROC {ref['val_auroc']:.3f} over 2 seeds. It was "
+                           f"chosen without the test labels")
+    assert "- vit_tiny vs densenet121: ΔAUROC" in text
+    table = view.paired_table(report, "rsna")
+    assert set(table["a: reference (best on validation)"]) == {"vit_tiny"}
+    models = view.common_table(report, "rsna")["model"].tolist()
+    assert models.count("vit_tiny (reference)") == 1 and models[0] == "densenet121"
+    none = {"reference": {"rsna": {**ref, "step": None, "reason": "no model has them"}},
+            "paired": []}
+    assert view.sentences_markdown(none, "rsna").startswith("rsna: no reference and no "
+                                                            "paired tests: no model has them")
 
 
 def test_tables_format_cis_in_one_cell_and_one_seed_sd(tmp_path, report):

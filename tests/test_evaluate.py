@@ -3,7 +3,6 @@ bootstrap CIs behave, calibration of calibrated data is ~0, predictions keep the
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -103,11 +102,10 @@ def test_bootstrap_vectorised_scores_equal_sklearn_with_weights():
             skm.recall_score(1 - y, p < 0.5, sample_weight=w))
 
 
-def test_bootstrap_ci_contains_estimate_narrows_and_is_fast():
+def test_bootstrap_ci_contains_estimate_and_narrows():
+    # its speed is measured, not asserted: python -m benchmarks.bootstrap
     y, p = noisy(600)
-    t0 = time.perf_counter()
     ci = ev.bootstrap_ci(y, p, 0.5, n_boot=1000, seed=0)
-    assert time.perf_counter() - t0 < 5
     point = ev.binary_metrics(y, p, 0.5)
     for name, (lo, hi) in ci.items():
         assert lo <= point[name] <= hi and lo < hi, name

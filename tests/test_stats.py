@@ -143,6 +143,30 @@ def test_paired_bootstrap_identical_and_better_model():
         assert r["delta"] > 0 and r["lo"] > 0 and 0 < r["p_value"] < 0.05
 
 
+def seeds(y: np.ndarray, signal: float, rngs: list[int]) -> np.ndarray:
+    """S×N scores on the same labels, one row per training seed (its own noise)."""
+    return np.vstack([1 / (1 + np.exp(-(signal * (2 * y - 1)
+                                       + np.random.default_rng(s).normal(size=len(y)))))
+                      for s in rngs])
+
+
+def test_paired_bootstrap_with_several_seeds_per_arm():
+    y, _, pid = scores(0)
+    arm, thresholds = seeds(y, 1.0, [1, 2, 3]), [0.5, 0.4, 0.6]
+    same = stats.paired_bootstrap(y, arm, thresholds, arm, thresholds, pid, n_boot=400)
+    for r in same.values():
+        # Δ 0; each arm's seeds are drawn on their own, so the CI has width around 0
+        assert r["delta"] == 0 and r["lo"] < 0 < r["hi"] and r["p_value"] > 0.5
+    strong, weak = seeds(y, 3.0, [4, 5]), seeds(y, 0.5, [6, 7, 8])
+    better = stats.paired_bootstrap(y, strong, [0.5, 0.45], weak, thresholds, pid, n_boot=400)
+    # the point Δ is the mean over each arm's seeds, each at its own threshold, by sklearn
+    f1 = [np.mean([skm.f1_score(y, p >= t) for p, t in zip(probs, ts)])
+          for probs, ts in ((strong, [0.5, 0.45]), (weak, thresholds))]
+    assert better["f1"]["delta"] == pytest.approx(f1[0] - f1[1])
+    for r in better.values():
+        assert r["delta"] > 0 and r["lo"] > 0 and 0 < r["p_value"] < 0.05
+
+
 def test_hierarchical_ci_contains_the_point_and_widens_with_seed_spread():
     y, base, pid = scores(1, n=400)
     rng = np.random.default_rng(2)

@@ -6,19 +6,24 @@ torch) and builds three tables (docs/ARCHITECTURE.md, "07_comparison.json"):
 - `common`: per dataset and model (a run_all step), the mean over seeds of AUROC, F1,
   sensitivity and specificity on the shared test images, with hierarchical-bootstrap 95%
   CIs (patients and seeds resampled: `stats.hierarchical_bootstrap`) and each seed's point.
-- `paired`: per dataset, every model against the best one (highest mean AUROC) on the same
-  images. AUROC: DeLong's test of the difference of the two seed-mean AUROCs (a contrast
-  over all the seeds' ROC curves, clustered by patient) with the between-seed variance of
-  each mean (s²/S) added, so seeds count as well as test cases. F1/sensitivity/specificity:
+- `paired`: per dataset, every model against one reference on the same images. The reference
+  is the model with the best mean *validation* AUROC (`reference`), chosen without the test
+  labels: picking it on test would make the K − 1 tests against it a family chosen after
+  looking, and inflate the family-wise error Holm is meant to hold at α. AUROC: DeLong's
+  test of the difference of the two seed-mean AUROCs (a contrast over all the seeds' ROC
+  curves, clustered by patient) with the between-seed variance of each mean (s²/S) added,
+  so seeds count as well as test cases. F1/sensitivity/specificity:
   a paired bootstrap over patients, seeds resampled within it, each run at its own
   validation threshold. Holm's correction per (dataset, metric) family.
 - `external`: each model scored on the other sources' test splits, at its own threshold.
+- `reference`: per dataset, which model the paired tests are against and how it was chosen.
 
 Runs whose test fingerprint differs from their dataset's (most common) one, or that have
 no predictions, are listed under `apart` and never ranked.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ COMMON_KEYS = ("dataset", "model", "step", "seeds", "auroc", "auroc_lo", "auroc_
 PAIRED_KEYS = ("dataset", "a", "b", "metric", "delta", "lo", "hi", "p_value", "p_adjusted",
                "test")
 EXTERNAL_KEYS = ("model", "train_dataset", "test_dataset", "auroc", "auroc_lo", "auroc_hi")
+REFERENCE_RULE = "best mean validation AUROC"
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Group:
     probs: np.ndarray                    # seeds × images
     thresholds: list[float] = field(default_factory=list)
     keys: list = field(default_factory=list)  # the images (path, else index), in order
+    val_aurocs: list[float] = field(default_factory=list)  # per seed (NaN: none recorded)
 
 
 def _aligned(frames: list[pd.DataFrame], names: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -97,6 +104,20 @@ def _predictions(step: str, reports_dir: Path, cache: dict) -> pd.DataFrame | No
     return cache[step]
 
 
+def _val_auroc(pred: pd.DataFrame, run: pd.Series) -> float:
+    """One seed's validation AUROC: from its predictions CSV's `val` rows (the same
+    `target`/`prob` column as its test rows, so the same quantity the tests compare), else
+    its results JSON's `val.auroc`; NaN when it has neither (or one class only)."""
+    rows = pred[pred["split"] == "val"]
+    if len(rows):
+        y, p = rows["target"].to_numpy(dtype=float), rows["prob"].to_numpy(dtype=float)
+        auc = float(stats.weighted_metrics(y, p, 0.5, np.ones((1, len(y))), ["auroc"])["auroc"][0])
+        if math.isfinite(auc):
+            return auc
+    value = run.get("val_auroc")
+    return float(value) if value is not None and pd.notna(value) else math.nan
+
+
 def _collect(runs: pd.DataFrame, reports_dir: Path, cache: dict, split: str = "test",
              dataset: str | None = None) -> tuple[list[Group], list[dict]]:
     """Groups (one per step) of `runs` with their `split` rows; the runs left out, why."""
@@ -104,7 +125,7 @@ def _collect(runs: pd.DataFrame, reports_dir: Path, cache: dict, split: str = "t
     clashes = runs.groupby("model")["plan_step"].nunique()
     for step, seeds in runs.groupby("plan_step", sort=True):
         seeds = seeds.sort_values("seed_index")
-        frames, names = [], []
+        frames, names, val = [], [], []
         for _, run in seeds.iterrows():
             pred = _predictions(run["step"], reports_dir, cache)
             if pred is None or pd.isna(run["threshold"]):
@@ -117,6 +138,7 @@ def _collect(runs: pd.DataFrame, reports_dir: Path, cache: dict, split: str = "t
             if len(rows):
                 frames.append(rows)
                 names.append(run["step"])
+                val.append(_val_auroc(pred, run))
         if not frames:
             continue
         try:
@@ -132,7 +154,8 @@ def _collect(runs: pd.DataFrame, reports_dir: Path, cache: dict, split: str = "t
             runs=kept, y=ref["target"].to_numpy(dtype=int),
             groups=ref["patient_id"].astype(str).tolist(), probs=probs,
             thresholds=kept["threshold"].astype(float).tolist(),
-            keys=ref.iloc[:, 0].tolist()))  # reset_index put the key column first
+            keys=ref.iloc[:, 0].tolist(),  # reset_index put the key column first
+            val_aurocs=val))
     return groups, apart
 
 
@@ -174,12 +197,47 @@ def _common_row(g: Group, n_boot: int, seed: int, alpha: float) -> dict[str, Any
     for m in METRICS:
         row.update({m: ci[m]["mean"], f"{m}_lo": ci[m]["lo"], f"{m}_hi": ci[m]["hi"],
                     f"{m}_sd": ci[m]["sd"]})
+    row["val_auroc"] = _mean_val_auroc(g)
     row["per_seed"] = [{"step": r["step"], "seed": r["seed"], "threshold": t,
-                        **{m: ci[m]["per_seed"][i] for m in METRICS}}
+                        "val_auroc": g.val_aurocs[i], **{m: ci[m]["per_seed"][i] for m in METRICS}}
                        for i, ((_, r), t) in enumerate(zip(g.runs.iterrows(), g.thresholds))]
     for col in ("params", "train_seconds", "images_per_second"):
         row[col] = float(g.runs[col].mean()) if g.runs[col].notna().any() else None
     return row
+
+
+def _mean_val_auroc(g: Group) -> float:
+    """Mean validation AUROC over the model's seeds; NaN if any seed lacks one (a mean over
+    fewer seeds would not be the model the test rows average)."""
+    values = np.asarray(g.val_aurocs, dtype=float)
+    return float(values.mean()) if len(values) and np.isfinite(values).all() else math.nan
+
+
+def _reference(groups: list[Group]) -> tuple[Group | None, dict[str, Any]]:
+    """The model every other is tested against on one test set, and how it was chosen.
+
+    The best mean validation AUROC (`REFERENCE_RULE`): no test label enters the choice, so
+    the K − 1 paired tests are a family fixed before the test split is read and Holm holds
+    the family-wise error. Ties (within 1e-12) go to the first step in name order. A
+    model without validation scores for every seed cannot be the reference (it is still
+    tested against it); with none eligible there is no reference and no paired tests.
+    """
+    scored = [(g, _mean_val_auroc(g)) for g in groups]
+    eligible = [(g, v) for g, v in scored if not math.isnan(v)]
+    record: dict[str, Any] = {"chosen_by": REFERENCE_RULE, "step": None, "label": None,
+                              "model": None, "val_auroc": None, "val_auroc_per_seed": [],
+                              "tied_with": [],
+                              "no_validation": sorted(g.step for g, v in scored if math.isnan(v))}
+    if not eligible:
+        record["reason"] = "no model on this test set has validation scores for every seed"
+        return None, record
+    top = max(v for _, v in eligible)
+    # equal up to rounding (means of the same AUROCs summed in another order differ by ~1e-16)
+    tied = sorted((g for g, v in eligible if v >= top - 1e-12), key=lambda g: g.step)
+    ref = tied[0]
+    record.update(step=ref.step, label=ref.label, model=ref.model, val_auroc=_mean_val_auroc(ref),
+                  val_auroc_per_seed=list(ref.val_aurocs), tied_with=[g.step for g in tied[1:]])
+    return ref, record
 
 
 def _auroc_comparison(a: Group, b: Group, alpha: float) -> dict[str, Any]:
@@ -284,6 +342,7 @@ def build_report(reports_dir: str | Path = "reports", n_boot: int = 1000, seed: 
     cache: dict[str, pd.DataFrame | None] = {}
     common, paired, question, apart = [], [], [], []
     roles: dict[str, dict[str, str | None]] = {}  # dataset → the question's models found
+    references: dict[str, dict[str, Any]] = {}    # dataset → the paired tests' reference
     for _, by_dataset in runs.groupby("dataset"):
         kept, left = _split_by_fingerprint(by_dataset)
         groups, missing = _collect(kept, reports_dir, cache)
@@ -291,13 +350,16 @@ def build_report(reports_dir: str | Path = "reports", n_boot: int = 1000, seed: 
         groups, unlike = _same_images(groups)
         apart += unlike
         rows = {g.step: _common_row(g, n_boot, seed, alpha) for g in groups}
+        # display order only (best test AUROC first): the reference is chosen on validation
         ranked = sorted(groups, key=lambda g: -np.nan_to_num(rows[g.step]["auroc"], nan=-1))
         common += [rows[g.step] for g in ranked]
-        for other in ranked[1:]:
-            paired += compare(ranked[0], other, n_boot, seed, alpha)
+        ref, chosen = _reference(groups)
+        for other in (g for g in ranked if ref is not None and g is not ref):
+            paired += compare(ref, other, n_boot, seed, alpha)
         question += _question_rows(groups, alpha)
         if groups:
             roles[groups[0].dataset] = {r: getattr(_role(groups, r), "label", None) for r in ROLES}
+            references[groups[0].dataset] = chosen
     report = {
         "step": REPORT_NAME, "alpha": alpha, "n_boot": n_boot, "margin": margin,
         "synthetic": bool(runs["synthetic"].eq(True).any()),
@@ -305,6 +367,7 @@ def build_report(reports_dir: str | Path = "reports", n_boot: int = 1000, seed: 
         "common": common, "paired": _holm(paired) if paired else [],
         "external": _external_rows(runs, reports_dir, cache, n_boot, seed, alpha),
         "question": _holm(question) if question else [], "roles": roles, "apart": apart,
+        "reference": references,
     }
     report["answer"] = study_answer(report)
     return _clean(report)

@@ -12,11 +12,15 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["fmt_ci", "fmt_p", "rows", "sentence", "sentences", "sentences_markdown",
+           "reference_sentence", "REFERENCE_HEADER",
            "common_table", "paired_table", "external_table", "cost_table", "apart_table",
            "styled", "seed_note", "study_answer"]
 
 _NAMES = {"auroc": "AUROC", "f1": "F1", "sensitivity": "sensitivity",
           "specificity": "specificity"}
+REFERENCE_HEADER = "a: reference (best on validation)"
+
+
 def _missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -57,11 +61,36 @@ def sentences(report: dict[str, Any], dataset: str) -> list[str]:
     return [sentence(r, report.get("alpha", 0.05)) for r in ordered]
 
 
+def reference_sentence(report: dict[str, Any], dataset: str) -> str:
+    """Which model `dataset`'s paired tests are against and why (the report's `reference`);
+    "" for a report written before it recorded one."""
+    ref = (report.get("reference") or {}).get(dataset)
+    if not ref:
+        return ""
+    lacking = ref.get("no_validation") or []
+    aside = (f" Without validation scores for every seed, not eligible: "
+             f"{', '.join(lacking)}." if lacking else "")
+    if not ref.get("step"):
+        return f"{dataset}: no reference and no paired tests: {ref.get('reason')}.{aside}"
+    seeds = len(ref.get("val_auroc_per_seed") or [])
+    tie = (f" (tied on validation with {', '.join(ref['tied_with'])}: the first step by "
+           f"name is taken)" if ref.get("tied_with") else "")
+    return (f"Reference (best on validation): {ref['label']} ({ref['step']}), mean validation "
+            f"AUROC {fmt_ci(ref.get('val_auroc'))} over {seeds} seed{'s' * (seeds != 1)}"
+            f"{tie}. It was chosen without the test labels; every other model is tested "
+            f"against it, Holm-adjusted per metric.{aside}")
+
+
 def sentences_markdown(report: dict[str, Any], dataset: str) -> str:
-    """`sentences` as a Markdown list (or why there is none)."""
+    """The reference, then `sentences` as a Markdown list (or why there is none)."""
     lines = sentences(report, dataset)
-    return "\n".join(f"- {line}" for line in lines) if lines else \
-        f"_{dataset}: a single ranked model, nothing to compare._"
+    ref = (report.get("reference") or {}).get(dataset)
+    if not lines:
+        if ref and not ref.get("step"):  # no model could be the reference: the sentence says why
+            return reference_sentence(report, dataset)
+        return f"_{dataset}: a single ranked model, nothing to compare._"
+    body = "\n".join(f"- {line}" for line in lines)
+    return "\n\n".join(part for part in (reference_sentence(report, dataset), body) if part)
 
 
 def _sd(row: dict[str, Any], metric: str) -> str:
@@ -70,10 +99,14 @@ def _sd(row: dict[str, Any], metric: str) -> str:
 
 
 def common_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
-    """Best first: mean over seeds [hierarchical 95% CI], sd over seeds, each seed's AUROC."""
+    """Best test AUROC first: mean over seeds [hierarchical 95% CI], sd over seeds, each
+    seed's AUROC; the mean validation AUROC the paired tests' reference was chosen on."""
     out = []
+    ref = ((report.get("reference") or {}).get(dataset) or {}).get("step")
     for r in rows(report, "common", dataset):
-        row = {"model": r["label"], "step": r["step"], "seeds": r["seeds"],
+        row = {"model": r["label"] + (" (reference)" if r["step"] == ref else ""),
+               "step": r["step"], "seeds": r["seeds"],
+               "val AUROC (mean)": fmt_ci(r.get("val_auroc")),
                "AUROC [95% CI]": fmt_ci(r["auroc"], r["auroc_lo"], r["auroc_hi"]),
                "AUROC sd (seeds)": _sd(r, "auroc"),
                "AUROC per seed": ", ".join(f"{s['auroc']:.3f}" for s in r["per_seed"]
@@ -85,7 +118,8 @@ def common_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
 
 
 def paired_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
-    return pd.DataFrame([{"a (best)": r["a"], "b": r["b"], "metric": _NAMES.get(r["metric"]),
+    """One row per test of the reference (`a`, best on validation) against another model."""
+    return pd.DataFrame([{REFERENCE_HEADER: r["a"], "b": r["b"], "metric": _NAMES.get(r["metric"]),
                           "Δ = a − b [95% CI]": fmt_ci(r["delta"], r["lo"], r["hi"]),
                           "p": fmt_p(r["p_value"]), "p (Holm)": fmt_p(r["p_adjusted"]),
                           "test": r["test"]} for r in rows(report, "paired", dataset)])

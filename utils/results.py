@@ -25,7 +25,8 @@ METRICS = ("auroc", "auprc", "f1", "accuracy", "precision", "recall", "specifici
 RESULT_COLUMNS = (["step", "plan_step", "dataset", "seed", "seed_index", "model", "synthetic",
                    "params", "train_seconds", "images_per_second"]
                   + [c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
-                  + ["threshold", "threshold_policy", "variant", "test_fingerprint", "weights"])
+                  + ["threshold", "threshold_policy", "variant", "test_fingerprint", "weights",
+                     "val_auroc"])
 _TEXT_COLUMNS = ("step", "plan_step", "dataset", "model", "synthetic", "threshold_policy",
                  "variant", "test_fingerprint", "weights")
 
@@ -142,7 +143,9 @@ def _row(res: dict[str, Any]) -> dict[str, Any]:
            "train_seconds": (res.get("timing") or {}).get("train_seconds"),
            "images_per_second": (res.get("timing") or {}).get("train_images_per_second"),
            "threshold": thr.get("value"), "threshold_policy": thr.get("policy"),
-           "variant": res.get("variant", ""), "weights": _weights_label(res.get("pretrained"))}
+           "variant": res.get("variant", ""), "weights": _weights_label(res.get("pretrained")),
+           # the validation AUROC (07 picks its reference on it, never on test)
+           "val_auroc": (res.get("val") or {}).get("auroc")}
     for m in METRICS:
         lo, hi = (test.get(f"{m}_ci") or [None, None])[:2]
         row.update({m: test.get(m), f"{m}_lo": lo, f"{m}_hi": hi})
