@@ -1,5 +1,7 @@
 """Fixture reports for the comparison: results JSON + predictions CSVs as the lead's runs
-write them (utils.results), for models × datasets × seeds, with external rows."""
+write them (utils.results), for models × datasets × seeds, with external rows; and the
+study's five models (`STUDY`) spread so that each question is answered whole on one
+dataset and in part on the other."""
 from __future__ import annotations
 
 import json
@@ -17,6 +19,17 @@ MODELS = {"02_chexnet": ("densenet121", {"kermany": 2.5, "rsna": 1.2}),
           "05_vit": ("vit_tiny", {"kermany": 1.0, "rsna": 1.2}),
           "06_mlp_mixer": ("mixer_tiny", {"kermany": 0.9, "rsna": 1.1})}
 DATASETS = ("kermany", "rsna")
+# the study's questions (utils.comparison.QUESTIONS): step → (model, ablation variant,
+# strength per dataset it ran on). kermany holds CheXNet, the final ResNet and EfficientNet
+# (both clearly weaker) and ViT but no Mixer; rsna holds CheXNet, EfficientNet and both
+# transformers (as strong as CheXNet) but no final ResNet, only the ablation's v1 ResNet,
+# which is not "the ResNet" of the question although it scores best of all.
+STUDY = {"02_chexnet": ("densenet121", "", {"kermany": 2.5, "rsna": 1.2}),
+         "03_resnet_ablation_final": ("resnet18", "final", {"kermany": 1.0}),
+         "03_resnet_ablation_v1": ("resnet18", "v1", {"kermany": 3.0, "rsna": 3.0}),
+         "04_efficientnet_b4": ("efficientnet_b0", "", {"kermany": 1.2, "rsna": 1.2}),
+         "05_vit": ("vit_tiny", "", {"kermany": 1.0, "rsna": 1.2}),
+         "06_mlp_mixer": ("mixer_tiny", "", {"rsna": 1.1})}
 
 
 def test_split(dataset: str, patients: int = 80) -> dict:
@@ -40,9 +53,10 @@ def _scores(split: dict, strength: float, seed: int) -> dict:
 
 def write_run(reports: Path, step: str, dataset: str, seed_index: int, strength: float,
               model: str, fingerprint: str | None = None, external: bool = True,
-              val_strength: float | None = None) -> str:
+              val_strength: float | None = None, variant: str = "") -> str:
     """One seed's results JSON and predictions CSV; `val_strength` (default `strength`)
-    lets a model look better or worse on validation than on test."""
+    lets a model look better or worse on validation than on test; `variant` is the
+    ablation's (it names the model when two steps train the same one)."""
     name = run_name(step, dataset, "rsna", seed_index)
     seed = 42 + seed_index
     test = _scores(test_split(dataset), strength, seed * 7 + len(step))
@@ -51,7 +65,7 @@ def write_run(reports: Path, step: str, dataset: str, seed_index: int, strength:
     others = {d: _scores(test_split(d), strength * 0.6, seed * 13 + len(step))
               for d in DATASETS if d != dataset} if external else {}
     write_results({"step": name, "plan_step": step, "seed": seed, "seed_index": seed_index,
-                   "variant": "", "model": {"name": model, "params": 1e6 * (1 + len(model))},
+                   "variant": variant, "model": {"name": model, "params": 1e6 * (1 + len(model))},
                    "data": {"dataset": dataset, "synthetic": True,
                             "test_fingerprint": fingerprint or f"fp-{dataset}"},
                    "timing": {"train_seconds": 10.0 + seed_index,
@@ -75,6 +89,16 @@ def make_reports(reports: Path, seeds: int = 2, apart: bool = True) -> Path:
     if apart:
         write_run(reports, "04_efficientnet_b4", "kermany", 0, 3.0, "efficientnet_b4",
                   fingerprint="fp-other", external=False)
+    return reports
+
+
+def make_study_reports(reports: Path, seeds: int = 2) -> Path:
+    """`STUDY`'s runs, `seeds` each, on the datasets it lists (no external rows)."""
+    for step, (model, variant, strength) in STUDY.items():
+        for dataset, value in strength.items():
+            for k in range(seeds):
+                write_run(reports, step, dataset, k, value, model, external=False,
+                          variant=variant)
     return reports
 
 

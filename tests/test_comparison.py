@@ -2,7 +2,8 @@
 run on another test set): the three lists of 07_comparison.json, the runs listed apart, the
 sentences and the study's answer; the paired tests' reference, chosen on validation and
 unmoved when the test labels are shuffled; Holm's families and the seed-variance term by
-hand; and the 07 notebook rendering them."""
+hand; and the 07 notebook rendering them. On the study's five models (`STUDY`): both of the
+study's questions, their rows, Holm families and answer, and the models a dataset lacks."""
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers_comparison import (DATASETS, MODELS, make_reports, permute_test_labels,
-                                split_aurocs, write_run)
+from helpers_comparison import (DATASETS, MODELS, STUDY, make_reports, make_study_reports,
+                                permute_test_labels, split_aurocs, write_run)
 from utils import comparison, stats
 from utils import comparison_view as view
 from utils.results import load_results
@@ -236,15 +237,146 @@ def test_sentences_say_distinguishable_or_not():
                                        "not distinguishable at α = 0.05")
 
 
+def _answer(text: str) -> dict[tuple[str, str], str]:
+    """The answer's paragraphs by (question, dataset): each question's heading opens with
+    `Which CNN` / `Do the transformers`; ("cnn", "") is the heading itself."""
+    out, question = {}, None
+    for paragraph in text.split("\n\n"):
+        if paragraph.startswith(("Which CNN is best?", "Do the transformers")):
+            question = "cnn" if paragraph.startswith("Which") else "transformers"
+            out[question, ""] = paragraph
+        elif question and ": " in paragraph and not paragraph.startswith("Seeds"):
+            out[question, paragraph.split(": ")[0]] = paragraph
+    return out
+
+
 def test_study_answer_from_the_numbers(report):
     answer = report["answer"]
     assert answer.startswith("Synthetic demo data")
-    kermany, rsna = answer.split("kermany: ")[1].split("rsna: ")
-    assert "vit_tiny falls short of CheXNet" in kermany  # a large, clear gap in the fixture
-    assert "cannot tell whether vit_tiny matches CheXNet" in rsna  # equal strengths there
+    parts = _answer(answer)
+    assert "vit_tiny falls short of CheXNet" in parts["transformers", "kermany"]  # a clear gap
+    assert "cannot tell whether vit_tiny matches CheXNet" in parts["transformers", "rsna"]
     assert all(0 <= r["p_adjusted"] <= 1 for r in report["question"])
     empty = {"datasets": ["kermany"], "question": [], "common": [{"seeds": 1}]}
     assert "no answer" in view.study_answer(empty)
+
+
+@pytest.fixture(scope="module")
+def study_reports(tmp_path_factory) -> Path:
+    return make_study_reports(tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture(scope="module")
+def study(study_reports) -> dict:
+    return comparison.build_report(study_reports, n_boot=0)  # DeLong only: no bootstrap
+
+
+# what `STUDY` holds per dataset: (question, role) → the step answering it
+STUDY_ROWS = {"kermany": {("cnn", "resnet"): "03_resnet_ablation_final",
+                          ("cnn", "efficientnet"): "04_efficientnet_b4",
+                          ("transformers", "vit"): "05_vit"},
+              "rsna": {("cnn", "efficientnet"): "04_efficientnet_b4",
+                       ("transformers", "vit"): "05_vit",
+                       ("transformers", "mixer"): "06_mlp_mixer"}}
+
+
+def test_both_questions_compare_chexnet_on_the_same_test_images(study_reports, study):
+    for dataset, want in STUDY_ROWS.items():
+        found = [r for r in study["question"] if r["dataset"] == dataset]
+        assert {(r["question"], r["role"]): r["b_step"] for r in found} == want
+        test = split_aurocs(study_reports, dataset, "test")  # sklearn, from the CSVs
+        for r in found:
+            assert r["a_step"] == "02_chexnet" and r["test"] == "delong"
+            assert set(comparison.PAIRED_KEYS) <= set(r)
+            assert r["seeds_a"] == r["seeds_b"] == 2
+            assert r["seed_variance"] == pytest.approx(  # each mean's s²/S, as in `paired`
+                sum(np.var(test[s], ddof=1) / 2 for s in (r["a_step"], r["b_step"])))
+            assert r["delta"] == pytest.approx(np.mean(test["02_chexnet"])
+                                               - np.mean(test[r["b_step"]]))
+    # rsna's only ResNet is the ablation's v1: not the question's ResNet, though a resnet
+    assert "03_resnet_ablation_v1" in {r["step"] for r in study["common"]
+                                       if r["dataset"] == "rsna"}
+    assert study["roles"] == {
+        "kermany": {"chexnet": "densenet121", "resnet": "resnet18 (final)",
+                    "efficientnet": "efficientnet_b0", "vit": "vit_tiny", "mixer": None},
+        "rsna": {"chexnet": "densenet121", "resnet": None, "efficientnet": "efficientnet_b0",
+                 "vit": "vit_tiny", "mixer": "mixer_tiny"}}
+
+
+def test_holm_within_each_question_and_dataset_by_hand(study):
+    sizes = {}
+    for dataset, want in STUDY_ROWS.items():
+        for question in comparison.QUESTIONS:
+            family = sorted((r for r in study["question"]
+                             if r["dataset"] == dataset and r["question"] == question),
+                            key=lambda r: r["p_value"])
+            sizes[dataset, question] = len(family)
+            # Holm by hand: the smaller p times the family's size, then monotone
+            expected = [min(1.0, len(family) * family[0]["p_value"])]
+            expected += [min(1.0, max(expected[0], r["p_value"])) for r in family[1:]]
+            assert [r["p_adjusted"] for r in family] == pytest.approx(expected)
+    # whole on one dataset, one comparison alone (its own family: p unchanged) on the other
+    assert sizes == {("kermany", "cnn"): 2, ("kermany", "transformers"): 1,
+                     ("rsna", "cnn"): 1, ("rsna", "transformers"): 2}
+    kermany_cnn = [r for r in study["question"]
+                   if r["dataset"] == "kermany" and r["question"] == "cnn"]
+    assert any(r["p_adjusted"] != r["p_value"] for r in kermany_cnn)  # Holm did act
+
+
+def test_study_answer_states_both_questions_per_dataset(study):
+    answer = study["answer"]
+    assert answer.startswith("Synthetic demo data") and answer.endswith("Seeds per model: 2.")
+    parts = _answer(answer)
+    assert set(parts) == {(q, d) for q in ("cnn", "transformers") for d in ("", *DATASETS)}
+    assert parts["cnn", ""].startswith("Which CNN is best? CheXNet (02_chexnet) against "
+                                       "ResNet (03_resnet_ablation_final) and EfficientNet-B4 "
+                                       "(04_efficientnet_b4)")
+    assert parts["cnn", ""].endswith("Answered on kermany; in part on rsna.")
+    assert parts["transformers", ""].endswith("Answered on rsna; in part on kermany.")
+    resnet = next(r for r in study["question"] if r["role"] == "resnet")
+    kermany = parts["cnn", "kermany"]
+    assert (f"resnet18 (final) falls short of CheXNet (densenet121): Δ AUROC (CheXNet − "
+            f"resnet18 (final)) {view.fmt_ci(resnet['delta'], resnet['lo'], resnet['hi'])}, "
+            f"p_adj") in kermany
+    assert "efficientnet_b0 falls short of CheXNet" in kermany
+    assert kermany.endswith("CheXNet is the best of the three on these test images.")
+    rsna = parts["cnn", "rsna"]
+    assert "cannot tell whether efficientnet_b0 matches CheXNet" in rsna
+    assert rsna.endswith("There is no run of ResNet (03_resnet_ablation_final) on rsna's "
+                         "common test set.") and "v1" not in rsna
+    assert parts["transformers", "kermany"].endswith(
+        "There is no run of Mixer (06_mlp_mixer) on kermany's common test set.")
+    assert "cannot tell whether mixer_tiny matches CheXNet" in parts["transformers", "rsna"]
+
+
+def test_a_question_without_its_models_says_which_run_is_missing(report):
+    parts = _answer(report["answer"])  # 3 models × 2 datasets: no ResNet, no EfficientNet
+    assert parts["cnn", ""].endswith(
+        "Answered on no dataset: no common test set holds CheXNet (02_chexnet) together "
+        "with ResNet (03_resnet_ablation_final) or EfficientNet-B4 (04_efficientnet_b4), "
+        "so these runs cannot answer it.")
+    missing = ("no answer — no run of ResNet (03_resnet_ablation_final) or EfficientNet-B4 "
+               "(04_efficientnet_b4) on {}'s common test set.")
+    assert parts["cnn", "rsna"] == "rsna: " + missing.format("rsna")
+    # kermany's EfficientNet run exists, on another test set: the answer points to it
+    assert parts["cnn", "kermany"] == ("kermany: " + missing.format("kermany") + " Listed apart "
+                                       "(not on that test set): 04_efficientnet_b4.kermany.")
+    assert parts["transformers", ""].endswith("Answered on kermany and rsna.")
+    # no CheXNet: no answer to either question; rows written before `question` existed
+    # (role vit/mixer only) still answer the transformers' question
+    old = {"datasets": ["nih", "rsna"], "common": [{"seeds": 1}],
+           "roles": {"nih": {"vit": "vit_mini"},
+                     "rsna": {"chexnet": "densenet121", "vit": "vit_mini"}},
+           "question": [{k: v for k, v in r.items() if k != "question"}
+                        for r in report["question"] if r["dataset"] == "rsna"]}
+    parts = _answer(view.study_answer(old))
+    assert parts["cnn", "nih"] == ("nih: no answer — no run of CheXNet (02_chexnet), ResNet "
+                                   "(03_resnet_ablation_final) or EfficientNet-B4 "
+                                   "(04_efficientnet_b4) on nih's common test set.")
+    assert parts["transformers", "nih"].startswith("nih: no answer — no run of CheXNet "
+                                                   "(02_chexnet) or Mixer (06_mlp_mixer)")
+    assert "cannot tell whether vit_tiny matches CheXNet" in parts["transformers", "rsna"]
+    assert parts["cnn", "rsna"].startswith("rsna: no answer")
 
 
 def test_report_says_the_reference_was_chosen_on_validation(report):

@@ -2,6 +2,7 @@
 on hand-written results files: no kernel runs."""
 from __future__ import annotations
 
+import html
 import json
 import zipfile
 from pathlib import Path
@@ -43,6 +44,33 @@ def test_headline_prefers_07s_common_list(tmp_path: Path) -> None:
                            answer="rsna: ViT falls short of CheXNet.\n\nSeeds: 3.")
     assert '<td>CheXNet part A</td><td><a href="02_chexnet.html">02_chexnet_nih</a>' in html
     assert "<p>rsna: ViT falls short of CheXNet.</p><p>Seeds: 3.</p>" in html
+
+
+def test_front_page_answers_both_of_the_studys_questions(tmp_path: Path) -> None:
+    """07's answer on the index, end to end: the study's five models (helpers_comparison),
+    07_comparison.json written, the page rendered; each question per dataset, and the
+    model a dataset lacks named."""
+    from helpers_comparison import make_study_reports
+    from utils import comparison
+
+    reports = make_study_reports(tmp_path / "reports")
+    comparison.write_report(comparison.build_report(reports, n_boot=0), reports)
+    page = write_index(reports / "index.html", [], run_date="d", profile="demo",
+                       data_root=str(tmp_path / "nodata"), synthetic=True).read_text()
+    lead = page[page.index("<b>The study's questions</b> (07_comparison)"):]
+    paragraphs = [html.unescape(p.split("</p>")[0])
+                  for p in lead[:lead.index("</div>")].split("<p>")[1:]]
+    assert [p.split("?")[0] for p in paragraphs if "?" in p] == [
+        "Which CNN is best", "Do the transformers match CheXNet"]
+    assert paragraphs[0].startswith("Synthetic demo data")
+    cnn, transformers = (paragraphs.index(p) for p in paragraphs if "?" in p)
+    assert [p.split(":")[0] for p in paragraphs[cnn + 1:transformers]] == ["kermany", "rsna"]
+    assert "resnet18 (final) falls short of CheXNet" in paragraphs[cnn + 1]
+    assert "no run of ResNet (03_resnet_ablation_final) on rsna's common test set" in \
+        paragraphs[cnn + 2]
+    assert "no run of Mixer (06_mlp_mixer) on kermany's common test set" in \
+        paragraphs[transformers + 1]
+    assert paragraphs[-1].startswith("Seeds per model: 2.")
 
 
 def test_headline_groups_by_test_set_and_ranks_within_it(tmp_path: Path) -> None:

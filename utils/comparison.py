@@ -17,6 +17,12 @@ torch) and builds three tables (docs/ARCHITECTURE.md, "07_comparison.json"):
   validation threshold. Holm's correction per (dataset, metric) family.
 - `external`: each model scored on the other sources' test splits, at its own threshold.
 - `reference`: per dataset, which model the paired tests are against and how it was chosen.
+- `question`: the study's two questions (`QUESTIONS`), each CheXNet against two models on
+  a dataset's common test set: which CNN is best (the final ResNet, EfficientNet-B4) and do
+  the transformers match it (ViT, Mixer). AUROC as in `paired`; Holm within each question
+  and dataset (the study asks the two questions separately, each a family fixed by the
+  design, not by the results). `roles` says which of those models each dataset holds;
+  `answer` puts both in words.
 
 Runs whose test fingerprint differs from their dataset's (most common) one, or that have
 no predictions, are listed under `apart` and never ranked.
@@ -26,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,7 +42,7 @@ from .fileio import atomic_write_json
 from .results import _clean, load_predictions, load_results
 
 __all__ = ["build_report", "write_report", "roc_figure", "compare", "REPORT_NAME",
-           "COMMON_KEYS", "PAIRED_KEYS", "EXTERNAL_KEYS", "METRICS"]
+           "COMMON_KEYS", "PAIRED_KEYS", "EXTERNAL_KEYS", "METRICS", "ROLES", "QUESTIONS"]
 
 REPORT_NAME = "07_comparison"
 METRICS = ("auroc", *stats.THRESHOLD_METRICS)
@@ -264,10 +270,11 @@ def compare(a: Group, b: Group, n_boot: int, seed: int, alpha: float) -> list[di
     return rows
 
 
-def _holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`p_adjusted` by Holm within each (dataset, metric) family."""
+def _holm(rows: list[dict[str, Any]], family: tuple[str, ...] = ("dataset", "metric")
+          ) -> list[dict[str, Any]]:
+    """`p_adjusted` by Holm within each family: rows equal on the `family` keys."""
     frame = pd.DataFrame(rows)
-    for _, idx in frame.groupby(["dataset", "metric"]).groups.items():
+    for _, idx in frame.groupby(list(family)).groups.items():
         adjusted = stats.holm(frame.loc[idx, "p_value"])
         for i, p in zip(idx, adjusted):
             rows[i]["p_adjusted"] = float(p)
@@ -297,28 +304,50 @@ def _external_rows(runs: pd.DataFrame, reports_dir: Path, cache: dict, n_boot: i
     return rows
 
 
-# the study's question: do ViT and Mixer match CheXNet? (run_all step, model-name prefixes)
-ROLES = {"chexnet": ("02_chexnet", ("densenet121", "chexnet")), "vit": ("05_vit", ("vit",)),
-         "mixer": ("06_mlp_mixer", ("mixer",))}
+class Role(NamedTuple):
+    """One model of the study's questions: found by its run_all step first, else by the
+    first group whose model name starts with one of `prefixes` (and, with `within`, whose
+    step starts with it: the ablation's other variants train ResNets too, but only its
+    final recipe is "the ResNet" the study compares)."""
+
+    name: str                   # how the answer names it
+    step: str
+    prefixes: tuple[str, ...]
+    within: str | None = None
+
+
+# the study's two questions, each CheXNet against two models (Holm over those two)
+ROLES = {"chexnet": Role("CheXNet", "02_chexnet", ("densenet121", "chexnet")),
+         "resnet": Role("ResNet", "03_resnet_ablation_final", ("resnet",),
+                        within="03_resnet_ablation_final"),
+         "efficientnet": Role("EfficientNet-B4", "04_efficientnet_b4", ("efficientnet",)),
+         "vit": Role("ViT", "05_vit", ("vit",)),
+         "mixer": Role("Mixer", "06_mlp_mixer", ("mixer",))}
+QUESTIONS = {"cnn": ("resnet", "efficientnet"),     # which CNN is best?
+             "transformers": ("vit", "mixer")}      # do the transformers match CheXNet?
 
 
 def _role(groups: list[Group], role: str) -> Group | None:
-    step, prefixes = ROLES[role]
-    return next((g for g in groups if g.step == step), None) or \
-        next((g for g in groups if g.model.startswith(prefixes)), None)
+    want = ROLES[role]
+    return next((g for g in groups if g.step == want.step), None) or \
+        next((g for g in groups if g.model.startswith(want.prefixes)
+              and (want.within is None or g.step.startswith(want.within))), None)
 
 
 def _question_rows(groups: list[Group], alpha: float) -> list[dict[str, Any]]:
-    """CheXNet against ViT and Mixer on one dataset (AUROC; Holm over the two later)."""
+    """CheXNet against each other model of each question on one dataset (AUROC; Holm
+    within each question later): the models a dataset lacks give no row."""
     chexnet = _role(groups, "chexnet")
     rows = []
-    for role in ("vit", "mixer"):
-        other = _role(groups, role)
-        if chexnet is not None and other is not None:
-            rows.append({"dataset": chexnet.dataset, "a": chexnet.label, "b": other.label,
-                         "a_step": chexnet.step, "b_step": other.step, "role": role,
-                         "seeds_a": len(chexnet.probs), "seeds_b": len(other.probs),
-                         **_auroc_comparison(chexnet, other, alpha)})
+    for question, roles in QUESTIONS.items():
+        for role in roles:
+            other = _role(groups, role)
+            if chexnet is not None and other is not None:
+                rows.append({"dataset": chexnet.dataset, "a": chexnet.label, "b": other.label,
+                             "a_step": chexnet.step, "b_step": other.step, "role": role,
+                             "question": question, "seeds_a": len(chexnet.probs),
+                             "seeds_b": len(other.probs),
+                             **_auroc_comparison(chexnet, other, alpha)})
     return rows
 
 
@@ -341,7 +370,7 @@ def build_report(reports_dir: str | Path = "reports", n_boot: int = 1000, seed: 
     runs = runs[runs["dataset"].notna()]
     cache: dict[str, pd.DataFrame | None] = {}
     common, paired, question, apart = [], [], [], []
-    roles: dict[str, dict[str, str | None]] = {}  # dataset → the question's models found
+    roles: dict[str, dict[str, str | None]] = {}  # dataset → the questions' models found
     references: dict[str, dict[str, Any]] = {}    # dataset → the paired tests' reference
     for _, by_dataset in runs.groupby("dataset"):
         kept, left = _split_by_fingerprint(by_dataset)
@@ -366,8 +395,8 @@ def build_report(reports_dir: str | Path = "reports", n_boot: int = 1000, seed: 
         "datasets": sorted({r["dataset"] for r in common}),
         "common": common, "paired": _holm(paired) if paired else [],
         "external": _external_rows(runs, reports_dir, cache, n_boot, seed, alpha),
-        "question": _holm(question) if question else [], "roles": roles, "apart": apart,
-        "reference": references,
+        "question": _holm(question, ("dataset", "question", "metric")) if question else [],
+        "roles": roles, "apart": apart, "reference": references,
     }
     report["answer"] = study_answer(report)
     return _clean(report)

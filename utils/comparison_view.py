@@ -2,7 +2,8 @@
 
 Each CI is formatted as one string per cell ("0.912 [0.880, 0.940]") and tables are styled
 not to wrap, so no number is split across lines. Everything reads the dict that
-`utils.comparison.build_report` returns (or its JSON), nothing else.
+`utils.comparison.build_report` returns (or its JSON), and the names of the study's
+questions and models (`comparison.QUESTIONS`, `comparison.ROLES`), nothing else.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import math
 from typing import Any
 
 import pandas as pd
+
+from .comparison import QUESTIONS, ROLES
 
 __all__ = ["fmt_ci", "fmt_p", "rows", "sentence", "sentences", "sentences_markdown",
            "reference_sentence", "REFERENCE_HEADER",
@@ -187,25 +190,96 @@ def _verdict(row: dict[str, Any], alpha: float, margin: float) -> str:
             f"differences up to {reach:.3f} AUROC are compatible with these test images.")
 
 
-def study_answer(report: dict[str, Any]) -> str:
-    """The study's question — do ViT and Mixer match CheXNet with less inductive bias? —
-    answered per dataset from the `question` rows (DeLong, Holm over ViT and Mixer)."""
+# how the answer asks each question of `comparison.QUESTIONS`
+_ASKED = {"cnn": "Which CNN is best?", "transformers": "Do the transformers match CheXNet?"}
+
+
+def _role_name(role: str) -> str:
+    """`EfficientNet-B4 (04_efficientnet_b4)`: the study's name and the run_all step."""
+    return f"{ROLES[role].name} ({ROLES[role].step})"
+
+
+def _join(items: list[str], word: str = "and") -> str:
+    return ", ".join(items[:-1]) + f" {word} " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def _names(roles: list[str] | tuple[str, ...], word: str = "and") -> str:
+    """`ResNet (03_resnet_ablation_final) or EfficientNet-B4 (04_efficientnet_b4)`."""
+    return _join([_role_name(r) for r in roles], word)
+
+
+def _question_rows(report: dict[str, Any], dataset: str, question: str) -> list[dict]:
+    """`question`'s rows on `dataset`; a row without a `question` key (a report written
+    before the first question was asked) belongs to the transformers'."""
+    return [r for r in rows(report, "question", dataset)
+            if r.get("question", "transformers") == question]
+
+
+def _apart_note(report: dict[str, Any], dataset: str, missing: list[str]) -> str:
+    """The missing models' runs on `dataset` that exist but were listed apart (another test
+    set, no predictions): "no run on its common test set" is true, yet a reader would look
+    for them."""
+    steps = sorted(a["step"] for a in rows(report, "apart", dataset)
+                   if str(a.get("step", "")).startswith(tuple(ROLES[r].step for r in missing)))
+    return f" Listed apart (not on that test set): {', '.join(steps)}." if steps else ""
+
+
+def _dataset_answer(report: dict[str, Any], dataset: str, question: str) -> tuple[str, int]:
+    """`dataset`'s paragraph for `question` and how many of its comparisons it holds."""
     alpha, margin = report.get("alpha", 0.05), report.get("margin", 0.02)
-    lines = []
+    found = _question_rows(report, dataset, question)
+    roles = (report.get("roles") or {}).get(dataset, {})
+    tested = {r.get("role") for r in found}
+    if not found:
+        missing = [r for r in ("chexnet", *QUESTIONS[question]) if not roles.get(r)]
+        return (f"{dataset}: no answer — no run of {_names(missing, 'or')} on {dataset}'s "
+                f"common test set.{_apart_note(report, dataset, missing)}", 0)
+    text = f"{dataset}: " + " ".join(_verdict(r, alpha, margin) for r in found)
+    if lacking := [r for r in QUESTIONS[question] if r not in tested]:
+        text += (f" There is no run of {_names(lacking, 'or')} on {dataset}'s common test "
+                 f"set.{_apart_note(report, dataset, lacking)}")
+    elif question == "cnn" and all(r["p_adjusted"] < alpha and r["delta"] > 0 for r in found):
+        # ahead of both at the family's α: the one ranking these tests can settle
+        text += " CheXNet is the best of the three on these test images."
+    return text, len(found)
+
+
+def _coverage(counts: dict[str, int], question: str) -> str:
+    """Where `question` is answered: every comparison made, some, or none."""
+    size = len(QUESTIONS[question])
+    full = [d for d, n in counts.items() if n == size]
+    part = [d for d, n in counts.items() if 0 < n < size]
+    none = [d for d, n in counts.items() if n == 0]
+    if not full and not part:
+        return (f"Answered on no dataset: no common test set holds {_role_name('chexnet')} "
+                f"together with {_names(QUESTIONS[question], 'or')}, so these runs cannot "
+                f"answer it.")
+    said = [f"Answered on {_join(full)}"] if full else []
+    if part:
+        said.append(f"{'in part' if full else 'Answered in part'} on {_join(part)}")
+    if none:
+        said.append(f"not on {_join(none)}")
+    return "; ".join(said) + "."
+
+
+def _question_answer(report: dict[str, Any], question: str) -> list[str]:
+    """`question` asked, where it is answered, then one paragraph per dataset."""
+    paragraphs, counts = [], {}
     for dataset in report.get("datasets") or []:
-        found = rows(report, "question", dataset)
-        if not found:
-            roles = (report.get("roles") or {}).get(dataset, {})
-            names = (("chexnet", "CheXNet (02_chexnet)"), ("vit", "ViT (05_vit)"),
-                     ("mixer", "Mixer (06_mlp_mixer)"))
-            missing = [name for role, name in names if not roles.get(role)]
-            lines.append(f"{dataset}: no answer — no run of {' or '.join(missing)} on its "
-                         f"common test set.")
-            continue
-        lines.append(f"{dataset}: " + " ".join(_verdict(r, alpha, margin) for r in found))
-    if not lines:
-        lines.append("No dataset holds CheXNet and ViT or Mixer on one test set: the question "
-                     "cannot be answered from these runs.")
+        text, counts[dataset] = _dataset_answer(report, dataset, question)
+        paragraphs.append(text)
+    against = _names(QUESTIONS[question])
+    head = (f"{_ASKED[question]} {_role_name('chexnet')} against {against}, on each "
+            f"dataset's common test set (DeLong on the seed-mean AUROC, Holm over this "
+            f"question's comparisons per dataset). {_coverage(counts, question)}")
+    return [head, *paragraphs]
+
+
+def study_answer(report: dict[str, Any]) -> str:
+    """The study's two questions answered per dataset from the `question` rows: which CNN
+    is best (CheXNet against the final ResNet and EfficientNet-B4) and do ViT and Mixer,
+    with less inductive bias, match CheXNet. Paragraphs separated by blank lines."""
+    lines = [line for question in QUESTIONS for line in _question_answer(report, question)]
     if report.get("synthetic"):
         lines.insert(0, "Synthetic demo data: these sentences show the machinery, not a "
                         "finding about the architectures.")

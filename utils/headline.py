@@ -21,7 +21,7 @@ COMMON_KEYS = ("dataset", "model", "step", "seeds", "auroc", "auroc_lo", "auroc_
 
 
 def comparison_answer(reports: str | Path) -> str:
-    """07_comparison.json's `answer` to the study's question, or ""."""
+    """07_comparison.json's `answer` to the study's two questions, or ""."""
     comparison = _read(Path(reports) / "results" / "07_comparison.json")
     answer = comparison.get("answer") if isinstance(comparison, dict) else None
     return answer if isinstance(answer, str) else ""
@@ -59,7 +59,7 @@ def _cells(row: dict[str, Any], existing: set[str]) -> list[str]:
 
 def render_headline(rows: list[dict[str, Any]], source: str, existing: set[str],
                     answer: str = "") -> str:
-    """The headline section: the study's answer (07's), then per test set a sentence, a
+    """The headline section: the study's answers (07's), then per test set a sentence, a
     sortable table and a CI plot.
 
     Args:
@@ -71,7 +71,7 @@ def render_headline(rows: list[dict[str, Any]], source: str, existing: set[str],
                 "yet: the comparison appears here once a model step has finished.</p>")
     parts = ['<h2 id="headline">Headline comparison</h2>']
     if answer:
-        parts.append('<div class="lead"><b>The study\'s question</b> (07_comparison): '
+        parts.append('<div class="lead"><b>The study\'s questions</b> (07_comparison): '
                      + "".join(f"<p>{esc(p)}</p>" for p in answer.split("\n\n")) + "</div>")
     head = ["model", "step", "seeds", "AUROC", "95% CI", "F1", "sensitivity", "specificity"]
     for title, group in _groups(rows).items():

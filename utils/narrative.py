@@ -165,8 +165,10 @@ def runs_summary(runs: list[Mapping[str, Any]]) -> list[str]:
 
 
 def comparison_summary(common: list[Mapping[str, Any]]) -> list[str]:
-    """07_comparison's `common` rows in words: per dataset, the best and the lowest AUROC and
-    whether the top two CIs overlap (then the test set cannot tell them apart)."""
+    """07_comparison's `common` rows in words: per dataset, the highest and the lowest test
+    AUROC and whether the top two CIs overlap (then the test set cannot tell them apart).
+    It describes the test ranking, which is not a test: the paired tests (07's reference,
+    chosen on validation) and the study's answer say which differences are distinguishable."""
     by_dataset: dict[str, list] = {}
     for row in common:
         if isinstance(row.get("auroc"), (int, float)):
@@ -181,8 +183,8 @@ def comparison_summary(common: list[Mapping[str, Any]]) -> list[str]:
             out.append(f"On {dataset}'s test set one model so far: {name(best)} "
                        f"({best.get('step')}), AUROC {best_ci}.")
             continue
-        text = (f"On {dataset}'s common test set, {len(rows)} models compared: the best AUROC "
-                f"is {name(best)}'s {best_ci}")
+        text = (f"On {dataset}'s common test set, {len(rows)} models compared: the highest "
+                f"test AUROC is {name(best)}'s {best_ci}")
         low, second = rows[-1], rows[1]
         text += (f", the lowest {name(low)}'s "
                  f"{fmt_ci(low['auroc'], [low.get('auroc_lo'), low.get('auroc_hi')])}")
@@ -190,7 +192,7 @@ def comparison_summary(common: list[Mapping[str, Any]]) -> list[str]:
                    and isinstance(best.get("auroc_lo"), (int, float))
                    and second["auroc_hi"] >= best["auroc_lo"])
         text += ("; the top two CIs overlap, so this test set does not separate them"
-                 if overlap else "; the best model's CI clears the runner-up's")
+                 if overlap else f"; {name(best)}'s CI clears the runner-up's")
         out.append(text + ".")
     return out
 
