@@ -12,17 +12,24 @@ A step is skipped when its fingerprint (notebook bytes, parameters, utils/ sourc
 and results of the steps it reads, the datasets and label/mapping files in the data root)
 equals that of its last successful run and its report exists, so a re-run after an
 interruption continues where it stopped.
+The console shows a line as each step starts and ends, and one live line: steps done, time
+elapsed and left, the epoch and validation AUROC of the runs training now. Everything else
+(each notebook's output, the kernels', papermill's and nbconvert's messages) goes to
+<reports-dir>/run_all.log, new each run; a failed step's error is shown whole.
 Exit status: 0 every step ok or unchanged, 1 a step failed, 2 usage error (nothing ran).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
+import json
 import logging
 import os
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,21 +38,27 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from utils.config import ConfigError, RunConfig, make_config, parse_value
+from utils.history import PROGRESS_ENV
 from utils.recipes import ABLATION_VARIANTS as _RECIPES
 from utils.report_index import build_rows, summary_table, write_index
 from utils.runtime import usable_cpus
 from utils.run_state import (code_digest, data_facts, fingerprint, load_state, save_state,
                              upstream_facts)
+from utils.run_console import (Progress, console_logging, current_step, fmt_duration, live_line,
+                               log_file, logged_kernel_manager)
 from utils.step_report import render_notebook_html
 
 __all__ = ["Step", "ABLATION_VARIANTS", "MODEL_STEPS", "default_plan", "parse_value",
-           "parse_overrides", "select_steps", "resolve_params", "main"]
+           "parse_overrides", "select_steps", "resolve_params", "nproc_overrides",
+           "parameters_cell", "parameter_notes", "main"]
 
 ROOT = Path(__file__).resolve().parent
 CODE_DIR = ROOT / "utils"   # its *.py source is part of every fingerprint
 INJECTED = ("profile", "data_root", "step", "reports_dir", "checkpoint_dir")
 FIELDS = sorted(RunConfig.__dataclass_fields__)
 BUNDLE_DEFAULT = Path("<reports-dir>/cxr-pneumonia-reports.zip")  # --bundle without a path
+LOG_NAME = "run_all.log"     # <reports-dir>/run_all.log: everything that is not the console
+PROGRESS_DIR = ".progress"   # <reports-dir>/.progress/<run>.json: utils.history's records
 log = logging.getLogger("run_all")
 
 
@@ -229,11 +242,15 @@ def build_parser(plan: list[Step]) -> argparse.ArgumentParser:
                    help="where the plan's notebooks are (default: notebooks)")
     p.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
                    help="train each model step on N processes with torchrun (one per GPU, or "
-                   "CPU processes with gloo); -p STEP.nproc_per_node=N for one step")
+                   "CPU processes with gloo); 0 = auto, every visible GPU (the notebooks' "
+                   "default); -p STEP.nproc_per_node=N for one step")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="notebooks side by side, each with its share of the CPU threads "
                    "(default: 2 on the demo profile, else 1); steps still wait for those they "
-                   "read; with N > 1 the console shows one line per step, not cell output")
+                   "read")
+    p.add_argument("--verbose", action="store_true", help="also stream every notebook's "
+                   "output and the libraries' messages to the console (they always go to "
+                   f"<reports-dir>/{LOG_NAME})")
     p.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
                    help="limit per notebook cell (default: none)")
     p.add_argument("--bundle", nargs="?", type=Path, const=BUNDLE_DEFAULT, metavar="ZIP",
@@ -259,7 +276,48 @@ def resolve_data(value: str) -> tuple[Path, bool]:
         raise UsageError(f"data root {value or '(auto)'}: {type(exc).__name__}: {exc}") from exc
     finally:
         demo_log.setLevel(level)
-    return Path(root), bool(synthetic)
+    return Path(root).resolve(), bool(synthetic)  # the kernels run in notebooks/
+
+
+def nproc_overrides(plan: list[Step], nproc: int | None) -> dict[str, dict[str, Any]]:
+    """`--nproc-per-node N`: `nproc_per_node=N` for every training step of the plan."""
+    if nproc is None:
+        return {}
+    return {s.name: {"nproc_per_node": nproc} for s in plan if s.name in MODEL_STEPS}
+
+
+def parameters_cell(notebook: Path) -> set[str]:
+    """The names a notebook's `parameters` cell assigns (empty: no such cell)."""
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get(
+                "tags", []):
+            source = cell.get("source", "")
+            try:
+                tree = ast.parse("".join(source) if isinstance(source, list) else source)
+            except SyntaxError:
+                return set()
+            return {t.id for node in tree.body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)}
+    return set()
+
+
+def parameter_notes(steps: list[Step], params: dict[str, dict[str, Any]],
+                    notebooks: Path) -> list[str]:
+    """One line per key a user passes that some steps' parameters cells lack: papermill
+    would warn once per notebook (its warning goes to the log); `utils.notebook.setup(
+    globals())` reads every RunConfig field among the kernel's globals, so it still counts."""
+    cells: dict[str, set[str]] = {}
+    missing: dict[str, list[str]] = {}
+    for step in steps:
+        if step.notebook not in cells:
+            cells[step.notebook] = parameters_cell(notebooks / step.notebook)
+        for key in params[step.name]:
+            if key not in cells[step.notebook]:
+                missing.setdefault(key, []).append(step.name)
+    return [f"-p {key}: not in the parameters cell of {', '.join(names)}; passed to "
+            f"{'its' if len(names) == 1 else 'their'} setup() anyway"
+            for key, names in missing.items()]
 
 
 def resolve_params(step: Step, base: dict[str, Any], profile: str, global_: dict[str, Any],
@@ -281,12 +339,15 @@ def validate(step: Step, params: dict[str, Any]) -> None:
 
 # --- execution ---------------------------------------------------------------------------
 @contextmanager
-def kernel_env(jobs: int = 1) -> Iterator[None]:
+def kernel_env(jobs: int = 1, progress: Path | None = None) -> Iterator[None]:
     """Environment the kernels inherit: quiet training logs, headless plots, repo importable;
-    with `jobs` kernels side by side, each its share of the CPU threads (unless set)."""
+    with `jobs` kernels side by side, each its share of the CPU threads (unless set);
+    `progress`: the folder where `fit` writes a record per training run (the live line)."""
     saved = dict(os.environ)
     os.environ.update(CXR_QUIET="1", MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if progress is not None:
+        os.environ[PROGRESS_ENV] = str(progress)
     if jobs > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // jobs)))
     try:
@@ -301,40 +362,57 @@ def auto_jobs(profile: str, nproc_per_node: int | None, steps: int = 2) -> int:
     in one-threaded work: kernel start, imports, plots, reports; measured: 2 ablation steps
     in 45 s side by side, 65 s one after the other), 1 on real data (one GPU, big steps) and
     with torchrun (its processes take the cores), and for a single step (all the threads)."""
-    return min(2, usable_cpus(), steps) if profile == "demo" and not nproc_per_node else 1
+    if profile != "demo" or nproc_per_node or _several_gpus():
+        return 1  # several GPUs: each model step's torchrun takes them all
+    return min(2, usable_cpus(), steps)
+
+
+def _several_gpus() -> bool:
+    """More than one CUDA GPU visible: auto `nproc_per_node` launches torchrun on them."""
+    from utils.distributed import training_gpus  # torch: imported only when asked
+
+    return training_gpus("auto") > 1
 
 
 def execute(step: Step, params: dict[str, Any], notebook: Path, reports: Path,
-            timeout: int | None, log_output: bool = True) -> str:
-    """Run one notebook; return "" on success, else the error as `ename: evalue`.
+            timeout: int | None, kernel_log: Path | None = None) -> tuple[str, str]:
+    """Run one notebook; return ("", "") on success, else (`ename: evalue`, the error in
+    full: the failing cell's traceback; a timeout's or dead kernel's message, which names
+    the cell; Python's traceback for anything else, such as a failed render).
 
-    papermill saves after every cell, so it writes to a hidden partial file that is moved
-    onto reports/<step>.ipynb only once it stops (a killed run leaves no trusted report)."""
+    Cell output goes to the `papermill` logger (run_all's log). papermill saves after every
+    cell, so it writes to a hidden partial file that is moved onto reports/<step>.ipynb
+    only once it stops (a killed run leaves no trusted report)."""
     import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     partial, final = reports / f".{step.name}.partial.ipynb", reports / f"{step.name}.ipynb"
-    error = ""
+    error = detail = ""
+    extra = {"kernel_manager_class": logged_kernel_manager(kernel_log)} if kernel_log else {}
     try:
         pm.execute_notebook(str(notebook), str(partial), parameters=params,
                             cwd=str(notebook.parent), kernel_name="python3",
-                            log_output=log_output,
-                            progress_bar=log_output and sys.stderr.isatty(),
-                            execution_timeout=timeout)
+                            log_output=True, progress_bar=False,
+                            execution_timeout=timeout, **extra)
     except pm.PapermillExecutionError as exc:
-        error = f"{exc.ename}: {exc.evalue}"
-    except Exception as exc:  # noqa: BLE001 - dead kernel, timeout: this step failed, go on
-        error = f"{type(exc).__name__}: {exc}"
+        error, detail = f"{exc.ename}: {exc.evalue}", "\n".join(exc.traceback)
+    except (CellTimeoutError, DeadKernelError) as exc:  # the step's fault, not the code's
+        error = detail = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any other failure: this step failed, go on
+        error, detail = f"{type(exc).__name__}: {exc}", traceback.format_exc()
     html = reports / f"{step.name}.html"
     if partial.exists():
         os.replace(partial, final)
         try:
             render_notebook_html(final, html)
         except Exception as exc:  # noqa: BLE001 - the run's numbers are fine; say so
-            error = error or f"report rendering failed: {type(exc).__name__}: {exc}"
+            if not error:
+                error = f"report rendering failed: {type(exc).__name__}: {exc}"
+                detail = traceback.format_exc()
     else:  # nothing executed: do not leave an older run's report looking current
         final.unlink(missing_ok=True)
         html.unlink(missing_ok=True)
-    return error
+    return error, detail
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -360,6 +438,11 @@ class Run:
     data: list = field(default_factory=list)   # data_facts: a new dataset or mapping re-runs
     settings: dict[str, Any] = field(default_factory=dict)  # shown on the index
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # state, index
+    progress: Progress | None = None   # the console's view of the run (`execute_run`)
+
+    @property
+    def log_path(self) -> Path:
+        return self.reports / LOG_NAME
 
     @property
     def state_path(self) -> Path:
@@ -397,11 +480,8 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
     if dangling := sorted({d for s in plan for d in s.after} - names):
         raise UsageError(f"the plan names unknown dependencies {dangling}")
     global_, per_step = parse_overrides(args.params, plan)
-    if args.nproc_per_node is not None:  # the training steps; -p STEP.nproc_per_node wins
-        for step in plan:
-            if step.name in MODEL_STEPS:
-                per_step.setdefault(step.name, {}).setdefault("nproc_per_node",
-                                                              args.nproc_per_node)
+    for name, extra in nproc_overrides(plan, args.nproc_per_node).items():
+        per_step[name] = {**extra, **per_step.get(name, {})}  # -p STEP.nproc_per_node wins
     steps = select_steps(plan, args.only, args.start)
     data_root, synthetic = resolve_data(args.data_root)
     if synthetic:
@@ -456,30 +536,40 @@ def print_plan(run: Run) -> None:
 
 
 def run_step(run: Run, step: Step) -> dict[str, Any]:
-    """Skip or execute one step; record it in the state file at start and end. Steps side
+    """Skip or execute one step; record it in the state file at start and end; one console
+    line as it starts and one as it ends (a failure's with its error in full). Steps side
     by side share `run`: its state, outcomes and index change under `run.lock`."""
+    progress = run.progress or Progress([s.name for s in run.steps], run.jobs, {})
     with run.lock:
         fp = run.fingerprint(step)
         why = run.why_run(step, fp)
         if not why:
-            log.info("%s: unchanged, skipped", step.name)
+            progress.end(step.name)
+            log.info("skip    %s (unchanged) · %s", step.name, progress.summary())
             return {"status": "skipped-unchanged",
                     "duration_s": run.state[step.name].get("duration_s")}
-        log.info("%s: running %s (%s)", step.name, step.notebook, why)
+        log.info("start   %s (%s)", step.name, why)
         run.state[step.name] = {"status": "running", "fingerprint": fp,
                                 "started": datetime.now().isoformat(timespec="seconds")}
         save_state(run.state_path, run.state)
         run.outcomes[step.name] = {"status": "running"}
         run.write_index()
+    progress.clear_records(step.name)
+    progress.begin(step.name)
     started = time.time()
-    error = execute(step, run.params[step.name], run.notebooks / step.notebook, run.reports,
-                    run.timeout, log_output=run.jobs == 1)  # side by side: one line a step
+    with current_step(step.name):
+        error, detail = execute(step, run.params[step.name], run.notebooks / step.notebook,
+                                run.reports, run.timeout, kernel_log=run.log_path)
     outcome = {"status": "failed" if error else "ok", "error": error,
                "duration_s": round(time.time() - started, 2)}
+    progress.end(step.name, None if error else outcome["duration_s"])
+    took = fmt_duration(outcome["duration_s"])
     if error:
-        log.error("%s failed: %s", step.name, error)
-    elif run.jobs > 1:
-        log.info("%s: ok in %.0f s", step.name, outcome["duration_s"])
+        log.error("FAILED  %s in %s: %s · %s\n%s\n(its report: %s; the cells' output: %s)",
+                  step.name, took, error.splitlines()[0], progress.summary(), detail.rstrip(),
+                  run.reports / f"{step.name}.html", run.log_path)
+    else:
+        log.info("ok      %s in %s · %s", step.name, took, progress.summary())
     with run.lock:
         run.state[step.name].update(outcome,
                                     finished=datetime.now().isoformat(timespec="seconds"))
@@ -492,16 +582,14 @@ def _ready(step: Step, done: set[str], selected: set[str]) -> bool:
     return all(d in done for d in (*step.after, *step.needs) if d in selected)
 
 
-def run_steps(run: Run, on_done: Any = None) -> None:
+def run_steps(run: Run) -> None:
     """Every selected step: in plan order, one at a time, or `run.jobs` side by side, each
     starting once the steps it reads or needs have finished (the next ready one in plan
-    order first). `on_done(step)` after each, in the main thread."""
+    order first)."""
     def finish(step: Step, outcome: dict[str, Any]) -> None:
         with run.lock:
             run.outcomes[step.name] = outcome
             run.write_index()
-        if on_done:
-            on_done(step)
 
     if run.jobs <= 1:
         for step in run.steps:
@@ -533,41 +621,49 @@ def main(argv: list[str] | None = None, plan: list[Step] | None = None) -> int:
         args = build_parser(plan).parse_args(argv)
     except SystemExit as exc:  # --help (0) or an argparse usage error (2)
         return int(exc.code or 0)
-    try:
-        run = prepare(args, plan)
-    except UsageError as exc:
-        print(f"run_all.py: error: {exc}", file=sys.stderr)
-        return 2
-    if args.list:
-        print_plan(run)
-        return 0
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    with console_logging(args.verbose):
+        try:
+            run = prepare(args, plan)
+        except UsageError as exc:
+            print(f"run_all.py: error: {exc}", file=sys.stderr)
+            return 2
+        if args.list:
+            print_plan(run)
+            return 0
+        return execute_run(run, args.bundle)
 
-    index = run.write_index()
-    if run.jobs > 1:
-        log.info("%d steps side by side (--jobs %d; --jobs 1 streams each notebook's output)",
-                 run.jobs, run.jobs)
-    with logging_redirect_tqdm(), kernel_env(run.jobs), \
-            tqdm(total=len(run.steps), desc="run_all", unit="step", disable=None) as bar:
-        run_steps(run, on_done=lambda step: bar.update())
-    rows = build_rows([s.name for s in run.steps], run.outcomes, run.state, run.reports)
-    print(f"\n{summary_table(rows)}\n\nindex: {index}")
-    if args.bundle:
-        from utils.bundle import BUNDLE_NAME, write_bundle
 
-        target = run.reports / BUNDLE_NAME if args.bundle == BUNDLE_DEFAULT else args.bundle
-        print(f"bundle: {write_bundle(run.reports, target)}")
+def last_durations(state: dict[str, Any]) -> dict[str, float]:
+    """Each step's `duration_s` in its last successful run (.run_state.json)."""
+    return {name: float(entry["duration_s"]) for name, entry in state.items()
+            if entry.get("status") == "ok" and entry.get("duration_s")}
+
+
+def execute_run(run: Run, bundle: Path | None = None) -> int:
+    """Every selected step with the console, the log and the live line; then the summary
+    (and the bundle). Returns 1 when a step failed, else 0."""
+    run.progress = Progress([s.name for s in run.steps], run.jobs, last_durations(run.state),
+                            run.reports / PROGRESS_DIR)
+    with log_file(run.log_path):
+        log.info("log: %s (each notebook's output; kernel, papermill and nbconvert messages)",
+                 run.log_path)
+        for note in parameter_notes(run.steps, run.params, run.notebooks):
+            log.warning("%s", note)
+        index = run.write_index()
+        if run.jobs > 1:
+            log.info("%d steps side by side (--jobs %d)", run.jobs, run.jobs)
+        with kernel_env(run.jobs, run.progress.folder), live_line(run.progress):
+            run_steps(run)
+        rows = build_rows([s.name for s in run.steps], run.outcomes, run.state, run.reports)
+        print(f"\n{summary_table(rows)}\n\nindex: {index}")
+        if bundle:
+            from utils.bundle import BUNDLE_NAME, write_bundle
+
+            target = run.reports / BUNDLE_NAME if bundle == BUNDLE_DEFAULT else bundle
+            print(f"bundle: {write_bundle(run.reports, target)}")
+        print(f"log: {run.log_path}")
     return 1 if any(o["status"] == "failed" for o in run.outcomes.values()) else 0
 
 
-def _setup_logging() -> None:
-    """Cell outputs stream through papermill's logger; drop its per-cell start/end markers."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("papermill").addFilter(lambda record: not record.getMessage().startswith(
-        ("Executing Cell", "Ending Cell")))
-
-
 if __name__ == "__main__":
-    _setup_logging()
     sys.exit(main())

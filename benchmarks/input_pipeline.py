@@ -19,6 +19,15 @@ Prints a table, then the ratios two ways: steady state (the cache already built,
 run after the first finds it) and with the cache build counted, for one epoch over the files
 and for the full profile's epochs; last, exactly one line `ratio: X.XX` (the steady-state
 cached / study images per second).
+
+    python -m benchmarks.input_pipeline --transfer [--repeats 3] [--workers 2]
+
+compares instead what crosses from the loader workers to the training loop (issue 24.8):
+(b) normalised float32 batches, the dataset contract's items, against (d) the same cache
+and augmentation stopping before normalisation (uint8 items, a quarter of the bytes through
+`/dev/shm` and pinned memory) normalised per batch after `.to(device)`. Both interleaved
+`--repeats` times (ABBA), with (d) without its normalisation for information (the transfer
+alone); the last line is `ratio: X.XX` = (d) / (b) images per second.
 """
 from __future__ import annotations
 
@@ -39,7 +48,8 @@ if str(ROOT) not in sys.path:  # `python benchmarks/input_pipeline.py` works too
     sys.path.insert(0, str(ROOT))
 
 __all__ = ["shared_data_root", "fullres_manifest", "study_dataset", "cached_dataset",
-           "time_epoch", "gpu_augment", "ratio_with_build", "main"]
+           "uint8_dataset", "normalise_after_transfer", "time_epoch", "gpu_augment",
+           "ratio_with_build", "transfer_rows", "main"]
 
 SIZE = 224
 STUDY_MEAN, STUDY_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]   # ImageNet, as the study
@@ -92,6 +102,42 @@ def cached_dataset(manifest: pd.DataFrame, cache, repeats: int, transform) -> Da
 
     one = CXRDataset(manifest, ["Pneumonia"], transform=transform, cache=cache)
     return ConcatDataset([one] * repeats)
+
+
+class _Uint8Items(Dataset):
+    """CXRDataset's reading and augmentation, stopping before the normalisation: uint8
+    `1×S×S` items (what a uint8 loader would carry), the same target and index."""
+
+    def __init__(self, base, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+
+        image = self.transform(image=self.base._read(i))["image"]
+        return (torch.from_numpy(np.ascontiguousarray(image))[None],
+                torch.from_numpy(self.base.labels[i].copy()), {"index": i})
+
+
+def uint8_dataset(manifest: pd.DataFrame, cache, repeats: int, augmentation: str = "basic",
+                  size: int = SIZE) -> Dataset:
+    """A cached pipeline's augmentation without `Normalize`: uint8 items."""
+    import albumentations as A
+
+    from utils.data.dataset import CXRDataset
+    from utils.transforms import AUGMENTATIONS
+
+    one = CXRDataset(manifest, ["Pneumonia"], transform=None, cache=cache)
+    return ConcatDataset([_Uint8Items(one, A.Compose(AUGMENTATIONS[augmentation](size)))] *
+                         repeats)
+
+
+def normalise_after_transfer(mean: float, std: float):
+    """uint8 batch on the device → the float32 the model takes: `(x / 255 - mean) / std`."""
+    return lambda x: x.float().sub_(255.0 * mean).div_(255.0 * std)
 
 
 def time_epoch(loader: DataLoader, device: torch.device, warmup_batches: int = 2,
@@ -188,6 +234,52 @@ def run(args) -> list[dict]:
     return rows
 
 
+def transfer_rows(args) -> list[dict]:
+    """(b) float32 items vs (d) uint8 items normalised after the transfer, interleaved
+    `args.repeats` times in ABBA order; one row per trial."""
+    from utils.data.cache import build_cache
+    from utils.data.dataset import collate
+    from utils.runtime import pick_device, seed_everything
+    from utils.transforms import build_transform
+
+    seed_everything(0)
+    device = pick_device("auto")
+    manifest = fullres_manifest(shared_data_root())
+    repeats = math.ceil(args.epochs_images / len(manifest))
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
+        cache = build_cache(manifest, SIZE, Path(tmp) / "cache", workers=max(args.workers, 1),
+                            progress=False)
+        tf = build_transform("basic", SIZE, GRAY_MEAN, GRAY_STD)
+        contenders = [
+            ("float32 items (normalised in the workers)",
+             _loader(cached_dataset(manifest, cache, repeats, tf), args, device, collate), None),
+            ("uint8 items, normalised after .to(device)",
+             _loader(uint8_dataset(manifest, cache, repeats), args, device, collate),
+             normalise_after_transfer(GRAY_MEAN, GRAY_STD)),
+            ("uint8 items, not normalised (transfer alone)",
+             _loader(uint8_dataset(manifest, cache, repeats), args, device, collate), None)]
+        rows = []
+        for r in range(args.repeats):
+            for label, loader, on_batch in (contenders if r % 2 == 0 else contenders[::-1]):
+                n, sec = time_epoch(loader, device, on_batch=on_batch)
+                rows.append({"pipeline": label, "images": n, "seconds": sec, "rate": n / sec})
+    return rows
+
+
+def _print_transfer(rows: list[dict]) -> float:
+    import statistics
+
+    print(f"{'pipeline':<44} {'images':>7} {'images/s (trials)':>30}")
+    medians = {}
+    for label in dict.fromkeys(r["pipeline"] for r in rows):
+        rates = [r["rate"] for r in rows if r["pipeline"] == label]
+        medians[label] = statistics.median(rates)
+        print(f"{label:<44} {rows[0]['images']:>7} {medians[label]:>9.1f} "
+              f"({', '.join(f'{x:.1f}' for x in rates)})")
+    float_rate, uint8_rate = list(medians.values())[:2]
+    return uint8_rate / float_rate
+
+
 def ratio_with_build(study_rate: float, cached_rate: float, build_s: float, files: int,
                      epochs: int) -> float:
     """Study time / cached time for `epochs` passes over `files` images, the cached side
@@ -216,7 +308,14 @@ def main(argv: list[str] | None = None) -> float:
                         help="images per timed epoch (the 99 files are repeated)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (both)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--transfer", action="store_true",
+                        help="float32 vs uint8 batches from the workers (see the docstring)")
+    parser.add_argument("--repeats", type=int, default=3, help="--transfer: trials each")
     args = parser.parse_args(argv)
+    if args.transfer:
+        ratio = _print_transfer(transfer_rows(args))
+        print(f"ratio: {ratio:.2f}")
+        return ratio
     rows = run(args)
     print(f"{'pipeline':<40} {'images':>7} {'seconds':>8} {'images/s':>9} {'cache build s':>14}")
     for r in rows:

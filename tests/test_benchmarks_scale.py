@@ -6,6 +6,7 @@ and say what they skip.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -101,16 +102,33 @@ def test_gpu_without_cuda_says_so_and_exits_0(capsys, monkeypatch):
     assert gpu.NO_CUDA in capsys.readouterr().out
 
 
+def test_gpu_that_torch_cannot_use_is_one_message_and_status_1(capsys, monkeypatch):
+    from utils import runtime
+
+    monkeypatch.setattr(runtime, "cuda_problem", lambda: "torch is built for CUDA 13.0 ...")
+    assert gpu.main([]) == 1
+    assert "torch is built for CUDA 13.0" in capsys.readouterr().out
+
+
 def test_gpu_parts_on_cpu():
+    """fit's own step in each mode (on the CPU fit trains in fp32: AMP is CUDA-only)."""
     cpu = torch.device("cpu")
     rows = [gpu_parts.train_rate("simple_cnn", mode, 32, 2, 1, 1, cpu) for mode in gpu_parts.MODES]
     assert [r["mode"] for r in rows] == ["fp32", "amp", "amp+channels_last"]
-    assert [r["dtype"] for r in rows] == ["float32", "bfloat16", "bfloat16"]
-    assert all(r["images_per_s"] > 0 for r in rows)
+    assert [r["dtype"] for r in rows] == ["float32"] * 3 and gpu_parts.fit_mode(cpu) == "fp32"
+    assert all(r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0 and r["error"] is None
+               for r in rows)
     sampler = gpu_parts.GpuSampler(cpu)
     with sampler:
         pass
     assert sampler.summary() == "utilisation unavailable (no GPU)"
+
+
+def test_a_model_row_that_fails_says_why_and_the_next_one_runs(monkeypatch):
+    cpu = torch.device("cpu")
+    failed = gpu_parts.train_rate("no_such_model", gpu_parts.MODES[0], 32, 2, 1, 1, cpu)
+    assert failed["error"].startswith("KeyError") and failed["train_images_per_s"] is None
+    assert gpu_parts.train_rate("simple_cnn", gpu_parts.MODES[0], 32, 2, 1, 1, cpu)["error"] is None
 
 
 BLOCKER = """
@@ -122,7 +140,8 @@ BLOCKER = """
             if name.split(".")[0] in BLOCKED:
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     sys.meta_path.insert(0, Block())
-    sys.argv = ["gpu", "--cpu-smoke", "--models", "simple_cnn", "--data", sys.argv[1]]
+    sys.argv = ["gpu", "--cpu-smoke", "--models", "efficientnet_b4,simple_cnn",
+                "--data", sys.argv[1], "--out", sys.argv[2]]
     from benchmarks import gpu
     sys.exit(gpu.main(sys.argv[1:]))
 """
@@ -130,24 +149,102 @@ BLOCKER = """
 
 @pytest.mark.slow
 def test_gpu_cpu_smoke_without_the_packages_a_gpu_machine_lacks(tmp_path):
-    """Parts 1 and 3 need torch only; the rest says which module it missed."""
+    """Parts 1 and 3 need torch only; the rest says which module it missed; a model whose
+    package is missing fails in its own rows."""
     script = tmp_path / "blocked.py"
     script.write_text(textwrap.dedent(BLOCKER))
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "nodata")], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=600)
-    out = done.stdout
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "nodata"), str(out)],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=600)
+    text = done.stdout
     assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"^simple_cnn\s+amp\+channels_last\s+bfloat16\s+\d", out, re.M)
-    assert "2. cached input pipeline" in out and "missing module 'cv2'" in out
-    assert re.search(r"simple_cnn AMP \+ channels_last from 'fixed on-device batches", out)
-    assert "skipped with --cpu-smoke" in out and "benchmarks.gpu: done" in out
+    assert re.search(r"^efficientnet_b4\s+fp32\s+failed: needs the missing module "
+                     r"'efficientnet_pytorch'", text, re.M)
+    assert re.search(r"^simple_cnn\s+amp\+channels_last\s+float32\s+\d", text, re.M)
+    assert "3. cached input pipeline" in text and "missing module 'cv2'" in text
+    assert re.search(r"simple_cnn fp32 from 'fixed on-device batches", text)
+    assert "skipped: --cpu-smoke" in text and "benchmarks.gpu: done" in text
+    report = json.loads(out.read_text())
+    assert report["schema"] == 1 and report["device"]["name"].startswith("CPU smoke")
+    rows = {(r["model"], r["mode"]): r for r in report["models"]}
+    assert rows[("efficientnet_b4", "fp32")]["train_images_per_s"] is None
+    assert rows[("simple_cnn", "fp32")]["error"] is None
+    assert "cv2" in report["errors"]["pipeline"] and report["epoch"]["images_per_s"] > 0
 
 
 def test_gpu_cpu_smoke_with_every_package(tmp_path, capsys):
     data = gpu._smoke_data(tmp_path / "d")
-    assert gpu.main(["--cpu-smoke", "--models", "simple_cnn", "--data", str(data)]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"cache \+ albumentations strong \(training\)\s+\d+\.\d images/s", out)
-    assert re.search(r"cache uint8 \+ GPU augment \(torch only\)\s+\d+\.\d images/s", out)
-    assert re.search(r"simple_cnn AMP \+ channels_last from .*images/s.*unavailable", out)
+    out = tmp_path / "bench.json"
+    assert gpu.main(["--cpu-smoke", "--models", "simple_cnn", "--data", str(data),
+                     "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"cache \+ albumentations strong \(training\)\s+\d+\.\d images/s", text)
+    assert re.search(r"cache uint8 \+ GPU augment \(torch only\)\s+\d+\.\d images/s", text)
+    assert re.search(r"same, uint8 batches normalised on the GPU\s+\d+\.\d images/s", text)
+    assert re.search(r"simple_cnn fp32 from .*images/s.*unavailable", text)
+    assert "host syncs per training step (fit's step, simple_cnn, fp32): 0.0" in text
+    report = json.loads(out.read_text())
+    assert set(report) >= {"schema", "created", "command", "device", "models", "pipeline",
+                           "epoch", "run_all"}
+    assert report["command"].startswith("python -m benchmarks.gpu --cpu-smoke")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", report["created"])
+    assert {r["mode"] for r in report["models"]} == {
+        "fp32", "amp", "amp+channels_last", "amp+channels_last+deterministic"}
+    assert report["checks"]["host_syncs_per_step"] == 0
+    assert [p["error"] for p in report["pipeline"]] == [None, None, None]
+    assert report["skipped"]["run_all"] == "--cpu-smoke" and "errors" not in report
+
+
+def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    """OpenCV without libGL raises ImportError (not ModuleNotFoundError)."""
+    def no_libgl(*args, **kwargs):
+        raise ImportError("libGL.so.1: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(gpu_parts, "build_input_cache", no_libgl)
+    out = tmp_path / "bench.json"
+    assert gpu.main(["--cpu-smoke", "--models", "simple_cnn", "--data",
+                     str(gpu._smoke_data(tmp_path / "d")), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "failed: ImportError: libGL.so.1: cannot open shared object file" in text
+    part4 = text.split("== 4.")[1]
+    assert "fixed on-device batches" in part4 and "== 5." in part4
+    report = json.loads(out.read_text())
+    assert report["errors"] == {"pipeline": "ImportError: libGL.so.1: cannot open shared "
+                                             "object file: No such file or directory"}
+    assert report["models"] and report["epoch"]["error"] is None
+
+
+def test_the_real_run_is_one_seed_and_needs_data(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    seen = []
+    monkeypatch.setattr(gpu.subprocess, "run", lambda cmd, **kw: seen.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 0, "", ""))
+    monkeypatch.setattr(gpu.importlib.util, "find_spec", lambda name: object())
+    args = argparse.Namespace(data=tmp_path, skip_run_all=False, cpu_smoke=False)
+    report = gpu.new_report(torch.device("cpu"), "test")
+    gpu._real_run(args, tmp_path, float("inf"), report)
+    assert " ".join(seen[0]).count("-p seeds=1") == 1 and report["run_all"]["returncode"] == 0
+    args.data = tmp_path / "absent"
+    gpu._real_run(args, tmp_path, float("inf"), report)
+    assert f"skipped: --data {args.data} is not a folder" in capsys.readouterr().out
+    assert len(seen) == 1
+
+
+def test_uint8_batches_normalised_after_the_transfer_equal_the_float32_items(tmp_path):
+    """benchmarks.input_pipeline --transfer compares like with like: the uint8 items,
+    normalised per batch after `.to(device)`, are the float32 items (no augmentation)."""
+    from benchmarks.input_pipeline import normalise_after_transfer, uint8_dataset
+    from utils.data.dataset import CXRDataset
+    from utils.transforms import build_transform
+
+    files = gpu_parts.find_images(gpu._smoke_data(tmp_path / "d"), 0)
+    manifest = gpu._manifest(files)
+    floats = CXRDataset(manifest, ["Pneumonia"], build_transform("none", 32, 0.449, 0.226))
+    raw = uint8_dataset(manifest, None, 1, "none", 32)
+    batch = torch.stack([raw[i][0] for i in range(len(raw))])
+    assert batch.dtype == torch.uint8
+    expected = torch.stack([floats[i][0] for i in range(len(floats))])
+    torch.testing.assert_close(normalise_after_transfer(0.449, 0.226)(batch), expected,
+                               atol=1e-5, rtol=1e-5)

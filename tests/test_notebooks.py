@@ -5,13 +5,15 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
+import run_all
 from conftest import MODEL_STEPS, SMOKE_STEPS
-from utils.config import RunConfig
+from utils.config import PROFILES, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -41,6 +43,22 @@ def test_parameters_cell_names_are_runconfig_fields(path: Path) -> None:
     # comment's "=" included), warning that the parameter is unknown
     crowded = [line for line in tagged[0].source.splitlines() if line.count("=") > 1]
     assert not crowded, f"{path.name}: papermill cannot parse {crowded}"
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_parameter_the_plan_passes_is_in_the_parameters_cell(profile: str) -> None:
+    """What run_all passes (the injected names, each step's and profile's parameters,
+    `--nproc-per-node`) is a notebook's own parameter: papermill warns of the others."""
+    plan = run_all.default_plan()
+    base = {key: "x" for key in run_all.INJECTED if key != "step"}
+    nproc = run_all.nproc_overrides(plan, 2)
+    missing = {}
+    for step in plan:
+        cell = run_all.parameters_cell(ROOT / "notebooks" / step.notebook)
+        params = run_all.resolve_params(step, base, profile, {}, nproc)
+        if extra := sorted(set(params) - cell):
+            missing[f"{step.name} ({step.notebook})"] = extra
+    assert not missing, f"profile {profile}: not in the parameters cell: {missing}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -74,3 +92,42 @@ def test_run_all_smoke_profile_executes_every_notebook(smoke_run) -> None:
         assert len(results["test"]["auroc_ci"]) == 2
         assert (ckpts / step / "best.pt").exists()
     assert "synthetic" in index.lower()
+
+
+CHATTER = ("[IPKernelApp]", "Input Notebook", "Output Notebook", "Working directory",
+           "Executing notebook", "Passed unknown parameter", "Alternative text")
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_smoke_run_console_is_one_line_per_step_start_and_end(smoke_run) -> None:
+    """STYLE 15 on the real notebooks (the session's shared run): no line from the kernels,
+    papermill or nbconvert; one start and one end line per step; the log named at the start
+    and at the end holds what the console leaves out."""
+    proc, reports, _, _ = smoke_run
+    console = proc.stderr + proc.stdout
+    lines = console.splitlines()
+    assert not [line for line in lines if any(c in line for c in CHATTER)], console[-4000:]
+    for step in SMOKE_STEPS:
+        assert len([ln for ln in lines if re.match(rf"start +{step} ", ln)]) == 1, step
+        assert len([ln for ln in lines if re.match(rf"ok +{step} in ", ln)]) == 1, step
+    log_path = reports / "run_all.log"
+    assert any(ln.startswith(f"log: {log_path} ") for ln in proc.stderr.splitlines())
+    assert proc.stdout.splitlines()[-1] == f"log: {log_path}"
+    log_text = log_path.read_text()
+    assert all(c in log_text for c in CHATTER[:5])
+    assert "Alternative text" not in log_text and "Passed unknown parameter" not in log_text
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_smoke_reports_give_every_image_its_alt_text(smoke_run) -> None:
+    """Every figure carries its caption (or title) as alt text: nbconvert adds none."""
+    _, reports, _, _ = smoke_run
+    for step in SMOKE_STEPS:
+        page = (reports / f"{step}.html").read_text()
+        imgs = re.findall(r"<img\b[^>]*>", page)
+        assert imgs, step
+        bare = [i[:120] for i in imgs if not re.search(r"""\balt=(["'])\s*[^\s"']""", i)]
+        assert not bare, f"{step}: images without alt text: {bare}"
+        assert "No description has been provided" not in page, step

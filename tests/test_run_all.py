@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -236,18 +237,94 @@ def test_index_page_is_self_contained_and_escaped():
 
 
 # --- executing notebooks --------------------------------------------------------------------
+DRIVER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import run_all
+from run_all import Step
+run_all.CODE_DIR = Path({code!r})
+run_all.resolve_data = lambda value: (Path({demo!r}), True)
+sys.exit(run_all.main(sys.argv[1:], plan={plan}))
+"""
+FIXTURE_PLAN = ('[Step("a_ok", "ok.ipynb"), Step("b_fail", "fail.ipynb"), '
+                'Step("c_after", "ok.ipynb", after=("a_ok", "b_fail"))]')
+
+
+def driver(tmp: Path, plan: str) -> Path:
+    """A script running `plan` (Python source) through run_all.main as `freeze` sets it up,
+    in its own process: the console it prints is what a person sees, file descriptors and
+    all (a kernel writes to the stderr it inherits)."""
+    code = tmp / "code"
+    code.mkdir(exist_ok=True)
+    (code / "lib.py").write_text("x = 1\n")
+    path = tmp / "driver.py"
+    path.write_text(DRIVER.format(root=str(run_all.ROOT), code=str(code), demo=str(DEMO_ROOT),
+                                  plan=plan))
+    return path
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    """One run of the fixture plan: a_ok ok, b_fail raises, c_after reads both."""
+    """One run of the fixture plan: a_ok ok, b_fail raises, c_after reads both; `-p
+    b_fail.lr` is not in fail.ipynb's parameters cell. Returns (tmp, exit code, stdout,
+    stderr)."""
     tmp = tmp_path_factory.mktemp("first")
-    with pytest.MonkeyPatch.context() as mp:
-        freeze(mp, tmp)
-        rc = main(cli(tmp), plan=fixture_plan())
-    return tmp, rc
+    proc = subprocess.run([sys.executable, str(driver(tmp, FIXTURE_PLAN)),
+                           *cli(tmp, "-p", "b_fail.lr=0.1")],
+                          capture_output=True, text=True, timeout=300)
+    return tmp, proc.returncode, proc.stdout, proc.stderr
+
+
+CHATTER = ("[IPKernelApp]", "Input Notebook", "Output Notebook", "Working directory",
+           "Executing notebook", "Passed unknown parameter", "Alternative text")
+
+
+def test_console_shows_steps_and_errors_whole_and_the_log_the_rest(first_run):
+    """STYLE 15: one line as each step starts and one as it ends, with the run's progress;
+    the failing cell's traceback in full; kernel, papermill and nbconvert messages and the
+    cells' output only in the log named at the start and at the end."""
+    tmp, rc, out, err = first_run
+    log_path = tmp / "reports" / "run_all.log"
+    console = err + out
+    lines = console.splitlines()
+    assert rc == 1
+    assert not [line for line in lines if line.startswith(CHATTER)], console
+    for step in ("a_ok", "b_fail", "c_after"):
+        assert len([ln for ln in lines if re.match(rf"start +{step} ", ln)]) == 1, console
+        assert len([ln for ln in lines if re.match(rf"(ok|FAILED) +{step} in ", ln)]) == 1
+    assert re.search(r"^ok +c_after in \S+ · 3/3 steps done · \S+ elapsed$", console, re.M)
+    assert re.search(r"^ok +a_ok in \S+ · 1/3 steps done · \S+ elapsed · about \S+ left$",
+                     console, re.M)
+    failed = console[console.index("FAILED  b_fail"):]
+    assert "ValueError: fixture failure for the test" in failed.splitlines()[0]
+    assert "Traceback (most recent call last)" in failed  # IPython's, uncoloured
+    assert 'raise ValueError("fixture failure for the test")' in failed and "\x1b[" not in failed
+    assert "before the failure" not in console  # cell output: the log's
+    assert "-p lr: not in the parameters cell of b_fail; passed to its setup() anyway" in console
+    assert [ln for ln in err.splitlines() if ln.startswith("log: ")][0].startswith(
+        f"log: {log_path} ")  # named at the start...
+    assert out.splitlines()[-1] == f"log: {log_path}"  # ...and at the end
+    log_text = log_path.read_text()
+    for chatter in ("[IPKernelApp] WARNING", "Input Notebook", "Passed unknown parameter: lr",
+                    "before the failure: visible in the partial report"):
+        assert chatter in log_text
+    assert "Alternative text" not in log_text  # ok.ipynb's image has its alt text
+
+
+def test_parameter_notes_say_once_which_steps_lack_a_key():
+    plan = fixture_plan()
+    params = {s.name: {"epochs": 1, "lr": 0.1, "seed": 3} for s in plan}
+    params["a_ok"].pop("seed")
+    assert run_all.parameter_notes(plan, params, FIXTURES) == [
+        "-p lr: not in the parameters cell of a_ok, b_fail, c_after; passed to their setup() "
+        "anyway", "-p seed: not in the parameters cell of b_fail, c_after; passed to their "
+        "setup() anyway"]
+    assert run_all.parameters_cell(FIXTURES / "ok.ipynb") == set(run_all.INJECTED) | {"epochs"}
 
 
 def test_run_writes_reports_index_and_keeps_going_after_a_failure(first_run):
-    tmp, rc = first_run
+    tmp, rc, *_ = first_run
     reports = tmp / "reports"
     assert rc == 1
     st = state(tmp)
@@ -268,7 +345,7 @@ def test_run_writes_reports_index_and_keeps_going_after_a_failure(first_run):
 
 
 def test_kernel_gets_parameters_environment_and_cwd(first_run):
-    tmp, _ = first_run
+    tmp, *_ = first_run
     res = json.loads((tmp / "reports" / "results" / "a_ok.json").read_text())
     assert res["env"] == {"CXR_QUIET": "1", "MPLBACKEND": "Agg"}
     assert Path(res["cwd"]) == FIXTURES and res["step"] == "a_ok" and res["epochs"] is None
@@ -288,7 +365,7 @@ def test_kernel_env_is_restored(monkeypatch):
 
 
 def test_rerun_skips_unchanged_and_reruns_changed(first_run, tmp_path, monkeypatch, capsys):
-    src, _ = first_run
+    src, *_ = first_run
     shutil.copytree(src / "reports", tmp_path / "reports")  # output folders are not hashed
     freeze(monkeypatch, tmp_path)
     before = state(tmp_path)
@@ -311,26 +388,12 @@ def test_rerun_skips_unchanged_and_reruns_changed(first_run, tmp_path, monkeypat
     assert res["epochs"] == 3
 
 
-DRIVER = """
-import sys
-from pathlib import Path
-sys.path.insert(0, {root!r})
-import run_all
-run_all.CODE_DIR = Path({code!r})
-run_all.resolve_data = lambda value: (Path({demo!r}), True)
-plan = [run_all.Step("first", "ok.ipynb"), run_all.Step("second", "hold.ipynb")]
-sys.exit(run_all.main(sys.argv[1:], plan=plan))
-"""
-
-
 def test_killed_run_resumes_after_the_last_completed_step(tmp_path, monkeypatch):
     freeze(monkeypatch, tmp_path)
     hold = tmp_path / "hold"
     hold.touch()
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(root=str(run_all.ROOT), code=str(tmp_path / "code"),
-                                    demo=str(DEMO_ROOT)))
-    proc = subprocess.Popen([sys.executable, str(driver), *cli(tmp_path)],
+    script = driver(tmp_path, '[Step("first", "ok.ipynb"), Step("second", "hold.ipynb")]')
+    proc = subprocess.Popen([sys.executable, str(script), *cli(tmp_path)],
                             env={**os.environ, "CXR_TEST_HOLD": str(hold)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -17,7 +18,8 @@ import pytest
 
 from utils import plots
 from utils.bundle import check_links
-from utils.captions import CAPTION_TAG, caption_text, captioned, manifest_caption
+from utils.captions import (CAPTION_TAG, caption_text, captioned, figure_alt_text,
+                            manifest_caption, register_alt_text)
 from utils.hosted import badge_markdown
 from utils.narrative import (comparison_summary, eda_summary, fmt_ci, owner_step, run_sentences,
                              step_summary)
@@ -52,8 +54,9 @@ def executed_notebook() -> nbformat.NotebookNode:
         code('# Parameters\nepochs = 2\nstep = "05_vit"\n',
              metadata={"tags": ["injected-parameters"]}),
         nbformat.v4.new_markdown_cell("## Data\ntext"),
-        code("fig", outputs=[nbformat.v4.new_output("display_data", {"image/png": PNG,
-                                                                   "text/plain": "<Figure>"})]),
+        code("fig", outputs=[nbformat.v4.new_output(
+            "display_data", {"image/png": PNG, "text/plain": "<Figure>"},
+            metadata={"image/png": {"alt": 'RSNA · test split · "n" < 300'}})]),
         nbformat.v4.new_markdown_cell("### Sizes (per split)"),
     ]
     return nb
@@ -93,6 +96,18 @@ def test_summary_contents_and_no_network_assets(report) -> None:
     assert "<script src" not in page and "data:image/png;base64," in page
     assert "<title>05 · ViT — 05_vit</title>" in page
     assert check_links(reports) == []  # the contents' anchors and links resolve
+
+
+def test_images_carry_their_alt_text_and_nbconvert_warns_of_none(tmp_path, caplog) -> None:
+    """The figure's alt metadata (utils.captions in the kernel) becomes `<img alt>`, escaped;
+    nbconvert has no image without one to warn about."""
+    nbformat.write(executed_notebook(), tmp_path / "05_vit.ipynb")
+    with caplog.at_level("WARNING"):
+        page = render_notebook_html(tmp_path / "05_vit.ipynb", tmp_path / "05_vit.html") \
+            .read_text()
+    imgs = re.findall(r"<img\b[^>]*>", page)
+    assert len(imgs) == 1 and "alt='RSNA · test split · \"n\" &lt; 300'" in imgs[0]
+    assert "Alternative text" not in caplog.text and "No description" not in page
 
 
 def test_parameter_rows_merge_defaults_and_injected() -> None:
@@ -137,7 +152,8 @@ def test_comparison_and_eda_and_plain_steps_in_words(tmp_path: Path) -> None:
                "auroc_hi": 0.95}, {"dataset": "rsna", "model": "b", "step": "s2", "auroc": 0.8,
                                    "auroc_lo": 0.7, "auroc_hi": 0.84}]
     (line,) = comparison_summary(common)
-    assert "the best AUROC is a's 0.90 [0.85, 0.95]" in line and "clears the runner-up" in line
+    assert "the highest test AUROC is a's 0.90 [0.85, 0.95]" in line and \
+        "; a's CI clears the runner-up's" in line
     common[1]["auroc_hi"] = 0.88
     assert "top two CIs overlap, so this test set does not separate them" in \
         comparison_summary(common)[0]
@@ -247,6 +263,32 @@ def test_every_figure_function_takes_a_caption() -> None:
         texts = [" ".join(t.get_text().split()) for t in fig.texts if t.get_gid() == CAPTION_TAG]
         assert texts == ["NIH ChestX-ray14 · test split · n = 2 images"], name
         assert not [t for t in build(None).texts if t.get_gid() == CAPTION_TAG], name
+
+
+def test_every_figure_carries_its_caption_else_its_title_as_alt_text() -> None:
+    caption = "NIH ChestX-ray14 · test split · n = 2 images, a caption long enough to wrap " * 2
+    for name, build in FIGURES.items():
+        assert figure_alt_text(build(caption)) == " ".join(caption.split()), name
+        assert figure_alt_text(build(None)).strip(), name  # its title, at least
+    assert figure_alt_text(plots.image_grid([np.zeros((4, 4))], suptitle="two films")) \
+        == "two films"
+
+
+def test_figures_displayed_in_a_kernel_carry_alt_metadata() -> None:
+    """What IPython records for a displayed figure: the PNG (the inline backend's formatter,
+    stood in for here) and, once registered, the alt text beside it."""
+    from IPython.core.formatters import DisplayFormatter
+    from matplotlib.figure import Figure
+
+    formatter = DisplayFormatter()
+    formatter.formatters["image/png"].for_type(Figure, lambda fig: b"png bytes")
+    fig = plots.plot_confusion([[3, 1], [1, 3]], caption="RSNA · test split · n = 8 images")
+    assert formatter.format(fig)[1] == {}
+    assert register_alt_text(formatter)
+    data, metadata = formatter.format(fig)
+    assert data["image/png"] == b"png bytes"
+    assert metadata == {"image/png": {"alt": "RSNA · test split · n = 8 images"}}
+    assert not register_alt_text()  # no IPython shell in the test process: nothing to do
 
 
 def test_saved_figure_keeps_its_caption_inside_the_image(tmp_path: Path) -> None:

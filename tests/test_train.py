@@ -207,7 +207,7 @@ def test_checkpoint_contents_and_weights_only_load(tmp_path):
                  "num_classes", "class_names", "input_size", "mean", "std", "synthetic",
                  "distributed")
     resume_only = ("optimizer_state", "scheduler_state", "scaler_state", "rng_state", "steps",
-                   "train_state")  # train_state: the live weights when an EMA is kept
+                   "train_state", "resume")  # train_state: the live weights with an EMA
     assert sorted(ckpt) == sorted((*inference, "sizes"))
     assert ckpt["model_name"] == cfg.model and ckpt["num_classes"] == 1
     assert ckpt["class_names"] == ["Pneumonia"] and ckpt["sizes"] == [3, 4]

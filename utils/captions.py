@@ -9,17 +9,21 @@ what it was measured on. Every figure function in `utils.plots` takes `caption=`
     >>> captioned(summaries.metrics_table(res), text)                # doctest: +SKIP
 
 The figure caption is drawn in the figure, under it (so a saved PNG keeps it); the table
-caption is an HTML `<caption>` (pandas Styler), which the step reports style.
+caption is an HTML `<caption>` (pandas Styler), which the step reports style. Inside a
+Jupyter kernel a displayed figure also carries its caption (or, without one, its title) as
+the image's alternative text (`figure_alt_text`), which the step reports put in `<img alt>`.
 """
 from __future__ import annotations
 
+import sys
 import textwrap
 from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["caption_text", "manifest_caption", "add_caption", "captioned", "CAPTION_TAG"]
+__all__ = ["caption_text", "manifest_caption", "add_caption", "captioned", "CAPTION_TAG",
+           "figure_alt_text", "register_alt_text"]
 
 CAPTION_TAG = "cxr-caption"   # the gid of a figure's caption text (tests find it by this)
 _SOURCES = {"kermany": "Kermany (Chest X-Ray Images, Pneumonia)", "rsna": "RSNA Pneumonia",
@@ -70,7 +74,10 @@ def add_caption(fig: Figure, text: str | None, width_chars: int | None = None) -
     if not text:
         return fig
     width = width_chars or max(40, int(fig.get_figwidth() * 14))
-    wrapped = "\n".join(textwrap.wrap(str(text), width))
+    # only at spaces (not "ChestX-|ray14"), so the lines joined by spaces are the caption
+    # again: the figure's alt text (figure_alt_text)
+    wrapped = "\n".join(textwrap.wrap(str(text), width, break_on_hyphens=False,
+                                       break_long_words=False))
     fig.text(0.01, -0.01, wrapped, ha="left", va="top", fontsize=9, color="#333333",
              style="italic", gid=CAPTION_TAG)
     return fig
@@ -82,3 +89,47 @@ def captioned(df: pd.DataFrame, text: str, precision: int = 3) -> Any:
     Floats show `precision` decimals; `df` itself is not changed (use it for computing).
     """
     return df.style.set_caption(text).format(precision=precision, na_rep="–")
+
+
+def figure_alt_text(fig: Figure) -> str:
+    """What a figure shows, in one line: its caption; without one, its title (the suptitle,
+    else the axes' titles); failing both, its axis labels."""
+    caption = [t.get_text() for t in fig.texts if t.get_gid() == CAPTION_TAG]
+    titles = [fig.get_suptitle()] + [ax.get_title() for ax in fig.axes]
+    labels = [f"{ax.get_ylabel()} against {ax.get_xlabel()}" for ax in fig.axes
+              if ax.get_xlabel() and ax.get_ylabel()]
+    for parts in (caption, titles, labels):
+        if text := "; ".join(" ".join(p.split()) for p in parts if p.strip()):
+            return text  # a wrapped caption's line breaks become spaces
+    return "figure without caption or title"
+
+
+def _alt_bundle(fig: Figure) -> tuple[dict, dict]:
+    """No data of its own (the inline backend's PNG formatter draws the figure), only the
+    metadata that nbconvert-based reports read as the `<img>`'s alt text."""
+    return {}, {"image/png": {"alt": figure_alt_text(fig)}}
+
+
+def register_alt_text(formatter: Any = None) -> bool:
+    """Make every Figure displayed in this IPython kernel carry `figure_alt_text` as its
+    image's alt metadata; True when registered. A no-op outside IPython (scripts, tests).
+
+    A mime-bundle printer for `Figure` adds metadata beside whatever PNG formatter draws the
+    figure, so `%matplotlib inline` (which re-registers the PNG formatter, e.g. in
+    `utils.notebook.setup`) may run before or after this. `formatter`: an IPython
+    `DisplayFormatter` (default: the running shell's).
+    """
+    if formatter is None:
+        if "IPython" not in sys.modules:  # not in a kernel: nothing to register with
+            return False
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            return False
+        formatter = shell.display_formatter
+    formatter.mimebundle_formatter.for_type(Figure, _alt_bundle)
+    return True
+
+
+register_alt_text()  # every figure module imports this one: figures in a kernel get alt text

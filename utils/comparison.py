@@ -32,13 +32,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import stats
 from .fileio import atomic_write_json
+from .questions import QUESTIONS, ROLES
 from .results import _clean, load_predictions, load_results
 
 __all__ = ["build_report", "write_report", "roc_figure", "compare", "REPORT_NAME",
@@ -302,29 +303,6 @@ def _external_rows(runs: pd.DataFrame, reports_dir: Path, cache: dict, n_boot: i
                                 ((m, ci[m]["mean"]), (f"{m}_lo", ci[m]["lo"]),
                                  (f"{m}_hi", ci[m]["hi"]))}})
     return rows
-
-
-class Role(NamedTuple):
-    """One model of the study's questions: found by its run_all step first, else by the
-    first group whose model name starts with one of `prefixes` (and, with `within`, whose
-    step starts with it: the ablation's other variants train ResNets too, but only its
-    final recipe is "the ResNet" the study compares)."""
-
-    name: str                   # how the answer names it
-    step: str
-    prefixes: tuple[str, ...]
-    within: str | None = None
-
-
-# the study's two questions, each CheXNet against two models (Holm over those two)
-ROLES = {"chexnet": Role("CheXNet", "02_chexnet", ("densenet121", "chexnet")),
-         "resnet": Role("ResNet", "03_resnet_ablation_final", ("resnet",),
-                        within="03_resnet_ablation_final"),
-         "efficientnet": Role("EfficientNet-B4", "04_efficientnet_b4", ("efficientnet",)),
-         "vit": Role("ViT", "05_vit", ("vit",)),
-         "mixer": Role("Mixer", "06_mlp_mixer", ("mixer",))}
-QUESTIONS = {"cnn": ("resnet", "efficientnet"),     # which CNN is best?
-             "transformers": ("vit", "mixer")}      # do the transformers match CheXNet?
 
 
 def _role(groups: list[Group], role: str) -> Group | None:

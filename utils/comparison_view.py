@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from .comparison import QUESTIONS, ROLES
+from .questions import QUESTIONS, ROLES
 
 __all__ = ["fmt_ci", "fmt_p", "rows", "sentence", "sentences", "sentences_markdown",
            "reference_sentence", "REFERENCE_HEADER",

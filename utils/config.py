@@ -87,6 +87,8 @@ class RunConfig:
     monitor: str = "val_auroc"     # metric for best checkpoint and early stopping
     grad_clip: float = 0.0         # max grad norm; 0 = off
     amp: bool = True               # mixed precision on CUDA (ignored on CPU)
+    deterministic: bool = False    # bit-exact kernels: cuDNN autotuning off (slower on CUDA);
+                                   # false = cudnn.benchmark on CUDA (results JSON records it)
     channels_last: bool = True
     compile: bool = False          # torch.compile
     max_steps_per_epoch: int = 0   # 0 = full epochs (smoke uses a few batches)
@@ -97,13 +99,17 @@ class RunConfig:
     resume: bool = True            # continue from checkpoints/<step>/last.pt when present
     keep_last: bool = False        # keep last.pt (optimizer state, for a resume) after the run
     # --- processes (torchrun + DDP; see utils.distributed) -------------------------------
-    nproc_per_node: int = 1        # training processes on this machine (one per GPU, or CPU gloo)
+    nproc_per_node: int = 0        # training processes on this machine (one per GPU, or CPU
+                                   # gloo); 0 = auto: every visible CUDA GPU, 1 on CPU/MPS
+                                   # (utils.distributed.resolve_processes)
     nnodes: int = 1                # machines; > 1 needs rdzv_endpoint (and a shared checkpoint_dir)
     node_rank: int = 0             # this machine's number; node 0 hosts the rendezvous
     rdzv_endpoint: str = ""        # HOST:PORT of node 0; "" on one machine = a free local port
     rdzv_id: str = ""              # the job's name, the same on every node; "" = the run name
     rdzv_timeout: int = 300        # seconds to wait for node 0's endpoint and for every node
     dist_backend: str = "auto"     # auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    prepare_timeout: int = 7200    # seconds the other processes wait for rank 0 to build the
+                                   # manifest and image caches (a first NIH build takes long)
     sync_bn: bool = False          # SyncBatchNorm across processes (CUDA only in torch 2.14)
     tensorboard: bool = False      # event files per run under <reports_dir>/runs/<run>/
     # --- evaluation --------------------------------------------------------------------
@@ -204,8 +210,8 @@ class RunConfig:
         if unknown and self.datasets != "all":
             raise ConfigError(f"datasets={self.datasets!r}: {unknown} are not sources; use "
                               f"'', 'all' or names from {sorted(list_sources())}")
-        processes = self.nproc_per_node * self.nnodes
-        if self.batch_size % processes:
+        processes = self.nproc_per_node * self.nnodes  # 0 = auto: checked when resolved
+        if processes and self.batch_size % processes:
             near = processes * max(1, self.batch_size // processes)
             raise ConfigError(f"batch_size={self.batch_size} is the global batch and must divide "
                               f"by the {processes} processes (nproc_per_node x nnodes): use a "
@@ -239,8 +245,8 @@ _MINIMUMS: dict[str, float] = {
     "image_size": 16, "batch_size": 1, "epochs": 1, "nih_epochs": 0, "max_images": 0,
     "num_workers": 0, "lr": 0.0, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
     "sampler_cap": 0, "warmup_epochs": 0.0, "early_stopping": 0, "seeds": 1, "grad_clip": 0.0,
-    "max_steps_per_epoch": 0, "bootstrap": 0, "nproc_per_node": 1, "nnodes": 1, "node_rank": 0,
-    "rdzv_timeout": 1,
+    "max_steps_per_epoch": 0, "bootstrap": 0, "nproc_per_node": 0, "nnodes": 1, "node_rank": 0,
+    "rdzv_timeout": 1, "prepare_timeout": 1,
 }
 
 # Profiles set *scale* knobs; the recipe (model, loss, sampler...) belongs to the notebook

@@ -13,15 +13,21 @@ torchrun (`python -m torch.distributed.run`) starts the processes and sets `RANK
   padding duplicates by index: every validation image counts exactly once;
 - rank 0 decides (best epoch, early stopping) and broadcasts; rank 0 alone writes files;
 - seeds agree where they must (model init, sample order) and differ where they must
-  (augmentation, dropout, loader-worker seeds): `World.seed`.
+  (augmentation, dropout, loader-worker seeds): `World.seed`;
+- data preparation never runs under the training group's timeout: rank 0 builds first
+  while the others wait on a gloo group of their own with `prepare_timeout` (`rank0_first`);
+- how many processes: `nproc_per_node=0` (the default) is resolved once per run to every
+  visible CUDA GPU (`resolve_processes`), 1 on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from datetime import timedelta
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +36,8 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampl
 
 __all__ = ["World", "world", "under_torchrun", "process_group", "device_for", "ShardSampler",
            "shard_loaders", "gather_rows", "from_rank0", "all_sum", "barrier", "gather_objects",
-           "backend_for", "LaunchError"]
+           "backend_for", "LaunchError", "resolve_processes", "training_gpus", "rank0_first",
+           "broadcast_buffers"]
 
 
 class LaunchError(RuntimeError):
@@ -86,6 +93,57 @@ def backend_for(requested: str, device: torch.device) -> str:
     return requested
 
 
+def training_gpus(device: str) -> int:
+    """The CUDA GPUs a run with `device` may train on (0 on the CPU, MPS, or device='cpu')."""
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.device_count()
+
+
+def resolve_processes(cfg, say: Callable[[str], None] | None = print):
+    """The config with `nproc_per_node=0` (auto) made a number, once per run; the one place
+    the notebooks (`notebook.setup`, `experiment.train`) and run_all's `--nproc-per-node`
+    (a parameter of the notebooks) go through.
+
+    Auto = every visible CUDA GPU (1 process on the CPU/MPS or with device='cpu'); when the
+    global `batch_size` does not divide by that many processes (x `nnodes`), the largest
+    count that divides it, said in one line. An explicit N is kept as it is (the checks of
+    `RunConfig.validate` and `launch.check_launch` apply); with fewer processes than GPUs a
+    line names the idle ones. Under torchrun the count is torchrun's. `say` = None: silent.
+    Example:
+        >>> resolve_processes(make_config({"device": "cpu"})).nproc_per_node  # doctest: +SKIP
+        1
+    """
+    say = say or (lambda _: None)
+    if under_torchrun():
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        return dataclasses.replace(cfg, nproc_per_node=local) if not cfg.nproc_per_node else cfg
+    gpus = training_gpus(cfg.device)
+    if cfg.nproc_per_node:
+        if gpus > cfg.nproc_per_node:
+            idle = ", ".join(str(i) for i in range(cfg.nproc_per_node, gpus))
+            say(f"{gpus} CUDA GPUs visible, nproc_per_node={cfg.nproc_per_node}: GPU(s) {idle} "
+                f"stay idle (nproc_per_node=0 uses every visible GPU)")
+        return cfg
+    fits = [k for k in range(max(gpus, 1), 0, -1) if cfg.batch_size % (k * cfg.nnodes) == 0]
+    if not fits:
+        from .config import ConfigError
+
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must divide by "
+                          f"nnodes={cfg.nnodes}: use a multiple of {cfg.nnodes}")
+    n = fits[0]
+    if n < max(gpus, 1):
+        say(f"nproc_per_node=0 (auto): {gpus} CUDA GPUs visible, but batch_size="
+            f"{cfg.batch_size} (the global batch) does not divide by {gpus * cfg.nnodes} "
+            f"processes: training on {n} per node (GPU(s) {', '.join(map(str, range(n, gpus)))}"
+            f" idle); a batch_size that divides uses them all")
+    elif n > 1:
+        say(f"nproc_per_node=0 (auto): training on {n} processes, one per visible CUDA GPU "
+            f"(batch_size={cfg.batch_size} is the global batch, {cfg.batch_size // n} each; "
+            f"nproc_per_node=1 for one process)")
+    return dataclasses.replace(cfg, nproc_per_node=n)
+
+
 def device_for(cfg, w: World) -> torch.device:
     """The device this rank trains on: its own GPU (`cuda:LOCAL_RANK`) on CUDA."""
     from .runtime import pick_device
@@ -119,6 +177,43 @@ def process_group(cfg) -> Iterator[World]:
         yield world()
     finally:
         dist.destroy_process_group()
+
+
+def _prepare_barrier(group, w: World, timeout: int, what: str) -> None:
+    try:
+        dist.barrier(group=group)
+    except RuntimeError as exc:  # gloo's timeout, or rank 0's end (its connection closed)
+        raise LaunchError(f"rank {w.rank} waited for {what} longer than prepare_timeout="
+                          f"{timeout} s, or rank 0 failed while preparing it (its error comes "
+                          f"first): raise prepare_timeout, or build the caches beforehand "
+                          f"(01_preprocessing) ({exc})") from exc
+
+
+@contextmanager
+def rank0_first(w: World, timeout: int, what: str = "rank 0's data preparation"
+                ) -> Iterator[None]:
+    """Rank 0 runs the block first (it builds the manifest and image caches that the others
+    then only read), then the other ranks; every rank leaves together.
+
+    The waits happen on a gloo group of their own whose timeout is `timeout` seconds
+    (`RunConfig.prepare_timeout`), not on the training group: its timeout (NCCL's default,
+    10 minutes) is for collectives of a training step, and a first NIH cache build takes
+    longer. Leaving together means no training collective waits on another rank's
+    preparation either.
+    """
+    if w.size == 1:
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout))
+    try:
+        if not w.main:
+            _prepare_barrier(group, w, timeout, what)  # rank 0 has built
+        yield
+        if w.main:
+            _prepare_barrier(group, w, timeout, what)  # the others may read now
+        _prepare_barrier(group, w, timeout, what)      # every rank has its data
+    finally:
+        dist.destroy_process_group(group)
 
 
 class ShardSampler(Sampler[int]):
@@ -231,3 +326,12 @@ def gather_objects(w: World, obj: Any) -> list[Any]:
 def barrier(w: World) -> None:
     if w.size > 1:
         dist.barrier()
+
+
+@torch.no_grad()
+def broadcast_buffers(w: World, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics and counts) on every rank."""
+    if w.size == 1:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)

@@ -75,14 +75,18 @@ def train(exp: Experiment, ctx: RunContext, meta: dict | None = None):
     """Fit with the configured loss; checkpoints go to checkpoints/<run name>/.
 
     With `nproc_per_node > 1` (or `nnodes > 1`) the run trains under torchrun in worker
-    processes (`utils.launch`), and the best weights come back into `exp.model`.
+    processes (`utils.launch`), and the best weights come back into `exp.model`;
+    `nproc_per_node=0` (auto) not yet resolved by `notebook.setup` is resolved here.
     `meta`: checkpoint fields identifying the data (the launcher passes the notebook's).
     """
     from .data.dataset import manifest_fingerprint
+    from .distributed import resolve_processes
     from .launch import needs_launch, train_distributed
     from .losses import build_loss
     from .train import fit
 
+    if not exp.cfg.nproc_per_node:
+        exp.cfg = resolve_processes(exp.cfg)
     cfg = exp.cfg
     exp.checkpoint = Path(cfg.checkpoint_dir) / cfg.step
     record = getattr(exp.model, "pretrained_weights", None)
@@ -186,12 +190,25 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
     exp.results["external"] = rows
     exp.results["distributed"] = dict(getattr(exp.history, "distributed", None) or
                                       {"world_size": 1, "nnodes": 1, "backend": "none"})
+    exp.results["training"].update(_gpu_path_facts(exp.history, cfg, ctx))
     write_results(exp.results, cfg.reports_dir)
     write_predictions(cfg.step, exp.evaluation["predictions"], cfg.reports_dir,
                       dataset=cfg.dataset, external=scored)
     if not cfg.keep_last:  # the run is finished: only a resume needed the optimizer state
         (exp.checkpoint / "last.pt").unlink(missing_ok=True)
     return exp.results
+
+
+def _gpu_path_facts(history, cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
+    """`resume` (`{from_epoch, bit_exact, reason}`, None for a fresh run) and
+    `cudnn_benchmark` (cuDNN autotuning during training), as `fit` recorded them; a History
+    from before these existed gets the policy's answer (`runtime.configure_cudnn`)."""
+    import torch
+
+    benchmark = getattr(history, "cudnn_benchmark", None)
+    if benchmark is None:
+        benchmark = torch.device(ctx.device).type == "cuda" and not cfg.deterministic
+    return {"resume": getattr(history, "resume", None), "cudnn_benchmark": bool(benchmark)}
 
 
 def run_experiment(cfg: RunConfig, ctx: RunContext) -> Experiment:

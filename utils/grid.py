@@ -118,7 +118,9 @@ class StepGrid:
             manifest = self.manifest(dataset)
             run = dataclasses.replace(exp.cfg, dataset=dataset)
             loader = make_loaders(run, manifest, exp.cfg.model, splits=("test",))["test"]
-            scored[dataset] = predict(exp.model, loader, self.ctx.device, tta=exp.cfg.tta)
+            # the run's own precision: its test and validation were scored with cfg.amp too
+            scored[dataset] = predict(exp.model, loader, self.ctx.device, tta=exp.cfg.tta,
+                                      amp=exp.cfg.amp)
             rows.append(external_row(dataset, scored[dataset], threshold, exp.cfg,
                                      test_fingerprint(manifest)))
         return rows, scored

@@ -1,17 +1,21 @@
 """What `fit` records and shows per epoch: the History, the best-epoch and early-stopping
-rule, the one-line epoch log, and optional TensorBoard event files."""
+rule, the one-line epoch log, optional TensorBoard event files, and the progress record
+run_all's console reads (`CXR_PROGRESS_DIR`)."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fileio import atomic_write_json
+
 __all__ = ["History", "HIGHER_IS_BETTER", "improved", "record", "quiet", "print_epoch",
-           "open_board", "log_board"]
+           "open_board", "log_board", "Board", "progress_path", "PROGRESS_ENV"]
 
 HIGHER_IS_BETTER = {"val_auroc": True, "val_f1": True, "val_loss": False}
 SINGLE_PROCESS = {"world_size": 1, "nnodes": 1, "backend": "none"}  # utils.distributed.World()
@@ -30,6 +34,8 @@ class History:
     train_images_per_second: float = 0.0  # training images / training-phase seconds
     resumed_from: int = 0                # epoch of the checkpoint resumed from; 0 = fresh
     distributed: dict = field(default_factory=lambda: dict(SINGLE_PROCESS))  # processes
+    resume: dict | None = None           # {from_epoch, bit_exact, reason}; None = fresh
+    cudnn_benchmark: bool | None = None  # cuDNN autotuning during training
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,11 +98,59 @@ def record(hist: History, cfg, row: dict) -> bool:
     return better
 
 
-def open_board(cfg, done: int):
-    """A TensorBoard writer under <reports_dir>/runs/<run>/ when `cfg.tensorboard`; a resume
-    purges the events logged after its checkpoint (an interrupted epoch's)."""
-    if not cfg.tensorboard:
-        return None
+PROGRESS_ENV = "CXR_PROGRESS_DIR"  # run_all sets it: where each run's progress record goes
+
+
+class Board:
+    """What `fit` reports after every epoch besides its own line: TensorBoard events (when
+    `cfg.tensorboard`) and, when run_all asks for it (`CXR_PROGRESS_DIR` in the environment,
+    which the kernels and torchrun's workers inherit), a small JSON record per run that its
+    console reads for the live training line. `fit` calls `log_board(board, row)` after each
+    epoch and `board.close()` at the end."""
+
+    def __init__(self, run: str, epochs: int, writer: Any = None,
+                 progress: Path | None = None) -> None:
+        self.run, self.epochs, self.writer, self.progress = run, epochs, writer, progress
+        self.seconds: list[float] = []   # this process's epochs (a resume starts afresh)
+
+    def start(self, done: int) -> None:
+        """The record before the first epoch: the run has started training."""
+        self._write_progress(done, math.nan)
+
+    def log(self, row: dict) -> None:
+        if self.writer is not None:
+            for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                             ("val/auroc", "val_auroc"), ("val/f1", "val_f1"), ("lr", "lr"),
+                             ("images_per_second", "images_per_second")):
+                self.writer.add_scalar(tag, row[key], row["epoch"])
+            self.writer.flush()
+        self.seconds.append(float(row["seconds"]))
+        self._write_progress(row["epoch"], row["val_auroc"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def _write_progress(self, epoch: int, val_auroc: float) -> None:
+        if self.progress is None:
+            return
+        mean = sum(self.seconds) / len(self.seconds) if self.seconds else None
+        atomic_write_json(self.progress, {  # atomic: a reader never sees half a record
+            "run": self.run, "epoch": int(epoch), "epochs": int(self.epochs),
+            "val_auroc": None if math.isnan(val_auroc) else float(val_auroc),
+            "seconds_per_epoch": mean, "time": time.time()})
+
+
+def progress_path(run: str) -> Path | None:
+    """`$CXR_PROGRESS_DIR/<run>.json`, or None when nobody asked for progress records (a
+    notebook opened by hand, the unit tests)."""
+    folder = os.environ.get(PROGRESS_ENV, "").strip()
+    return Path(folder) / f"{run}.json" if folder else None
+
+
+def _tensorboard(cfg, done: int) -> Any:
+    """A TensorBoard writer under <reports_dir>/runs/<run>/; a resume purges the events
+    logged after its checkpoint (an interrupted epoch's)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
@@ -107,14 +161,21 @@ def open_board(cfg, done: int):
                          purge_step=done + 1 if done else None)
 
 
-def log_board(board, row: dict) -> None:
-    if board is None:
-        return
-    for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
-                     ("val/auroc", "val_auroc"), ("val/f1", "val_f1"), ("lr", "lr"),
-                     ("images_per_second", "images_per_second")):
-        board.add_scalar(tag, row[key], row["epoch"])
-    board.flush()
+def open_board(cfg, done: int) -> Board | None:
+    """The run's Board (after `done` epochs already trained), or None when neither
+    TensorBoard nor a progress record is wanted."""
+    writer = _tensorboard(cfg, done) if cfg.tensorboard else None
+    progress = progress_path(cfg.step or "run")
+    if writer is None and progress is None:
+        return None
+    board = Board(cfg.step or "run", cfg.epochs, writer, progress)
+    board.start(done)
+    return board
+
+
+def log_board(board: Board | None, row: dict) -> None:
+    if board is not None:
+        board.log(row)
 
 
 def print_epoch(row: dict, epochs: int, best: bool) -> None:

@@ -212,6 +212,19 @@ def _worker_env(nproc: int) -> dict[str, str]:
     return env
 
 
+def _free_gpu_memory() -> None:
+    """Hand the kernel's cached GPU memory back before torchrun's rank 0 shares GPU 0 with
+    it: a notebook that trained or evaluated earlier runs keeps their freed blocks in
+    torch's caching allocator, which the workers cannot use."""
+    import gc
+
+    import torch
+
+    gc.collect()  # models of earlier runs that only cycles still hold
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def train_distributed(exp, meta: dict, synthetic: bool) -> Any:
     """Train `exp` under torchrun; load the best weights into `exp.model`; return History."""
     from .checkpoint import load_checkpoint
@@ -228,8 +241,12 @@ def train_distributed(exp, meta: dict, synthetic: bool) -> Any:
         other = [c for c in cmd[3:] if not c.startswith("--node-rank")]
         print(f"on node K = 1..{cfg.nnodes - 1}, from this repository, run: torchrun "
               f"--node-rank=K {shlex.join(other)}", flush=True)
+    _free_gpu_memory()
     _stream(cmd, _worker_env(cfg.nproc_per_node))
-    history = History.from_dict(json.loads((folder / "history.json").read_text()))
+    record = json.loads((folder / "history.json").read_text())
+    history = History.from_dict(record)
+    # how the workers resumed, whether cuDNN autotuned (until History has these fields)
+    history.resume, history.cudnn_benchmark = record.get("resume"), record.get("cudnn_benchmark")
     exp.model.load_state_dict(load_checkpoint(exp.checkpoint / "best.pt")["model_state"])
     for name in ("manifest.json", "history.json"):
         (folder / name).unlink(missing_ok=True)

@@ -403,6 +403,10 @@ def _cumulative_batchnorm(model: nn.Module) -> None:
     outputs collapse (measured: simple_cnn gave every image the same score after 40 steps,
     AUROC 0.16; with a cumulative average, AUROC 1.0 on the same toy data). Pretrained
     weights bring real statistics, so they keep PyTorch's default.
+
+    `momentum=None` is the mark. Left to torch, it costs a host sync per BN layer per
+    training step (`float(num_batches_tracked)`); `fit` drives the same average from a
+    host-side counter instead (`utils.schedules.BatchNormClock`), bit for bit.
     """
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

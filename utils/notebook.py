@@ -2,8 +2,10 @@
 
 `cfg, ctx = setup(globals())` picks the RunConfig fields out of the notebook's globals
 (the parameters cell plus papermill's injected overrides), resolves where the data is and
-which profile applies, seeds everything, picks the device, and prints the facts a reader
-of the report needs: versions, device, data root, and a loud banner on synthetic data.
+which profile applies, seeds everything, picks the device (stopping with one message when
+an NVIDIA GPU is present that torch cannot use), resolves `nproc_per_node=0` (auto: every
+visible CUDA GPU) once for the run, and prints the facts a reader of the report needs:
+versions, device, processes, data root, and a loud banner on synthetic data.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def setup(namespace: Mapping[str, Any], *, verbose: bool = True) -> tuple[RunCon
     """
     from .data.demo import ensure_demo  # lazy: keeps config import light
     from .data.discover import resolve_data_root
+    from .distributed import resolve_processes  # torch
 
     params = {k: v for k, v in namespace.items() if k in _FIELDS and v is not None}
     data_root, synthetic = resolve_data_root(params.get("data_root", ""), fallback=ensure_demo)
@@ -61,10 +64,12 @@ def setup(namespace: Mapping[str, Any], *, verbose: bool = True) -> tuple[RunCon
     for key in ("reports_dir", "checkpoint_dir", "cache_dir"):
         merged[key] = _absolute(merged.get(key, getattr(RunConfig, key)))
     cfg = make_config(merged, profile=profile)
+    device = pick_device(cfg.device)  # before any work: a GPU torch cannot use stops here
+    cfg = resolve_processes(cfg, say=print if verbose else None)
     if not cfg.step:  # interactive run: a descriptive name for checkpoints/ and results/
         cfg.step = f"{cfg.model}_{cfg.dataset}" + (f"_{cfg.variant}" if cfg.variant else "")
     seed_everything(cfg.seed)
-    ctx = RunContext(device=pick_device(cfg.device), data_root=Path(data_root),
+    ctx = RunContext(device=device, data_root=Path(data_root),
                      synthetic=synthetic, repo_root=REPO_ROOT, environment=environment())
     _inline_figures()
     if verbose:

@@ -74,15 +74,20 @@ def _probs(model: torch.nn.Module, images: torch.Tensor, device: Any) -> np.ndar
 
 
 def occlusion_check(model: torch.nn.Module, images: torch.Tensor,
-                    boxes_list: Sequence[Sequence[Box]], device: Any = "cpu",
+                    boxes_list: Sequence[Sequence[Box]], device: Any = None,
                     seed: int = 0) -> dict[str, Any]:
     """p of the positive class before and after mirroring each image's boxes, and after
     mirroring a same-size control box without lesion.
+
+    `device`: where the model runs; None = where its parameters are (a "cpu" default sent
+    a GPU model CPU images: a device-mismatch error).
 
     Returns `occlusion_n` (images used), `p_before`, `p_mirrored`, `drop_share` (share of
     images whose p fell), and `p_control`, `control_drop_share` for the control box (NaN
     without usable images).
     """
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
     height, width = images.shape[-2:]
     rng = np.random.default_rng(seed)
     keep, lesion, control = [], [], []

@@ -8,7 +8,10 @@ gives every transform its own pair), which no global seed reaches. Missing those
 demo's `02_chexnet_nih` resume to other weights than an uninterrupted run (issue 13.11).
 
 The state is plain data (lists, dicts, ints, tensors), so checkpoints still load with
-`weights_only=True`.
+`weights_only=True`. CUDA states are restored for the GPUs present: a run saved on 2 GPUs
+resumes on 1 (`torch.cuda.set_rng_state_all` raised an IndexError there). A resume with
+another number of processes cannot restore the per-rank states at all: `reseed` moves every
+generator on by the epoch instead.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-__all__ = ["data_generators", "transform_rngs", "capture", "restore"]
+__all__ = ["data_generators", "transform_rngs", "capture", "restore", "reseed"]
 
 
 def _sampler_chain(loader) -> list[Any]:
@@ -104,14 +107,44 @@ def _restore_transforms(saved: list | None, rngs: list) -> None:
             rng.bit_generator.state = state
 
 
+def _restore_cuda(saved: list) -> None:
+    """The saved CUDA generators of the GPUs present (the first min(saved, visible))."""
+    if not saved or not torch.cuda.is_available():
+        return
+    present = torch.cuda.device_count()
+    if present != len(saved):
+        warnings.warn(f"the checkpoint holds the CUDA generators of {len(saved)} GPU(s), this "
+                      f"machine has {present}: restoring the first {min(present, len(saved))}",
+                      stacklevel=3)
+    for index, state in enumerate(saved[:present]):
+        torch.cuda.set_rng_state(state, index)
+
+
+def reseed(loaders: tuple, seed: int, epoch: int) -> None:
+    """For a resume that cannot restore the saved states (another number of processes):
+    seed the global generators with `seed + epoch`, move every data-order generator on from
+    the seed it was created with by `epoch`, and the augmentation transforms from theirs,
+    so the epochs after the resume do not replay the first epochs' draws, and generators the
+    ranks share (the global sample order) stay shared."""
+    random.seed(seed + epoch)
+    np.random.seed((seed + epoch) % 2**32)
+    torch.manual_seed(seed + epoch)
+    for gen in data_generators(*loaders):
+        gen.manual_seed(gen.initial_seed() + epoch)
+    for loader in loaders:
+        transform = getattr(getattr(loader, "dataset", None), "transform", None)
+        seeded = getattr(transform, "seed", None)  # albumentations' Compose keeps its seed
+        if hasattr(transform, "set_random_seed") and isinstance(seeded, int):
+            transform.set_random_seed(seeded + epoch)
+
+
 def restore(state: dict[str, Any], loaders: tuple) -> None:
     """Set every generator `capture` saved; a mismatch in count warns (data will differ)."""
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    _restore_cuda(state["cuda"])
     generators = data_generators(*loaders)
     if len(state["generators"]) != len(generators):
         warnings.warn(f"checkpoint holds {len(state['generators'])} data-order generators, "

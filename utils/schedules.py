@@ -1,5 +1,6 @@
-"""Two recipe options of `fit` that live outside its loop: a linear learning-rate warm-up
-before the schedule, and an exponential moving average (EMA) of the weights.
+"""Schedules `fit` keeps outside its loop: a linear learning-rate warm-up before the
+schedule, an exponential moving average (EMA) of the weights, and the BatchNorm momentum of
+a model built from random init (`BatchNormClock`).
 
 Both earn their place on short from-scratch runs (measured in `benchmarks/recipes.py`,
 README "Recipe benchmark"): Adam at 1e-3 on random weights takes large, noisy first steps,
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["WarmupSchedule", "warmup_scheduler", "make_ema"]
+__all__ = ["WarmupSchedule", "warmup_scheduler", "make_ema", "BatchNormClock"]
 
 
 class WarmupSchedule:
@@ -57,3 +58,58 @@ def make_ema(model: nn.Module, cfg: Any):
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=0.75)
+
+
+class BatchNormClock:
+    """The cumulative BatchNorm average of a random-init model, without a host sync per layer.
+
+    `utils.models` marks the BN layers of a model built from random init with
+    `momentum=None`: torch then averages the running statistics over every batch seen
+    (`1 / num_batches_tracked`), which kept the demo's short from-scratch runs from
+    collapsing in eval mode (`models._cumulative_batchnorm`). But torch computes that factor
+    with `float(num_batches_tracked)` in every training forward: one CPU-GPU synchronisation
+    per BN layer per step (121 for DenseNet-121) and, under `torch.compile`, a graph break
+    per layer. This clock counts the batches on the host instead and, before each training
+    forward (`tick`), sets each marked layer's momentum to `1 / (its count + 1)`: the same
+    factor torch would compute, so the same running statistics, bit for bit. The counts are
+    read from `num_batches_tracked` once, when the clock starts (after a resume's
+    `load_state_dict`); layers are found when it starts too, so it sees the modules
+    `SyncBatchNorm.convert_sync_batchnorm` created (it copies `momentum=None`). A layer that
+    runs twice in one forward would be counted once (none of the registry's does).
+
+    `compiled=True` (`cfg.compile`): dynamo guards a module's float attributes, so a momentum
+    that changes every step recompiles the graph every step (measured: 8 graphs in 8 steps,
+    then its recompile limit falls back to eager). A compiled run therefore gets momentum 1
+    for each layer's first batch (its running statistics start from real ones, not the
+    init's mean 0 / variance 1: what made eval outputs collapse) and torch's default 0.1
+    after: two training graphs. `restore()` puts `momentum=None` back, so the model leaves
+    `fit` marked as it came.
+    """
+
+    COMPILED_MOMENTUM = 0.1  # torch's default
+
+    def __init__(self, model: nn.Module, compiled: bool = False):
+        self.layers = [m for m in model.modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None
+                       and m.track_running_stats and m.num_batches_tracked is not None]
+        self.compiled = compiled
+        # one synchronisation for all layers, once per fit (not per step)
+        self.counts: list[int] = (torch.stack([m.num_batches_tracked for m in self.layers])
+                                  .tolist() if self.layers else [])
+
+    def momentum(self, count: int) -> float:
+        """The factor for a layer's next batch after `count` batches."""
+        if self.compiled:
+            return 1.0 if count == 0 else self.COMPILED_MOMENTUM
+        return 1.0 / (count + 1)
+
+    def tick(self) -> None:
+        """Before a forward: layers in training mode update their statistics with it."""
+        for i, layer in enumerate(self.layers):
+            if layer.training:
+                layer.momentum = self.momentum(self.counts[i])
+                self.counts[i] += 1
+
+    def restore(self) -> None:
+        for layer in self.layers:
+            layer.momentum = None

@@ -20,7 +20,16 @@ Under torchrun (`utils.distributed`) the same loop runs in every process: the mo
 wrapped in DistributedDataParallel, validation gathers every image once, rank 0's
 validation scores drive every decision, rank 0 alone writes checkpoints (the others wait),
 and each rank's generator states go into `last.pt`, so a resume at the same world size is
-exact too. `best.pt` holds what inference needs; `last.pt` adds what a resume needs.
+exact too. A resume with another number of processes (Kaggle's 2 GPUs, then Colab's 1)
+continues from the last epoch's weights, optimizer, schedule, scaler, EMA and history; the
+per-rank data order cannot be carried over, so it warns, reseeds the generators for the
+epoch (`rngstate.reseed`) and records `resume.bit_exact: false`. `best.pt` holds what
+inference needs; `last.pt` adds what a resume needs.
+
+No host synchronisation inside a training step (`_train_step`): the loss is summed on the
+device (one `.item()` per epoch), the cumulative BatchNorm average of random-init models is
+driven from a host-side counter (`schedules.BatchNormClock`) instead of torch's per-layer
+`float(num_batches_tracked)`, the fused AdamW takes the GradScaler's inf check on the device.
 """
 from __future__ import annotations
 
@@ -45,10 +54,11 @@ from .runtime import amp_dtype, autocast
 from .fileio import atomic_torch_save
 from .history import (HIGHER_IS_BETTER, History, log_board, open_board, print_epoch, quiet,
                       record)
-from .runtime import pick_device, seed_everything
-from .schedules import make_ema, warmup_scheduler
+from .runtime import configure_cudnn, pick_device, seed_everything
+from .schedules import BatchNormClock, make_ema, warmup_scheduler
 
 __all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_batchnorm",
+           "TrainStep",
            # re-exported: checkpoints are read back where they are written
            "CheckpointError", "load_checkpoint", "load_model", "update_checkpoint"]
 
@@ -111,6 +121,8 @@ class _Loop:
     model: nn.Module | None = None       # the unwrapped model (no DDP / compile wrapper)
     ema: Any = None                      # timm ModelEmaV3 (cfg.ema_decay), else None
     steps: int = 0                       # optimizer steps so far (the EMA's warm-up clock)
+    bn: BatchNormClock | None = None     # random-init BN momentum; started after a resume
+    cudnn_benchmark: bool = False        # cuDNN autotuning on (CUDA, not deterministic)
 
     @property
     def per_batch(self) -> bool:
@@ -128,19 +140,45 @@ class _Loop:
         """Whose state_dict checkpoints hold: the EMA's when kept, else the bare model."""
         return self.ema.module if self.ema is not None else self.model
 
-    def to_device(self, images: torch.Tensor, targets: torch.Tensor):
+    def to_device(self, images: torch.Tensor, targets: torch.Tensor | None = None):
         images = images.to(self.device, non_blocking=True)
         if self.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, targets.to(self.device, non_blocking=True)
+        return images, None if targets is None else targets.to(self.device, non_blocking=True)
 
     def logits(self, images: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         with autocast(self.device, self.amp):
             return (net or self.net)(images).float()  # the loss and sigmoid run in fp32
 
 
-def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
+def _train_step(loop: _Loop, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on one batch; returns the loss, detached, on the device.
+
+    Nothing here waits for the GPU: no `.item()`/`float()` of a device tensor (tested with
+    a sync-counting torch function mode; `benchmarks.gpu` counts CUDA syncs on a GPU).
+    """
     cfg, opt, scaler = loop.cfg, loop.opt, loop.scaler
+    if loop.bn is not None:
+        loop.bn.tick()
+    images, targets = loop.to_device(images, targets)
+    loss = loop.loss_fn(loop.logits(images), targets)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(loop.net.parameters(), cfg.grad_clip)
+    scaler.step(opt)  # fused AdamW: the scaler's inf check stays on the device
+    scaler.update()
+    loop.steps += 1
+    if loop.ema is not None:  # every rank holds the same weights after the step
+        loop.ema.update(loop.model, step=loop.steps)
+    if loop.per_batch:
+        loop.sched.step()
+    return loss.detach()
+
+
+def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
+    cfg = loop.cfg
     loop.net.train()
     loss_sum = torch.zeros((), device=loop.device)  # summed on device: one host sync per epoch
     n_images, cap = 0, cfg.max_steps_per_epoch
@@ -148,21 +186,7 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
     batches = itertools.islice(loader, cap) if cap else loader  # never reads a batch past the cap
     for images, targets, _ in tqdm(batches, total=total, desc=desc, disable=loop.quiet,
                                    leave=False):
-        images, targets = loop.to_device(images, targets)
-        loss = loop.loss_fn(loop.logits(images), targets)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(loop.net.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        loop.steps += 1
-        if loop.ema is not None:  # every rank holds the same weights after the step
-            loop.ema.update(loop.model, step=loop.steps)
-        if loop.per_batch:
-            loop.sched.step()
-        loss_sum += loss.detach() * len(images)
+        loss_sum += _train_step(loop, images, targets) * len(images)
         n_images += len(images)
     if n_images == 0:
         raise ValueError("the training loader yielded no batches: the train split is empty")
@@ -172,7 +196,24 @@ def _train_epoch(loop: _Loop, loader, desc: str) -> tuple[float, int]:
     return (loss_sum / n_images).item(), n_images
 
 
+def _same_statistics(loop: _Loop) -> None:
+    """Every rank validates with rank 0's BatchNorm statistics: the ones its checkpoint saves.
+
+    Without SyncBatchNorm each rank's running statistics (and its EMA's) follow its own
+    share of the batches, and DDP broadcasts rank 0's buffers only before a forward that
+    records gradients, not before validation's inference-mode forwards: each rank would
+    score its share of the validation images with other statistics than the saved ones.
+    Broadcast, not averaged: the validated weights are then exactly those in `best.pt`.
+    Once per epoch, one collective per buffer (DenseNet-121: 363 small ones).
+    """
+    if loop.world.size == 1 or loop.cfg.sync_bn:  # SyncBatchNorm: the same on every rank
+        return
+    module = loop.ema.module if loop.ema is not None else loop.model
+    dist_.broadcast_buffers(loop.world, module)
+
+
 def _validate(loop: _Loop, loader) -> tuple[dict[str, float], int]:
+    _same_statistics(loop)
     net = loop.eval_net
     net.eval()
     loss_sum, n, outputs, targets = torch.zeros((), device=loop.device), 0, [], []
@@ -213,6 +254,8 @@ def _payloads(model, loop: _Loop, hist, epoch, num_classes, meta, rng: list) -> 
             "mean": plain(getattr(info, "mean", None)), "std": plain(getattr(info, "std", None)),
             "distributed": loop.world.as_dict()}
     last = {**best, "optimizer_state": loop.opt.state_dict(), "steps": loop.steps,
+            # how this run was resumed so far: an inexact resume stays on the record
+            "resume": getattr(hist, "resume", None),
             # with an EMA, model_state holds the EMA weights; a resume needs the live ones
             "train_state": model.state_dict() if loop.ema is not None else None,
             "scheduler_state": loop.sched.state_dict() if loop.sched is not None else None,
@@ -227,8 +270,6 @@ def _resume(last: Path, model, loop: _Loop, loaders: tuple, meta: dict) -> Histo
     changed = [f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}"
                for k in RESUME_KEYS if saved[k] != getattr(cfg, k)]
     saved_size = (ckpt.get("distributed") or {}).get("world_size", 1)
-    if saved_size != world.size:  # another sharding of every epoch: not the same run
-        changed.append(f"world_size: {saved_size} -> {world.size}")
     # what the caller says identifies the data (and the starting weights) must match too;
     # a checkpoint from before these fields existed resumes, with a warning
     changed += [f"{k}: {ckpt[k]!r} -> {meta[k]!r}" for k in RESUME_META_KEYS
@@ -251,18 +292,39 @@ def _resume(last: Path, model, loop: _Loop, loaders: tuple, meta: dict) -> Histo
         loop.sched.load_state_dict(ckpt["scheduler_state"])
     if loop.scaler.is_enabled() and ckpt["scaler_state"]:
         loop.scaler.load_state_dict(ckpt["scaler_state"])
-    rngstate.restore(ckpt["rank_rng_states"][world.rank] if world.size > 1
-                     else ckpt["rng_state"], loaders)
+    epoch = int(ckpt["epoch"])
+    if saved_size == world.size:
+        rngstate.restore(ckpt["rank_rng_states"][world.rank] if world.size > 1
+                         else ckpt["rng_state"], loaders)
+        exact = None
+    else:  # every epoch is sharded otherwise: the saved per-rank states do not map
+        exact = f"world size {saved_size} -> {world.size}"
+        rngstate.reseed(loaders, world.seed(cfg.seed), epoch)
+        if world.main:
+            warnings.warn(f"{last} was trained on {saved_size} process(es), this run has "
+                          f"{world.size}: resuming from epoch {epoch} with its weights, "
+                          f"optimizer, schedule and history, but the data order and "
+                          f"augmentations from here on differ from an uninterrupted run (not "
+                          f"bit-exact; recorded in the results JSON)", stacklevel=3)
     hist = History.from_dict(ckpt["history"])
-    hist.resumed_from = int(ckpt["epoch"])
+    hist.resumed_from = epoch
+    hist.resume = _resume_record(epoch, exact, ckpt.get("resume"))
     if world.main:
         print(f"resumed {last} at epoch {hist.resumed_from}/{cfg.epochs}", flush=True)
     return hist
 
 
+def _resume_record(epoch: int, reason: str | None, before: dict | None) -> dict:
+    """`{from_epoch, bit_exact, reason}`; a run once resumed inexactly stays inexact."""
+    if reason is None and before and not before.get("bit_exact", True):
+        reason = f"an earlier resume: {before.get('reason')}"
+    return {"from_epoch": epoch, "bit_exact": reason is None, "reason": reason}
+
+
 def _build_loop(model, cfg: RunConfig, loss_fn, device, steps: int) -> _Loop:
     # CPU measured 1.0-1.2x faster too (resnet18/efficientnet_b0/densenet121, 64 px); not MPS
     channels_last = cfg.channels_last and device.type in ("cuda", "cpu")
+    cudnn_benchmark = configure_cudnn(device, cfg.deterministic)
     world = dist_.world()
     if world.size > 1 and cfg.sync_bn:  # before .to(): the new modules move with the model
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -279,7 +341,7 @@ def _build_loop(model, cfg: RunConfig, loss_fn, device, steps: int) -> _Loop:
                  model=model, ema=make_ema(model, cfg), opt=opt, sched=_scheduler(opt, cfg, steps),
                  scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype() == torch.float16),
                  cfg=cfg, device=device, amp=amp, channels_last=channels_last,
-                 quiet=quiet() or not world.main, world=world)
+                 quiet=quiet() or not world.main, world=world, cudnn_benchmark=cudnn_benchmark)
 
 
 def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: nn.Module,
@@ -311,8 +373,13 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
             stale.unlink(missing_ok=True)
     if ckpt_dir is not None and cfg.resume and (ckpt_dir / "last.pt").exists():
         hist = _resume(ckpt_dir / "last.pt", model, loop, loaders, meta)
-    hist, best_state = hist or History(monitor=cfg.monitor), None
+    if hist is None:
+        hist = History(monitor=cfg.monitor)
+        hist.resume = None  # a fresh run (History carries it from the checkpoint otherwise)
+    best_state = None
     hist.distributed = world.as_dict()
+    hist.cudnn_benchmark = loop.cudnn_benchmark
+    loop.bn = BatchNormClock(model, compiled=cfg.compile)  # reads the (resumed) BN counts
     board = open_board(cfg, len(hist.epochs)) if world.main else None
     try:
         for epoch in range(len(hist.epochs) + 1, cfg.epochs + 1):
@@ -335,6 +402,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
                 best_state = {k: v.detach().to("cpu", copy=True)
                               for k, v in loop.saved.state_dict().items()}
     finally:
+        loop.bn.restore()  # momentum=None again: the model leaves marked as it came
         if board is not None:
             board.close()
     if restore_best and ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
@@ -344,6 +412,41 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
     elif loop.ema is not None:  # the last epoch's weights are the EMA's
         model.load_state_dict(loop.ema.module.state_dict())
     return hist
+
+
+class TrainStep:
+    """`fit`'s optimizer step on its own: the same optimizer (fused AdamW), AMP/GradScaler,
+    channels_last, cuDNN and BatchNorm policy, for benchmarks that must time what `fit` runs
+    rather than a look-alike (`benchmarks.gpu`).
+
+    Example:
+        >>> step = TrainStep(model, cfg, nn.BCEWithLogitsLoss(), "cuda")  # doctest: +SKIP
+        >>> loss = step(images, targets); logits = step.infer(images)      # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, loss_fn: nn.Module, device,
+                 steps_per_epoch: int = 1):
+        self.loop = _build_loop(model, cfg, loss_fn, torch.device(device), steps_per_epoch)
+        self.loop.bn = BatchNormClock(model, compiled=cfg.compile)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The autocast dtype the step computes in (float32 without AMP)."""
+        return amp_dtype() if self.loop.amp else torch.float32
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not self.loop.net.training:  # after `infer`; fit sets it once per epoch
+            self.loop.net.train()
+        return _train_step(self.loop, images, targets)
+
+    def infer(self, images: torch.Tensor) -> torch.Tensor:
+        """Validation's forward: eval mode, inference mode, the same autocast."""
+        net = self.loop.eval_net.eval()
+        with torch.inference_mode():
+            return self.loop.logits(self.loop.to_device(images)[0], net)
+
+    def close(self) -> None:
+        self.loop.bn.restore()
 
 
 def _epoch(loop: _Loop, epoch: int, train_loader, val_loader) -> tuple[dict, int]:

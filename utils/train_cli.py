@@ -11,6 +11,10 @@
 build them (`utils.experiment.prepare_data`, `build_model`, `train`); checkpoints go to
 `checkpoints/<run>/`. Rank 0 writes `history.json` beside the config; `--evaluate` also
 chooses the threshold on validation and measures test in rank 0, as a notebook does.
+
+Rank 0 prepares the data first (manifest, image checks, caches) while the others wait on a
+group of their own bounded by `prepare_timeout` (`distributed.rank0_first`), so a long first
+cache build never meets the training group's timeout (NCCL's default: 10 minutes).
 """
 from __future__ import annotations
 
@@ -60,18 +64,19 @@ def _run(spec: dict, folder: Path, evaluate: bool) -> None:
     ctx.synthetic = bool(spec.get("synthetic", ctx.synthetic))
     with distributed.process_group(cfg) as world:
         ctx.device = distributed.device_for(cfg, world)
-        if not world.main:  # rank 0 builds caches first; the others then only read them
-            distributed.barrier(world)
-        exp = _experiment(cfg, spec, folder)
-        if world.main:
-            distributed.barrier(world)
+        # rank 0 builds caches first; the others then only read them
+        with distributed.rank0_first(world, cfg.prepare_timeout):
+            exp = _experiment(cfg, spec, folder)
         whole = exp.loaders
         exp.loaders = distributed.shard_loaders(whole, cfg, world)
         seed_everything(cfg.seed)  # the same initial weights on every rank
         exp.model = build_model(cfg, len(exp.class_names))
         history = train(exp, ctx, meta=spec.get("meta"))
-        if world.main:
-            atomic_write_json(folder / "history.json", history.to_dict())
+        if world.main:  # `resume`, `cudnn_benchmark`: until History has them as fields
+            atomic_write_json(folder / "history.json", {
+                "resume": getattr(history, "resume", None),
+                "cudnn_benchmark": getattr(history, "cudnn_benchmark", None),
+                **history.to_dict()})
     if evaluate and world.main:
         exp.loaders = whole
         evaluate_and_record(exp, ctx)

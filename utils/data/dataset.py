@@ -298,7 +298,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
         >>> images, targets, metas = next(iter(loaders["train"]))        # doctest: +SKIP
     """
     from ..models import model_info
-    from ..runtime import pick_device
+    from ..runtime import loader_workers, pick_device
     from ..samplers import make_sampler
     from ..transforms import build_transform
 
@@ -312,7 +312,9 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
             raise ValueError(f"the {split!r} split is empty ({len(manifest)} images in all): "
                              f"raise max_images / the fractions, or check the data folder")
         train = split == "train"
-        workers = min(cfg.num_workers, os.cpu_count() or 1)  # more workers than cores only thrash
+        # the usable cores shared among this machine's training processes: more workers
+        # than cores only thrash (Kaggle: 2 ranks on 4 vCPUs get 2 workers each, not 4)
+        workers = loader_workers(cfg.num_workers)
         transform = build_transform(cfg.augmentation if train else "none", cfg.image_size,
                                     info.mean, info.std)
         if train and hasattr(transform, "set_random_seed"):
