@@ -44,12 +44,15 @@ def parse_run_name(name: str) -> tuple[str, str | None, int]:
     return ".".join(parts), dataset, seed_index
 
 
-def datasets_for(cfg: RunConfig, data_root: str | Path) -> list[str]:
+def datasets_for(cfg: RunConfig, data_root: str | Path | None,
+                 found: list[str] | None = None) -> list[str]:
     """The datasets a step trains on: its own first (when among them), then the others.
 
     `""` is the step's own `dataset` alone; `"all"` every binary pneumonia source found under
     the data root (a step whose own source is absent trains on the others); a source named
     explicitly but absent is an error naming what was found (no silent shrinking).
+    `found`: the sources to assume instead of looking under `data_root` (the cost plan
+    prices a run on data not downloaded yet).
     """
     from .data.discover import find_sources, not_found
 
@@ -58,7 +61,7 @@ def datasets_for(cfg: RunConfig, data_root: str | Path) -> list[str]:
         return wanted  # load_manifest reports a missing source itself
     if cfg.task == "multilabel":
         raise ConfigError("task='multilabel' trains on NIH alone; leave datasets empty")
-    found = find_sources(data_root)
+    found = found if found is not None else find_sources(data_root)
     if wanted == ["all"]:
         wanted = [d for d in BINARY_SOURCES if d in found]
     if missing := [d for d in wanted if d not in found]:
@@ -66,11 +69,12 @@ def datasets_for(cfg: RunConfig, data_root: str | Path) -> list[str]:
     return sorted(dict.fromkeys(wanted), key=lambda d: d != cfg.dataset)
 
 
-def run_configs(cfg: RunConfig, data_root: str | Path) -> list[RunConfig]:
+def run_configs(cfg: RunConfig, data_root: str | Path | None,
+                found: list[str] | None = None) -> list[RunConfig]:
     """One config per (dataset, seed): `step` = the run's name, `seed` = cfg.seed + k."""
     home = cfg.dataset
     runs = []
-    for dataset in datasets_for(cfg, data_root):
+    for dataset in datasets_for(cfg, data_root, found):
         for k in range(cfg.seeds):
             runs.append(dataclasses.replace(cfg, dataset=dataset, seed=cfg.seed + k,
                                             step=run_name(cfg.step, dataset, home, k)))
