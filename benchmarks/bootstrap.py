@@ -1,10 +1,10 @@
-"""The patient bootstrap's cost: `utils.evaluate.bootstrap_ci` against a per-resample loop.
+"""The patient bootstrap's cost: `utils.evaluation.metrics.bootstrap_ci` against a per-resample loop.
 
     python -m benchmarks.bootstrap [--images 600] [--patients 300] [--resamples 1000]
                                    [--repeats 3]
 
 Both sides compute the same thing: percentile CIs of every scalar of `binary_metrics` over
-the same rows of patient weights (`utils.stats.resample_weights`, one seeded draw). The
+the same rows of patient weights (`utils.evaluation.stats.resample_weights`, one seeded draw). The
 loop takes one row at a time and asks scikit-learn (`sample_weight`); `bootstrap_ci` does all
 rows in a few matrix products (`evaluate._weighted_scores`). The table checks that the CIs
 agree, so the ratio compares implementations, not different work.
@@ -49,7 +49,7 @@ def loop_ci(y: np.ndarray, p: np.ndarray, groups: list[str], n_boot: int,
     """The baseline: one scikit-learn call per metric per resample, same weights and CIs."""
     from sklearn import metrics as skm
 
-    from utils.stats import cluster_index, resample_weights
+    from utils.evaluation.stats import cluster_index, resample_weights
 
     pred = (p >= THRESHOLD).astype(int)
     values: dict[str, list[float]] = {}
@@ -84,7 +84,7 @@ def _timed(fn: Callable[[], dict]) -> tuple[float, dict]:
 
 def compare(images: int, patients: int, n_boot: int, repeats: int) -> dict:
     """Median seconds of each side over interleaved repeats, and the largest CI gap."""
-    from utils.evaluate import bootstrap_ci
+    from utils.evaluation.metrics import bootstrap_ci
 
     y, p, groups = make_data(images, patients)
     sides = {"loop (scikit-learn per resample)": lambda: loop_ci(y, p, groups, n_boot),

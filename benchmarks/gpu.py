@@ -13,7 +13,7 @@ OpenCV's missing libGL) says so in its own line and the others still run; in par
 1. per model (`--models all`: every network the full profile's plan trains, at its image
    size) and mode (fp32; AMP: bf16 where the GPU runs it natively, else fp16 + GradScaler;
    AMP + channels_last, what `fit` does on CUDA): training images/s of `fit`'s own step
-   (`utils.train.TrainStep`: fused AdamW, the GradScaler, cuDNN autotuning, the random-init
+   (`utils.training.loop.TrainStep`: fused AdamW, the GradScaler, cuDNN autotuning, the random-init
    BatchNorm clock), inference-mode images/s at the same batch (what validation and test
    cost), peak GPU memory;
 2. checks on the first model that trained in fit's mode: host synchronisations per training
@@ -224,7 +224,7 @@ def _training_loader(args, device, cache, files):
     from torch.utils.data import ConcatDataset
 
     from utils.data.dataset import CXRDataset
-    from utils.transforms import build_transform  # albumentations
+    from utils.data.transforms import build_transform  # albumentations
 
     tf = build_transform("strong", args.image_size, GRAY_MEAN, GRAY_STD)
     one = CXRDataset(_manifest(files), ["Pneumonia"], tf, cache)

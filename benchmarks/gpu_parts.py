@@ -5,7 +5,7 @@ level: the GPU machine may have nothing else. Parts that need more (the cache ne
 PIL and pandas; the training transform albumentations) import it when they run, and the
 caller reports the error in that part's line.
 
-Every training step timed here is `fit`'s own (`utils.train.TrainStep`: fused AdamW, the
+Every training step timed here is `fit`'s own (`utils.training.loop.TrainStep`: fused AdamW, the
 GradScaler and autocast policy, channels_last, cuDNN autotuning, the BatchNorm clock), not a
 look-alike.
 """
@@ -70,8 +70,8 @@ def make_step(name: str, mode: Mode, image_size: int, device: torch.device):
     """`fit`'s training step for a registry model built from random init (as run_all's
     from-scratch steps, and so with the cumulative BatchNorm average) in `mode`."""
     from utils.config import make_config
-    from utils.models import create_model  # torch, torchvision, timm only
-    from utils.train import TrainStep
+    from utils.models.registry import create_model  # torch, torchvision, timm only
+    from utils.training.loop import TrainStep
 
     cfg = make_config({"model": name, "image_size": image_size, "pretrained": False,
                        "amp": mode.amp, "channels_last": mode.channels_last,

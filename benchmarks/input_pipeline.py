@@ -128,7 +128,7 @@ def uint8_dataset(manifest: pd.DataFrame, cache, repeats: int, augmentation: str
     import albumentations as A
 
     from utils.data.dataset import CXRDataset
-    from utils.transforms import AUGMENTATIONS
+    from utils.data.transforms import AUGMENTATIONS
 
     one = CXRDataset(manifest, ["Pneumonia"], transform=None, cache=cache)
     return ConcatDataset([_Uint8Items(one, A.Compose(AUGMENTATIONS[augmentation](size)))] *
@@ -202,7 +202,7 @@ def run(args) -> list[dict]:
     from utils.data.cache import build_cache
     from utils.data.dataset import collate
     from utils.runtime import pick_device, seed_everything
-    from utils.transforms import build_transform
+    from utils.data.transforms import build_transform
 
     seed_everything(0)
     device = pick_device("auto")
@@ -240,7 +240,7 @@ def transfer_rows(args) -> list[dict]:
     from utils.data.cache import build_cache
     from utils.data.dataset import collate
     from utils.runtime import pick_device, seed_everything
-    from utils.transforms import build_transform
+    from utils.data.transforms import build_transform
 
     seed_everything(0)
     device = pick_device("auto")

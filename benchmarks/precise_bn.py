@@ -1,4 +1,4 @@
-"""Does precise BN (`utils.train.recalibrate_batchnorm`) help after fine-tuning?
+"""Does precise BN (`utils.training.loop.recalibrate_batchnorm`) help after fine-tuning?
 
 `evaluate_and_record` recomputes BatchNorm statistics for the best weights of a run that
 trained from random init (measured to help: short runs' cumulative averages mix in early
@@ -26,8 +26,9 @@ __all__ = ["measure", "main"]
 
 
 def _scores(exp, ctx, recalibrate: bool) -> dict[str, float]:
-    from utils.evaluate import evaluate_run
-    from utils.train import load_model, recalibrate_batchnorm
+    from utils.evaluation.metrics import evaluate_run
+    from utils.training.checkpoint import load_model
+    from utils.training.loop import recalibrate_batchnorm
 
     model, _ = load_model(exp.checkpoint / "best.pt", device=ctx.device)
     if recalibrate:
@@ -41,7 +42,7 @@ def _scores(exp, ctx, recalibrate: bool) -> dict[str, float]:
 
 
 def _trained(cfg, ctx):
-    from utils.experiment import build_model, prepare_data, train
+    from utils.study.experiment import build_model, prepare_data, train
 
     exp = prepare_data(cfg)
     exp.model = build_model(cfg, len(exp.class_names))
@@ -55,7 +56,7 @@ def measure(model: str, seed: int, work: Path, source_epochs: int = 4,
     source run and the run fine-tuned from its best checkpoint."""
     from utils.config import make_config
     from utils.data.demo import ensure_demo
-    from utils.notebook import RunContext
+    from utils.runtime import RunContext
 
     root = ensure_demo(work / "demo")
     ctx = RunContext(device=torch.device("cpu"), data_root=root, synthetic=True,

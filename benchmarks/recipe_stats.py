@@ -4,10 +4,10 @@ A run is a dict with `recipe`, `seed`, `threshold` and its val/test `*_prob`/`*_
 lists plus `test_patient` (all recipes predict the same test rows in the same order).
 
 The paired bootstrap resamples test *patients* (a patient's films together, as
-`utils.evaluate.bootstrap_ci` does) and applies each resample to both recipes and every
+`utils.evaluation.metrics.bootstrap_ci` does) and applies each resample to both recipes and every
 seed, so the difference's interval reflects the test set's sampling, paired, on top of the
 seed-to-seed variation that the per-seed mean ± sd shows. It draws its patient weights
-with `utils.stats` but keeps its own loop: `utils.stats.paired_bootstrap` also resamples
+with `utils.evaluation.stats` but keeps its own loop: `utils.evaluation.stats.paired_bootstrap` also resamples
 the seeds within each draw (07's headline CIs), which is not what this table reports.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["run_metrics", "summarise", "paired_comparison", "verdict"]
 
 def run_metrics(run: dict[str, Any]) -> dict[str, float]:
     """Test metrics at the run's own threshold, and the val AUROC."""
-    from utils.evaluate import binary_metrics
+    from utils.evaluation.metrics import binary_metrics
 
     test = binary_metrics(run["test_target"], run["test_prob"], run["threshold"])
     val = binary_metrics(run["val_target"], run["val_prob"], run["threshold"])
@@ -53,7 +53,7 @@ def summarise(runs: list[dict[str, Any]], specs: list[str]) -> list[dict[str, An
 
 def _patient_weights(patients: list[str], n_boot: int, seed: int) -> np.ndarray:
     """n_boot × N image weights: each image weighted by its patient's draw count."""
-    from utils.stats import cluster_index, resample_weights
+    from utils.evaluation.stats import cluster_index, resample_weights
 
     rng = np.random.default_rng(seed)
     return np.vstack(list(resample_weights(cluster_index(patients, len(patients)), n_boot, rng)))
@@ -70,7 +70,7 @@ def paired_comparison(runs: list[dict[str, Any]], a: str, b: str, n_boot: int = 
     one-sided sign test's p of that count, and `consistent` = `a` better on every seed (at
     least two) with the bootstrap CI above 0: the verdict's test (see `verdict`).
     """
-    from utils.stats import weighted_metrics
+    from utils.evaluation.stats import weighted_metrics
 
     by = {(r["recipe"], r["seed"]): r for r in runs}
     seeds = sorted(s for (name, s) in by if name == a and (b, s) in by)

@@ -18,7 +18,7 @@ Recipes (ResNet-18, random init, 3 epochs, 128 px unless told otherwise):
 - `plain`: the study's pipeline: torchvision `ImageFolder` + PIL, `Resize`, `RandomRotation(20)`,
   `RandomHorizontalFlip`, ImageNet normalisation, torchvision `resnet18(num_classes=1)`,
   Adam 1e-3, BCE, the last epoch's weights, threshold 0.5 (`benchmarks/study_pipeline.py`).
-- any `utils.recipes` variant (`v1`, `final`...), through `utils.experiment` as the notebooks
+- any `utils.study.recipes` variant (`v1`, `final`...), through `utils.study.experiment` as the notebooks
   run it; `NAME:key=value,key=value` adds RunConfig overrides (e.g. `final:focal_alpha=0.5`).
 
 Prints, per recipe, test AUROC, F1, sensitivity and specificity at the recipe's own
@@ -107,12 +107,13 @@ def parse_recipe(spec: str) -> tuple[str, dict[str, Any]]:
 
 def project_run(name: str, overrides: dict[str, Any], manifest: pd.DataFrame, seed: int,
                 args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """One `utils.recipes` variant trained and evaluated as the notebooks do it."""
+    """One `utils.study.recipes` variant trained and evaluated as the notebooks do it."""
     from utils.config import make_config
     from utils.data.dataset import make_loaders
-    from utils.experiment import Experiment, build_model, evaluate_and_record, train
-    from utils.notebook import RunContext
-    from utils.recipes import recipe_for
+    from utils.models import normalisation
+    from utils.study.experiment import Experiment, build_model, evaluate_and_record, train
+    from utils.runtime import RunContext
+    from utils.study.recipes import recipe_for
     from utils.runtime import pick_device
 
     params = {**recipe_for(name), "variant": name, "model": "resnet18", "pretrained": False,
@@ -124,7 +125,8 @@ def project_run(name: str, overrides: dict[str, Any], manifest: pd.DataFrame, se
     cfg = make_config(params, profile="full")
     ctx = RunContext(device=pick_device(cfg.device), data_root=Path(cfg.data_root),
                      synthetic=False, repo_root=ROOT, environment={})
-    exp = Experiment(cfg=cfg, manifest=manifest, loaders=make_loaders(cfg, manifest, cfg.model),
+    loaders = make_loaders(cfg, manifest, normalisation(cfg.model, cfg.pretrained))
+    exp = Experiment(cfg=cfg, manifest=manifest, loaders=loaders,
                      class_names=["Pneumonia"])
     exp.model = build_model(cfg, 1)
     start = time.perf_counter()

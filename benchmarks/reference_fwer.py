@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/reference_fwer.py` works too
     sys.path.insert(0, str(ROOT))
 
-from utils import comparison, stats  # noqa: E402 - after the path fix above
+from utils.evaluation import comparison, stats  # noqa: E402 - after the path fix above
 
 __all__ = ["simulate", "main"]
 

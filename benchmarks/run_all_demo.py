@@ -8,7 +8,7 @@ never touched: the synthetic demo set is generated there (`ensure_demo`, timed a
 row; skipped with `--data-root`), the training caches are built there (`CXR_CACHE_DIR`),
 and `run_all.py` writes its reports (default `<scratch>/reports`, or `--reports-dir`) and
 checkpoints there. Per-step durations come from the run's state file
-(`<reports>/.run_state.json`, `utils.run_state.load_state`); the total is measured around
+(`<reports>/.run_state.json`, `utils.study.run_state.load_state`); the total is measured around
 the whole command. The last line is exactly `ratio: X.XX` = total seconds / `--budget`
 (600 s: the demo should finish within 10 minutes on a 2-core CPU, so ratio <= 1 is the goal).
 On a CPU shared with other jobs, `OMP_WAIT_POLICY=PASSIVE` (inherited by the kernels) or
@@ -42,7 +42,7 @@ def step_rows(state_file: Path) -> list[dict]:
     """One row per step recorded in the state file, in run order (status, seconds, error).
 
     The file's keys are sorted by name; `started` (ISO time) restores the run order."""
-    from utils.run_state import load_state
+    from utils.study.run_state import load_state
 
     if not state_file.exists():
         raise FileNotFoundError(f"{state_file} was not written: run_all.py ran no step "

@@ -1,4 +1,4 @@
-"""Training-step throughput: `utils.train.fit` against a minimal plain PyTorch loop.
+"""Training-step throughput: `utils.training.loop.fit` against a minimal plain PyTorch loop.
 
     python -m benchmarks.train_step [--model resnet18] [--image-size 64] [--batch-size 32]
                                     [--steps 30] [--repeats 3] [--warmup 3] [--threads 0]
@@ -115,7 +115,7 @@ def fit_loop(model: nn.Module, loader: DataLoader, val_loader: DataLoader, steps
              amp: bool = False) -> dict[str, float]:
     """One `fit` epoch of `steps` batches; its own train-phase timing plus the wall time."""
     from utils.config import make_config
-    from utils.train import fit
+    from utils.training.loop import fit
 
     cfg = make_config({"epochs": 1, "max_steps_per_epoch": steps, "optimizer": "adamw",
                        "lr": LR, "weight_decay": WEIGHT_DECAY, "channels_last": channels_last,
@@ -134,7 +134,7 @@ def fit_loop(model: nn.Module, loader: DataLoader, val_loader: DataLoader, steps
 def _contenders(model_name: str, image_size: int, device: torch.device,
                 fits: dict[str, dict]) -> list[tuple[str, Callable]]:
     """(label, run(loader, val_loader, steps) -> dict) with one seeded model copy each."""
-    from utils.models import create_model
+    from utils.models.registry import create_model
 
     def model() -> nn.Module:
         torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """Fixture reports for the comparison: results JSON + predictions CSVs as the lead's runs
-write them (utils.results), for models × datasets × seeds, with external rows; and the
+write them (utils.evaluation.results), for models × datasets × seeds, with external rows; and the
 study's five models (`STUDY`) spread so that each question is answered whole on one
 dataset and in part on the other."""
 from __future__ import annotations
@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from utils.results import write_predictions, write_results
-from utils.runs import run_name
+from utils.evaluation.results import write_predictions, write_results
+from utils.evaluation.results import run_name
 
 # step → (model, strength of its signal per dataset); home dataset of every step: rsna
 MODELS = {"02_chexnet": ("densenet121", {"kermany": 2.5, "rsna": 1.2}),
           "05_vit": ("vit_tiny", {"kermany": 1.0, "rsna": 1.2}),
           "06_mlp_mixer": ("mixer_tiny", {"kermany": 0.9, "rsna": 1.1})}
 DATASETS = ("kermany", "rsna")
-# the study's questions (utils.comparison.QUESTIONS): step → (model, ablation variant,
+# the study's questions (utils.evaluation.questions.QUESTIONS): step → (model, ablation variant,
 # strength per dataset it ran on). kermany holds CheXNet, the final ResNet and EfficientNet
 # (both clearly weaker) and ViT but no Mixer; rsna holds CheXNet, EfficientNet and both
 # transformers (as strong as CheXNet) but no final ResNet, only the ablation's v1 ResNet,
@@ -104,7 +104,7 @@ def make_study_reports(reports: Path, seeds: int = 2) -> Path:
 
 def split_aurocs(reports: Path, dataset: str, split: str) -> dict[str, list[float]]:
     """Each step's per-seed AUROC (seed order) on `dataset`'s own `split` rows, straight from
-    the CSVs with scikit-learn: an independent check of what utils.comparison computes."""
+    the CSVs with scikit-learn: an independent check of what utils.evaluation.comparison computes."""
     out: dict[str, list[tuple[int, float]]] = {}
     for path in sorted((reports / "results").glob("*_predictions.csv")):
         res = json.loads((reports / "results" /

@@ -1,4 +1,4 @@
-"""One optimizer step of `utils.train.fit`, for tests that compare N processes with one.
+"""One optimizer step of `utils.training.loop.fit`, for tests that compare N processes with one.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/helpers_dist.py OUT.pt
     python tests/helpers_dist.py OUT.pt          # the same step in one process
@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils import distributed  # noqa: E402
+from utils.training import distributed  # noqa: E402
 from utils.config import make_config  # noqa: E402
-from utils.train import fit  # noqa: E402
+from utils.training.loop import fit  # noqa: E402
 
 __all__ = ["Separable", "NoBatchNorm", "step_config", "loaders", "main"]
 

@@ -23,9 +23,9 @@ for folder in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(folder))
 
 from helpers_dist import NoBatchNorm, Separable, _collate, step_config  # noqa: E402
-from utils import distributed  # noqa: E402
+from utils.training import distributed  # noqa: E402
 from utils.config import make_config  # noqa: E402
-from utils.train import fit  # noqa: E402
+from utils.training.loop import fit  # noqa: E402
 
 __all__ = ["BatchNormNet", "bn_main", "resume_main"]
 

@@ -1,5 +1,5 @@
 """Tiny training runs for tests: a real registry model (`simple_cnn`, 32 px) fitted by
-`utils.train.fit` on generated tensors, in seconds.
+`utils.training.loop.fit` on generated tensors, in seconds.
 
 Also a script, for tests that must kill a training *process*:
     python tests/helpers_train.py CKPT_DIR OUT.pt [--epochs 6] [--sleep 0.01] [--wait-for F]
@@ -78,9 +78,9 @@ def tiny_loaders(cfg: RunConfig, n_train: int = 48, n_val: int = 16, sleep: floa
 def train_tiny(cfg: RunConfig, ckpt_dir: str | Path | None, sleep: float = 0.0,
                restore_best: bool = True):
     """`(model, history)` after `fit` with the registry's simple_cnn."""
-    from utils.models import create_model
+    from utils.models.registry import create_model
     from utils.runtime import seed_everything
-    from utils.train import fit
+    from utils.training.loop import fit
 
     seed_everything(cfg.seed)  # as notebook.setup does: the initial weights are seeded too
     model = create_model(cfg.model, 1, pretrained=False, image_size=cfg.image_size)
@@ -100,7 +100,7 @@ def train_tiny(cfg: RunConfig, ckpt_dir: str | Path | None, sleep: float = 0.0,
 
 def tiny_checkpoint(ckpt_dir: str | Path, threshold: float | None = 0.4) -> Path:
     """A `best.pt` as a finished run leaves it (with a validation-chosen threshold)."""
-    from utils.checkpoint import update_checkpoint
+    from utils.training.checkpoint import update_checkpoint
 
     train_tiny(tiny_config(), ckpt_dir)
     best = Path(ckpt_dir) / "best.pt"
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                              "test overlap this process's start-up with other work)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # same kernels in every process: bit-identical results
-    for module in ("utils.models", "utils.train"):  # the slow imports happen before the gate
+    for module in ("utils.models", "utils.training.loop"):  # the slow imports happen before the gate
         importlib.import_module(module)
 
     deadline = time.monotonic() + 300

@@ -1,7 +1,7 @@
 """The 03 report says, per step of the study's ablation, whether this run shows its direction."""
 import pandas as pd
 
-from utils.recipes import ablation_direction
+from utils.study.recipes import ablation_direction
 
 
 def test_holds_does_not_hold_and_cannot_tell() -> None:

@@ -1,4 +1,4 @@
-"""utils.anatomy: EfficientNet scaling tables with the paper's numbers, patch-embedding and
+"""utils.evaluation.anatomy: EfficientNet scaling tables with the paper's numbers, patch-embedding and
 position maps, attention rollout (rows sum to 1, a closed-form case, the recorded attention
 equal to softmax(q·kᵀ·scale) recomputed from the block's own weights), token-mixing maps."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from utils import anatomy
-from utils.models import create_model
-from utils.results import RESULT_COLUMNS
+from utils.evaluation import anatomy
+from utils.models.registry import create_model
+from utils.evaluation.results import RESULT_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 64  # a 4×4 patch grid for the 16-pixel ViT/Mixer patches
@@ -175,7 +175,7 @@ def test_side_by_side_keeps_runs_on_the_same_test_images(monkeypatch):
     cols = ["step", "plan_step", "dataset", "seed_index", "model", "params",
             "images_per_second", "auroc", "auroc_lo", "auroc_hi", "f1", "test_fingerprint"]
     frame = pd.DataFrame(rows, columns=cols).reindex(columns=RESULT_COLUMNS)
-    monkeypatch.setattr("utils.results.load_results", lambda reports_dir: frame)
+    monkeypatch.setattr("utils.evaluation.results.load_results", lambda reports_dir: frame)
     table = anatomy.side_by_side("reports", "05_vit")
     assert list(table["plan_step"]) == ["05_vit", "02_chexnet"]   # fewest parameters first
     vit = table.iloc[0]

@@ -120,7 +120,7 @@ def test_config_rejects_unknown_keys_and_lists_the_valid_ones():
 @pytest.mark.parametrize("model", ["simple_cnn", "densenet121", "vit_tiny", "resnet18"])
 def test_sizes_the_config_accepts_are_sizes_the_model_runs(model):
     """validate() agrees with the registry: accepted sizes run, refused sizes would fail."""
-    from utils.models import create_model
+    from utils.models.registry import create_model
 
     for size in (16, 24, 32):
         try:

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from benchmarks import bootstrap, reference_fwer
-from utils.evaluate import bootstrap_ci
+from utils.evaluation.metrics import bootstrap_ci
 
 
 def test_loop_baseline_gives_bootstrap_ci_s_intervals():

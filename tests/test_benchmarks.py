@@ -66,7 +66,7 @@ def test_fit_images_per_second_leaves_validation_out():
     loader = train_step.make_loader(4, 32, 2, torch.device("cpu"))
     val = DataLoader(SlowVal(2, 32), batch_size=2, collate_fn=collate)
     torch.manual_seed(0)
-    from utils.models import create_model
+    from utils.models.registry import create_model
 
     model = create_model("simple_cnn", 1, pretrained=False)
     t = train_step.fit_loop(model, loader, val, 2, torch.device("cpu"))

@@ -237,7 +237,7 @@ def test_uint8_batches_normalised_after_the_transfer_equal_the_float32_items(tmp
     normalised per batch after `.to(device)`, are the float32 items (no augmentation)."""
     from benchmarks.input_pipeline import normalise_after_transfer, uint8_dataset
     from utils.data.dataset import CXRDataset
-    from utils.transforms import build_transform
+    from utils.data.transforms import build_transform
 
     files = gpu_parts.find_images(gpu._smoke_data(tmp_path / "d"), 0)
     manifest = gpu._manifest(files)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CI_LOGS, SMOKE_STEPS
-from utils.bundle import BUNDLE_FOLDER, check_links
+from utils.reports.bundle import BUNDLE_FOLDER, check_links
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -13,10 +13,12 @@ import torch
 import torchvision
 from torch import nn
 
-from utils.cam import (CAM_METHODS, CamExplainer, _methods, box_mask, cam_iou, cam_sweep,
-                       compute_cams, is_flat, last_conv_layer, localisation_scores, overlay,
-                       peak_point, pointing_hit, tokens_to_grid)
-from utils.models import create_model, list_models
+from utils.evaluation.cam import (CAM_METHODS, CamExplainer, _methods, cam_sweep, compute_cams,
+                                  last_conv_layer, overlay)
+from utils.evaluation.localisation import (box_mask, cam_iou, is_flat, localisation_scores,
+                                           peak_point, pointing_hit)
+from utils.models.zoo import tokens_to_grid
+from utils.models.registry import create_model, list_models
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -125,7 +127,7 @@ def test_tokens_to_grid_drops_prefix_and_keeps_row_major_order():
 
 
 def test_registry_token_reshapes_drop_vits_class_token_and_keep_all_mixer_tokens():
-    from utils.models import model_info
+    from utils.models.registry import model_info
 
     patches = torch.arange(16, dtype=torch.float32)[None, :, None].repeat(1, 1, 2)
     with_cls = torch.cat([torch.full((1, 1, 2), -1.0), patches], dim=1)
@@ -307,7 +309,7 @@ def test_cam_for_every_registry_model(name):
 
 
 def test_every_cam_method_has_a_label_for_titles():
-    from utils.cam import CAM_LABELS, CAM_METHODS, _methods
+    from utils.evaluation.cam import CAM_LABELS, CAM_METHODS, _methods
 
     assert set(CAM_LABELS) == set(CAM_METHODS) == set(_methods())
 
@@ -343,7 +345,7 @@ def test_cam_sweep_equals_one_explainer_per_layer_and_method(name):
 def test_a_reference_cam_weighs_activations_minus_the_reference():
     """Zero reference = the plain method; the image's own activation as reference = a flat
     map (nothing differs)."""
-    from utils.cam import REFERENCE_METHODS, reference_activations
+    from utils.evaluation.cam import REFERENCE_METHODS, reference_activations
 
     torch.manual_seed(0)
     model = _resnet18_1ch()
@@ -370,14 +372,14 @@ def test_reference_methods_need_a_reference_and_the_others_refuse_one():
     with pytest.raises(ValueError, match="references"):
         cam_sweep(model, {"x": model[4]}, ("gradcam-ref",), torch.rand(1, 1, 32, 32))
     with pytest.raises(ValueError, match="at least one"):
-        from utils.cam import reference_activations
+        from utils.evaluation.cam import reference_activations
         reference_activations(model, {"x": model[4]}, torch.rand(0, 1, 32, 32))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vit_mini"])
 def test_cam_sweep_with_references_equals_one_explainer_each(name):
     """Also with the layers given out of forward order (layer3 before layer1)."""
-    from utils.cam import reference_activations
+    from utils.evaluation.cam import reference_activations
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=1, pretrained=False, image_size=64).eval()
@@ -399,7 +401,7 @@ def test_what_every_film_has_cancels_against_the_reference():
     """A model whose logit is the mean brightness: plain Grad-CAM peaks on the bright stripe
     every film has (the demo CNNs' mediastinum); from the normals' mean it peaks on the
     lesion, the only thing that differs from a healthy film."""
-    from utils.cam import reference_activations
+    from utils.evaluation.cam import reference_activations
 
     conv = torch.nn.Conv2d(1, 1, 1)
     torch.nn.init.ones_(conv.weight), torch.nn.init.zeros_(conv.bias)

@@ -8,10 +8,11 @@ import os
 import pytest
 import torch
 
-from utils.checkpoint import checkpoint_bytes, load_checkpoint, load_model
+from utils.training.checkpoint import checkpoint_bytes, load_checkpoint, load_model
 from utils.config import make_config
 from utils.data.demo import make_demo
-from utils.notebook import REPO_ROOT, RunContext
+from utils.study.notebook import REPO_ROOT
+from utils.runtime import RunContext
 from utils.runtime import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -26,7 +27,7 @@ def demo_root(tmp_path_factory):
 
 @pytest.mark.parametrize("keep_last", [False, True])
 def test_a_finished_run_keeps_best_pt_and_drops_last_pt(keep_last, demo_root, tmp_path):
-    from utils.experiment import build_model, evaluate_and_record, prepare_data, train
+    from utils.study.experiment import build_model, evaluate_and_record, prepare_data, train
 
     cfg = make_config({"data_root": str(demo_root), "model": "simple_cnn", "image_size": 32,
                        "epochs": 1, "max_steps_per_epoch": 1, "cache": False, "device": "cpu",

@@ -1,4 +1,4 @@
-"""utils.comparison on fixture reports (3 models × 2 datasets × 2 seeds, external rows, one
+"""utils.evaluation.comparison on fixture reports (3 models × 2 datasets × 2 seeds, external rows, one
 run on another test set): the three lists of 07_comparison.json, the runs listed apart, the
 sentences and the study's answer; the paired tests' reference, chosen on validation and
 unmoved when the test labels are shuffled; Holm's families and the seed-variance term by
@@ -18,9 +18,9 @@ import pytest
 
 from helpers_comparison import (DATASETS, MODELS, STUDY, make_reports, make_study_reports,
                                 permute_test_labels, split_aurocs, write_run)
-from utils import comparison, stats
-from utils import comparison_view as view
-from utils.results import load_results
+from utils.evaluation import comparison, questions, stats
+from utils.evaluation import comparison_view as view
+from utils.evaluation.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -306,7 +306,7 @@ def test_both_questions_compare_chexnet_on_the_same_test_images(study_reports, s
 def test_holm_within_each_question_and_dataset_by_hand(study):
     sizes = {}
     for dataset, want in STUDY_ROWS.items():
-        for question in comparison.QUESTIONS:
+        for question in questions.QUESTIONS:
             family = sorted((r for r in study["question"]
                              if r["dataset"] == dataset and r["question"] == question),
                             key=lambda r: r["p_value"])
@@ -430,7 +430,7 @@ def test_comparison_notebook_renders_the_fixture_reports(reports, tmp_path):
 
 
 def test_plots_of_the_report(report):
-    from utils import plots
+    from utils.reports import plots
 
     rows = view.rows(report, "common", "rsna")
     fig = plots.plot_seed_points(rows, "auroc", title="rsna · test split")

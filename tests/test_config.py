@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from utils.config import PROFILES, ConfigError, RunConfig, make_config
-from utils.notebook import setup
-from utils.recipes import ABLATION_VARIANTS, recipe_for
+from utils.study.notebook import setup
+from utils.study.recipes import ABLATION_VARIANTS, recipe_for
 
 
 def test_precedence_defaults_profile_params() -> None:

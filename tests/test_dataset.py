@@ -13,6 +13,7 @@ from conftest import shared_path
 from utils.config import make_config
 from utils.data.dataset import (CXRDataset, _seed_worker, class_names_for, collate,
                                 load_manifest, make_loaders)
+from utils.models import normalisation
 from utils.data.discover import DataNotFoundError
 from utils.data.nih import NIH_FINDINGS
 
@@ -182,7 +183,7 @@ def test_make_loaders(demo_root, tmp_path, monkeypatch, cache):
     cfg = make_config({"dataset": "rsna", "data_root": str(demo_root), "cache": cache,
                        "sampler": "balanced", "model": "simple_cnn", "batch_size": 4}, "smoke")
     manifest = load_manifest(cfg)
-    loaders = make_loaders(cfg, manifest, cfg.model)
+    loaders = make_loaders(cfg, manifest, normalisation(cfg.model, cfg.pretrained))
     assert set(loaders) == {"train", "val", "test"}
     images, targets, metas = next(iter(loaders["train"]))
     assert images.shape == (4, 1, cfg.image_size, cfg.image_size) and targets.shape == (4, 1)

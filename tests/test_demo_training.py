@@ -27,14 +27,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from utils.cam import CamExplainer, localisation_scores
+from utils.evaluation.cam import CamExplainer
+from utils.evaluation.localisation import localisation_scores
 from utils.config import make_config
 from utils.data.dataset import load_manifest, make_loaders
+from utils.models import normalisation
 from utils.data.demo import make_demo
-from utils.evaluate import binary_metrics, predict
-from utils.losses import build_loss
-from utils.models import create_model
-from utils.train import fit
+from utils.evaluation.metrics import binary_metrics, predict
+from utils.training.losses import build_loss
+from utils.models.registry import create_model
+from utils.training.loop import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 64
@@ -60,7 +62,7 @@ def demo_loaders(tmp_path_factory):
                        "image_size": SIZE, "epochs": 20, "lr": 3e-3, "batch_size": 32,
                        "augmentation": "none", "cache": False, "num_workers": 0,
                        "device": "cpu", "seed": 0}, profile="demo")
-    return cfg, make_loaders(cfg, load_manifest(cfg), cfg.model)
+    return cfg, make_loaders(cfg, load_manifest(cfg), normalisation(cfg.model, cfg.pretrained))
 
 
 def test_tiny_model_overfits_eight_demo_images(demo_loaders):
@@ -121,7 +123,7 @@ def test_a_registry_cnn_points_at_the_lesions_from_a_healthy_reference(demo_load
     HiResCAM from the reference at layer1 0.86, random point 0.07, the untrained copy's same
     map 0.54 (the lesion is what differs most from a healthy film), the best plain map
     (LayerCAM, layer2) 0.14; 34 s."""
-    from utils import gallery, localisation
+    from utils.evaluation import gallery, localisation
 
     cfg, loaders = demo_loaders
     cfg = dataclasses.replace(cfg, model="resnet18", epochs=4, pretrained=False)

@@ -4,7 +4,7 @@
 shipped in the pydicom wheel: no encoder on PyPI writes that syntax). Each must read with
 the same windowing and MONOCHROME1 handling as the uncompressed file; colour ones become
 the gray the PNG path gives; malformed or undecodable files are BadImageErrors that say
-why; and `python -m utils.predict` over the folder writes one row per file."""
+why; and `python -m utils.evaluation.predict` over the folder writes one row per file."""
 from __future__ import annotations
 
 from io import BytesIO
@@ -218,11 +218,11 @@ def test_plugin_advice_only_when_no_plugin_is_installed(tmp_path, monkeypatch):
         read_dicom(path)
 
 
-# --- python -m utils.predict over the folder -------------------------------------------------
+# --- python -m utils.evaluation.predict over the folder -------------------------------------------------
 
 def test_predict_writes_one_row_per_dicom_and_errors_only_for_the_bad(tmp_path, capsys):
     from helpers_train import tiny_checkpoint
-    from utils.predict import main
+    from utils.evaluation.predict import main
 
     folder = tmp_path / "dicoms"
     folder.mkdir()

@@ -21,9 +21,9 @@ from torch.utils.data import RandomSampler, SequentialSampler, WeightedRandomSam
 
 from conftest import ROOT
 from utils.config import ConfigError, make_config
-from utils.distributed import LaunchError, ShardSampler
-from utils.launch import _failure, check_launch, torchrun_command
-from utils.samplers import make_sampler
+from utils.training.distributed import LaunchError, ShardSampler
+from utils.training.launch import _failure, check_launch, torchrun_command
+from utils.data.samplers import make_sampler
 
 HELPER = Path(__file__).with_name("helpers_dist.py")
 
@@ -124,7 +124,7 @@ def test_port_in_use_and_unreachable_endpoint():
 
 def test_torchrun_command_for_one_and_several_nodes(tmp_path):
     one = torchrun_command(_cfg(step="s"), tmp_path / "run.json")
-    assert "--standalone" in one and one[-4:] == ["-m", "utils.train_cli", "--config",
+    assert "--standalone" in one and one[-4:] == ["-m", "utils.study.train_cli", "--config",
                                                   str(tmp_path / "run.json")]
     two = torchrun_command(_cfg(step="s", nnodes=2, node_rank=1, rdzv_endpoint="n0:29500"),
                            tmp_path / "run.json")
@@ -151,7 +151,7 @@ def test_failure_names_the_rank_the_signal_and_its_last_lines():
 def test_failure_passes_over_a_worker_torchrun_stopped_for_the_one_that_died():
     # torchrun's summary as CI printed it: rank 0 crashed on the dead peer's socket and wrote
     # its error file first, so torchrun named it the root cause; rank 1 was SIGKILLed
-    summary = """utils.train_cli FAILED
+    summary = """utils.study.train_cli FAILED
 ------------------------------------------------------------
 Failures:
 [0]:
@@ -189,7 +189,7 @@ def _torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_two_processes_of_16_take_the_step_of_one_process_of_32(tmp_path):
     import helpers_dist as h
-    from utils.evaluate import summary_scores
+    from utils.training.scores import summary_scores
 
     proc = _torchrun(str(HELPER), str(tmp_path / "two.pt"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -237,7 +237,7 @@ def test_train_cli_trains_and_evaluates_a_flat_config(tmp_path):
     import json
 
     from utils.data.demo import make_demo
-    from utils.train_cli import main
+    from utils.study.train_cli import main
 
     root = make_demo(tmp_path / "demo", seed=0, image_px=48, scale=0.3)
     config = tmp_path / "run.json"

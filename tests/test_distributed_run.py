@@ -22,10 +22,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.training.checkpoint import CheckpointError, load_checkpoint
 from utils.data.demo import make_demo
-from utils.launch import DistributedTrainingError
-from utils.notebook import REPO_ROOT, RunContext
+from utils.training.launch import DistributedTrainingError
+from utils.study.notebook import REPO_ROOT
+from utils.runtime import RunContext
 from utils.runtime import seed_everything
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,7 @@ def _cfg(root, ckpt):
 
 
 def _experiment(cfg, root):
-    from utils.experiment import build_model, prepare_data
+    from utils.study.experiment import build_model, prepare_data
 
     seed_everything(cfg.seed)
     exp = prepare_data(cfg)
@@ -53,7 +54,7 @@ def _experiment(cfg, root):
 
 
 def _train_in_thread(cfg, root) -> tuple[threading.Thread, dict]:
-    from utils.experiment import train
+    from utils.study.experiment import train
 
     exp, ctx = _experiment(cfg, root)
     out: dict = {}
@@ -81,7 +82,7 @@ def _worker(rank: int, config_part: str) -> psutil.Process | None:
     for proc in psutil.Process().children(recursive=True):
         try:
             cmd = proc.cmdline()
-            if proc.environ().get("RANK") == str(rank) and "utils.train_cli" in cmd and \
+            if proc.environ().get("RANK") == str(rank) and "utils.study.train_cli" in cmd and \
                     any(config_part in c for c in cmd):
                 return proc
         except psutil.Error:

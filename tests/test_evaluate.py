@@ -12,7 +12,8 @@ from sklearn.calibration import calibration_curve
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import utils.evaluate as ev
+import utils.evaluation.metrics as ev
+from utils.training.scores import summary_scores
 from utils.config import make_config
 
 
@@ -44,14 +45,14 @@ def test_binary_metrics_equal_sklearn():
 def test_single_class_gives_nan_not_crash():
     m = ev.binary_metrics([1, 1, 1], [0.2, 0.7, 0.9], 0.5)
     assert math.isnan(m["auroc"]) and math.isnan(m["specificity"]) and m["recall"] == 2 / 3
-    assert math.isnan(ev.summary_scores(np.ones((3, 1)), np.full((3, 1), 0.3))["auroc"])
+    assert math.isnan(summary_scores(np.ones((3, 1)), np.full((3, 1), 0.3))["auroc"])
 
 
 def test_summary_and_multilabel_skip_undefined_classes():
     y, p = noisy(200)
     Y = np.stack([y, np.zeros_like(y), 1 - y], 1)
     P = np.stack([p, p, 1 - p], 1)
-    s = ev.summary_scores(Y, P)
+    s = summary_scores(Y, P)
     assert s["auroc"] == pytest.approx(skm.roc_auc_score(y, p))  # class 1 has no positives
     assert s["f1"] == pytest.approx(skm.f1_score(Y, P >= 0.5, average="macro", zero_division=0))
     ml = ev.multilabel_metrics(Y, P, ["A", "B", "C"])
@@ -278,7 +279,7 @@ def test_evaluate_run_multilabel_uses_pneumonia_column():
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float16)])
 def test_amp_dtype_ignores_emulated_bf16(monkeypatch, native, expected):
     """A T4/V100 (bf16 only emulated) gets fp16 + a GradScaler, not slow emulated bf16."""
-    from utils.evaluate import amp_dtype
+    from utils.evaluation.metrics import amp_dtype
 
     calls = []
 

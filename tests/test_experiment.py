@@ -11,14 +11,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import utils.precise_bn as pbn
-from utils.checkpoint import load_checkpoint, load_model
+import utils.training.precise_bn as pbn
+from utils.training.checkpoint import load_checkpoint, load_model
 from utils.config import make_config
 from utils.data.demo import make_demo
-from utils.experiment import evaluate_and_record, run_experiment
-from utils.losses import build_loss
-from utils.notebook import RunContext
-from utils.precise_bn import precise_bn_if_better, validation_scores
+from utils.study.experiment import evaluate_and_record, run_experiment
+from utils.training.losses import build_loss
+from utils.runtime import RunContext
+from utils.training.precise_bn import precise_bn_if_better, validation_scores
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""The front page (utils/report_index.py + headline.py) and the bundle (utils/bundle.py),
+"""The front page (utils/reports/index.py + headline.py) and the bundle (utils/reports/bundle.py),
 on hand-written results files: no kernel runs."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import zipfile
 from pathlib import Path
 
-from utils.bundle import BUNDLE_FOLDER, bundle_files, check_links, write_bundle
-from utils.headline import headline_rows, render_headline
-from utils.html_page import forest_svg
-from utils.report_index import StepRow, build_rows, step_disk_bytes, write_index
+from utils.reports.bundle import BUNDLE_FOLDER, bundle_files, check_links, write_bundle
+from utils.reports.headline import headline_rows, render_headline
+from utils.reports.html_page import forest_svg
+from utils.reports.index import StepRow, build_rows, step_disk_bytes, write_index
 
 
 def results(reports: Path, name: str, dataset: str, auroc: float, fp: str = "f1",
@@ -51,7 +51,7 @@ def test_front_page_answers_both_of_the_studys_questions(tmp_path: Path) -> None
     07_comparison.json written, the page rendered; each question per dataset, and the
     model a dataset lacks named."""
     from helpers_comparison import make_study_reports
-    from utils import comparison
+    from utils.evaluation import comparison
 
     reports = make_study_reports(tmp_path / "reports")
     comparison.write_report(comparison.build_report(reports, n_boot=0), reports)

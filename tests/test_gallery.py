@@ -1,4 +1,4 @@
-"""utils.gallery's and utils.localisation's pure parts: which test cases the 08 gallery picks,
+"""utils.evaluation.gallery's and utils.evaluation.localisation's pure parts: which test cases the 08 gallery picks,
 which CAM layer and method it explains them with, and its table."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from utils.gallery import localisation_table, pick_cases
+from utils.evaluation.gallery import localisation_table, pick_cases
 
 
 def test_pick_cases_most_confident_and_worst_errors():
@@ -32,7 +32,7 @@ def test_localisation_table_ratio_to_random():
 
 
 def test_hit_rate_ci_resamples_patients_not_films():
-    from utils.localisation import hit_rate_ci
+    from utils.evaluation.localisation import hit_rate_ci
 
     hits = [1, 1, 1, 1, 0, 0, 0, 0] * 4
     films = [f"f{i}" for i in range(len(hits))]          # 32 independent films
@@ -52,8 +52,8 @@ def test_hit_rate_ci_resamples_patients_not_films():
 def test_cam_candidates_run_fine_to_coarse_and_end_with_the_default(name, sides):
     import torch
 
-    from utils.localisation import cam_candidates
-    from utils.models import create_model
+    from utils.evaluation.localisation import cam_candidates
+    from utils.models.registry import create_model
 
     model = create_model(name, 1, image_size=64).eval()
     layers = cam_candidates(model)
@@ -94,8 +94,8 @@ def _choice(choice: dict) -> dict:
 
 
 def test_the_cam_layer_is_chosen_on_validation_boxes_deeper_on_ties(monkeypatch):
-    from utils import gallery, localisation
-    from utils.models import create_model
+    from utils.evaluation import gallery, localisation
+    from utils.models.registry import create_model
 
     model = create_model("resnet18", 1, image_size=64)
     rates = {"layer1": 0.5, "layer2": 0.7, "layer3": 0.7, "default": 0.0}
@@ -111,8 +111,8 @@ def test_the_cam_layer_is_chosen_on_validation_boxes_deeper_on_ties(monkeypatch)
 
 
 def test_a_cam_method_that_localises_better_on_validation_is_chosen(monkeypatch):
-    from utils import gallery, localisation
-    from utils.models import create_model
+    from utils.evaluation import gallery, localisation
+    from utils.models.registry import create_model
 
     model = create_model("resnet18", 1, image_size=64)
 
@@ -130,8 +130,8 @@ def test_a_cam_method_that_localises_better_on_validation_is_chosen(monkeypatch)
 def test_the_choice_is_what_training_added_over_an_untrained_copy(monkeypatch):
     """A map that hits as often on the untrained copy shows the image, not the model
     (Adebayo et al.'s randomisation check): the choice maximises the difference."""
-    from utils import gallery, localisation
-    from utils.models import create_model
+    from utils.evaluation import gallery, localisation
+    from utils.models.registry import create_model
 
     model = create_model("resnet18", 1, image_size=64)
     copy = localisation.untrained_copy(SimpleNamespace(model="resnet18", dropout=0.0,

@@ -25,7 +25,7 @@ from benchmarks.gpu_parts import SyncCounter
 from conftest import ROOT
 from utils import runtime
 from utils.config import make_config
-from utils.models import create_model
+from utils.models.registry import create_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HELPER = Path(__file__).with_name("helpers_gpu_path.py")
@@ -59,7 +59,7 @@ class _CountingForward(nn.Module):
 def test_a_training_forward_of_fit_never_waits_for_the_device():
     """A random-init registry model (cumulative BN) trained by fit: torch's momentum=None
     path called float(num_batches_tracked) once per BN layer per step (8 for simple_cnn)."""
-    from utils.train import fit
+    from utils.training.loop import fit
 
     model = create_model("simple_cnn", 1, pretrained=False)
     assert any(isinstance(m, nn.BatchNorm2d) and m.momentum is None for m in model.modules())
@@ -74,7 +74,7 @@ def test_a_training_forward_of_fit_never_waits_for_the_device():
 
 
 def test_fits_whole_training_step_has_no_host_sync_with_every_option():
-    from utils.train import TrainStep
+    from utils.training.loop import TrainStep
 
     cfg = make_config({"model": "simple_cnn", "image_size": 32, "pretrained": False,
                        "device": "cpu", "grad_clip": 1.0, "ema_decay": 0.9,
@@ -90,7 +90,7 @@ def test_fits_whole_training_step_has_no_host_sync_with_every_option():
 
 
 def test_the_host_clock_gives_torchs_cumulative_average_bit_for_bit():
-    from utils.schedules import BatchNormClock
+    from utils.training.schedules import BatchNormClock
 
     torch.manual_seed(0)
     torchs = create_model("simple_cnn", 1, pretrained=False)
@@ -111,7 +111,7 @@ def test_the_host_clock_gives_torchs_cumulative_average_bit_for_bit():
 
 
 def test_a_resumed_clock_counts_on_from_the_saved_batches():
-    from utils.schedules import BatchNormClock
+    from utils.training.schedules import BatchNormClock
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, momentum=None))
     model[1].num_batches_tracked.fill_(9)
@@ -124,7 +124,7 @@ def test_compiled_training_keeps_two_graphs_not_one_per_step():
     """dynamo guards module floats: a momentum changing every step recompiled every step."""
     from torch._dynamo.utils import counters
 
-    from utils.schedules import BatchNormClock
+    from utils.training.schedules import BatchNormClock
 
     torch._dynamo.reset()
     counters.clear()
@@ -143,7 +143,7 @@ def test_compiled_training_keeps_two_graphs_not_one_per_step():
 # --- 2. resume on a machine with another number of GPUs or processes --------------------
 
 def test_cuda_generators_of_two_gpus_restore_on_one(monkeypatch):
-    from utils import rngstate
+    from utils.training import rngstate
 
     restored, state = [], rngstate.capture(())
 
@@ -237,7 +237,7 @@ SLOW_RANK0 = """
             kwargs["timeout"] = datetime.timedelta(seconds=float(os.environ["PG_TIMEOUT"]))
             return _init(*args, **kwargs)
         dist.init_process_group = init_process_group
-        import utils.experiment as experiment
+        import utils.study.experiment as experiment
         _prepare = experiment.prepare_data
         def prepare_data(*args, **kwargs):  # rank 0 builds slowly (a first NIH cache build)
             if os.environ["RANK"] == "0":
@@ -260,7 +260,7 @@ def test_a_slow_rank0_preparation_outlasts_the_training_groups_timeout(tmp_path)
         "profile": "smoke", "data_root": str(root), "model": "simple_cnn", "step": "slow",
         "device": "cpu", "nproc_per_node": 2, "checkpoint_dir": str(tmp_path / "ck"),
         "reports_dir": str(tmp_path / "rep")}))
-    proc = _torchrun("-m", "utils.train_cli", "--config", str(config), env={
+    proc = _torchrun("-m", "utils.study.train_cli", "--config", str(config), env={
         "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "PG_TIMEOUT": "8",
         "RANK0_SLEEP": "20"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -269,7 +269,7 @@ def test_a_slow_rank0_preparation_outlasts_the_training_groups_timeout(tmp_path)
 
 
 def test_a_preparation_wait_beyond_prepare_timeout_names_the_knob(monkeypatch):
-    from utils import distributed
+    from utils.training import distributed
 
     def barrier(group=None):
         raise RuntimeError("Timed out waiting 5000ms")
@@ -290,7 +290,7 @@ def _gpus(monkeypatch, n: int) -> None:
 
 
 def test_auto_processes_are_every_visible_gpu(monkeypatch, capsys):
-    from utils.distributed import resolve_processes
+    from utils.training.distributed import resolve_processes
 
     assert make_config({}).nproc_per_node == 0  # auto is the default
     _gpus(monkeypatch, 2)
@@ -309,7 +309,7 @@ def test_auto_processes_are_every_visible_gpu(monkeypatch, capsys):
 
 def test_notebook_setup_resolves_auto_once_for_the_run(monkeypatch, tmp_path, capsys):
     import utils.data.discover as discover
-    import utils.notebook as notebook
+    import utils.study.notebook as notebook
 
     _gpus(monkeypatch, 2)
     monkeypatch.setattr(runtime, "cuda_problem", lambda: None)
@@ -340,20 +340,21 @@ def _manifest(n: int = 8) -> pd.DataFrame:
 
 def test_loader_workers_share_the_cpus_among_the_ranks(monkeypatch):
     from utils.data.dataset import make_loaders
+    from utils.models import normalisation
 
     monkeypatch.setattr(runtime, "usable_cpus", lambda: 4)  # Kaggle: 4 vCPUs, 2 GPUs
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     cfg = make_config({"num_workers": 4, "cache": False, "model": "simple_cnn",
                        "device": "cpu"}, profile="smoke")
-    loaders = make_loaders(cfg, _manifest(), cfg.model)
+    loaders = make_loaders(cfg, _manifest(), normalisation(cfg.model, cfg.pretrained))
     assert {loader.num_workers for loader in loaders.values()} == {2}
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert runtime.loader_workers(4) == 4 and runtime.loader_workers(2) == 2
 
 
 def test_the_kernel_frees_its_gpu_cache_before_torchrun_starts(monkeypatch, tmp_path):
-    from utils import launch
+    from utils.training import launch
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
@@ -390,7 +391,7 @@ def test_cudnn_autotunes_training_on_cuda_unless_deterministic(monkeypatch):
 
 
 def test_fit_sets_the_cudnn_policy_and_records_it(monkeypatch):
-    import utils.train as train
+    import utils.training.loop as train
 
     seen = []
     monkeypatch.setattr(train, "configure_cudnn",
@@ -407,8 +408,9 @@ def test_fit_sets_the_cudnn_policy_and_records_it(monkeypatch):
 @pytest.mark.slow
 def test_results_record_autotuning_resume_and_determinism(tmp_path):
     from utils.data.demo import make_demo
-    from utils.experiment import run_experiment
-    from utils.notebook import REPO_ROOT, RunContext
+    from utils.study.experiment import run_experiment
+    from utils.study.notebook import REPO_ROOT
+    from utils.runtime import RunContext
 
     root = make_demo(tmp_path / "demo", seed=0, image_px=48, scale=0.3)
     cfg = make_config({"data_root": str(root), "model": "simple_cnn", "step": "r",
@@ -483,8 +485,8 @@ def test_the_driver_version_is_read_from_the_kernel_module_or_nvidia_smi(monkeyp
 
 def test_external_scoring_uses_the_runs_amp(monkeypatch):
     import utils.data.dataset as dataset
-    import utils.evaluate as evaluate
-    import utils.grid as grid
+    import utils.evaluation.metrics as evaluate
+    import utils.study.grid as grid
 
     seen = {}
     monkeypatch.setattr(dataset, "make_loaders", lambda *a, **k: {"test": "loader"})
@@ -501,7 +503,7 @@ def test_external_scoring_uses_the_runs_amp(monkeypatch):
 
 
 def test_occlusion_check_runs_where_the_model_is():
-    from utils.occlusion import occlusion_check
+    from utils.evaluation.occlusion import occlusion_check
 
     class Where(nn.Module):
         def __init__(self):

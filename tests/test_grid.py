@@ -10,9 +10,9 @@ import pytest
 
 from utils.config import make_config
 from utils.data.demo import make_demo
-from utils.experiment import build_model, train
-from utils.grid import StepGrid
-from utils.notebook import setup
+from utils.study.experiment import build_model, train
+from utils.study.grid import StepGrid
+from utils.study.notebook import setup
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,7 +94,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(demo_root, tmp_path):
 
 def test_step_alone_has_no_grid_and_absent_source_is_named(demo_root, tmp_path):
     cfg = make_config({"dataset": "kermany", "data_root": str(demo_root)}, "smoke")
-    from utils.runs import run_configs
+    from utils.study.runs import run_configs
 
     assert [r.step for r in run_configs(cfg, demo_root)] == [""]
     with pytest.raises(FileNotFoundError, match="not found"):

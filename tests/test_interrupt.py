@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.training.checkpoint import CheckpointError, load_checkpoint
 
 HELPER = Path(__file__).with_name("helpers_train.py")
 METRICS = ("epoch", "train_loss", "val_loss", "val_auroc", "val_f1", "lr", "train_images")

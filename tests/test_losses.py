@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from utils import make_config
-from utils.losses import FocalLoss, build_loss, pos_weight_from_labels
+from utils.training.losses import FocalLoss, build_loss, pos_weight_from_labels
 
 
 def _batch(k: int = 1, n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,8 +59,8 @@ def test_fit_trains_at_the_resolved_rate(start, expected):
 def test_pretrained_false_without_lr_trains_at_1e3_and_the_results_say_so(tmp_path, monkeypatch):
     """The issue's check, end to end on the generated demo set, with the full profile."""
     from utils.data.demo import make_demo
-    from utils.experiment import run_experiment
-    from utils.notebook import RunContext
+    from utils.study.experiment import run_experiment
+    from utils.runtime import RunContext
 
     root = make_demo(tmp_path / "demo", scale=0.2)
     cfg = make_config({"pretrained": False, "model": "simple_cnn", "image_size": 32,

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from utils.models import (PretrainedWeightsError, ResNet18Scratch, count_parameters,
-                          create_model, list_models, model_info)
+from utils.models.provenance import PretrainedWeightsError
+from utils.models.nets import ResNet18Scratch
+from utils.models.registry import count_parameters, create_model, list_models, model_info
 
 SIZE = 32  # smallest size every entry accepts (5 poolings; 2×2 ViT/Mixer patches)
 _CACHE: dict[str, nn.Module] = {}
@@ -50,7 +51,7 @@ def test_chexnet_is_densenet121_under_its_own_name(tmp_path):
     and results say `chexnet` (the name the run used)."""
     from dataclasses import replace
 
-    from utils.checkpoint import load_model
+    from utils.training.checkpoint import load_model
 
     info = model_info("chexnet")
     assert info.name == "chexnet" and replace(info, name="densenet121") == model_info("densenet121")
@@ -197,7 +198,7 @@ def test_vit_needs_multiple_of_16():
 
 
 def test_pretrained_stem_sums_rgb_kernels():
-    from utils.models import _set_in_chans
+    from utils.models.zoo import _set_in_chans
     conv = nn.Conv2d(3, 8, 3, bias=False)
     rgb = conv.weight.detach().clone()
     _set_in_chans(conv, 1, pretrained=True)
@@ -217,7 +218,7 @@ def test_pretrained_offline_fails_fast_with_one_message(name, monkeypatch, tmp_p
     import torchvision.models._api
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", _offline)
     monkeypatch.setattr(efficientnet_pytorch.utils.model_zoo, "load_url", _offline)
-    monkeypatch.setattr("utils.weights.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("utils.models.weights.hub_reachable", lambda *a, **k: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty
     start = time.monotonic()
     with pytest.raises(PretrainedWeightsError) as err:

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import run_all
+from utils.study import plan as planning
 from conftest import MODEL_STEPS, SMOKE_STEPS
 from utils.config import PROFILES, RunConfig
 
@@ -49,13 +49,13 @@ def test_parameters_cell_names_are_runconfig_fields(path: Path) -> None:
 def test_every_parameter_the_plan_passes_is_in_the_parameters_cell(profile: str) -> None:
     """What run_all passes (the injected names, each step's and profile's parameters,
     `--nproc-per-node`) is a notebook's own parameter: papermill warns of the others."""
-    plan = run_all.default_plan()
-    base = {key: "x" for key in run_all.INJECTED if key != "step"}
-    nproc = run_all.nproc_overrides(plan, 2)
+    plan = planning.default_plan()
+    base = {key: "x" for key in planning.INJECTED if key != "step"}
+    nproc = planning.nproc_overrides(plan, 2)
     missing = {}
     for step in plan:
-        cell = run_all.parameters_cell(ROOT / "notebooks" / step.notebook)
-        params = run_all.resolve_params(step, base, profile, {}, nproc)
+        cell = planning.parameters_cell(ROOT / "notebooks" / step.notebook)
+        params = planning.resolve_params(step, base, profile, {}, nproc)
         if extra := sorted(set(params) - cell):
             missing[f"{step.name} ({step.notebook})"] = extra
     assert not missing, f"profile {profile}: not in the parameters cell: {missing}"

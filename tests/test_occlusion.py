@@ -1,4 +1,4 @@
-"""utils/occlusion.py: the lesion check beside the CAMs (08). Known answers on a model whose
+"""utils/evaluation/occlusion.py: the lesion check beside the CAMs (08). Known answers on a model whose
 output is the mean brightness of one image region, so which occlusion moves p is certain."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.occlusion import mirror_boxes, occlusion_check
+from utils.evaluation.occlusion import mirror_boxes, occlusion_check
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

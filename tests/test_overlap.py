@@ -174,7 +174,7 @@ def test_rsna_training_drops_the_films_of_nih_test_patients(case):
 
 
 def test_prepare_data_exclude_keeps_the_remaining_splits(demo_root):
-    from utils.experiment import prepare_data
+    from utils.study.experiment import prepare_data
 
     cfg = _cfg(demo_root, "nih")
     plain = prepare_data(cfg).manifest

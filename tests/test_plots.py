@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from conftest import shared_path
-from utils import plots
-from utils.plots import SYNTHETIC_STAMP
+from utils.reports import plots
+from utils.reports.plots import SYNTHETIC_STAMP
 
 
 def _stamped(fig: Figure) -> bool:

@@ -1,4 +1,4 @@
-"""utils.predict: one CSV row per file, errors in rows not crashes, exit code = failures.
+"""utils.evaluation.predict: one CSV row per file, errors in rows not crashes, exit code = failures.
 
 The checkpoint is a real `fit` run (simple_cnn, 32 px, a few steps) given threshold 0.4 as
 evaluation would; the folder mixes real full-resolution X-rays (every PIL mode the shared
@@ -24,8 +24,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from conftest import ROOT, shared_path
 from helpers_train import tiny_checkpoint
-from utils.checkpoint import load_checkpoint, update_checkpoint
-from utils.predict import find_images, main, predict_files
+from utils.training.checkpoint import load_checkpoint, update_checkpoint
+from utils.evaluation.predict import find_images, main, predict_files
 
 BAD = {"empty.png", "truncated.jpg", "truncated.png", "text.png", "nopixels.dcm",
        "palette.dcm"}
@@ -126,13 +126,13 @@ def test_folder_one_row_per_file_errors_only_for_bad_ones(checkpoint, folder, tm
 
 
 def test_probabilities_match_the_evaluation_pipeline(checkpoint, folder):
-    """Same numbers as utils.evaluate.predict on a CXRDataset with the model's transform."""
+    """Same numbers as utils.evaluation.metrics.predict on a CXRDataset with the model's transform."""
     from torch.utils.data import DataLoader
 
-    from utils.checkpoint import load_model
+    from utils.training.checkpoint import load_model
     from utils.data.dataset import CXRDataset, collate
-    from utils.evaluate import predict
-    from utils.transforms import build_transform
+    from utils.evaluation.metrics import predict
+    from utils.data.transforms import build_transform
 
     files = [p for p in find_images([folder]) if p.name not in BAD]
     table = predict_files(checkpoint, files, device="cpu", progress=False, batch_size=5)
@@ -147,7 +147,7 @@ def test_probabilities_match_the_evaluation_pipeline(checkpoint, folder):
 
 def test_subprocess_exit_code_is_the_number_of_failures(checkpoint, folder, tmp_path):
     files = [folder / "generated" / n for n in ("empty.png", "text.png", "i16.png")]
-    proc = subprocess.run([sys.executable, "-m", "utils.predict", "--checkpoint",
+    proc = subprocess.run([sys.executable, "-m", "utils.evaluation.predict", "--checkpoint",
                            str(checkpoint), "--images", *map(str, files), "--out",
                            str(tmp_path / "p.csv"), "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -222,11 +222,11 @@ def test_cam_overlays_one_per_readable_image(checkpoint, folder, tmp_path):
     with Image.open(cams / "a__x_cam.png") as im:
         assert im.size == (300, 100) and im.mode == "RGB"  # the image's own size and aspect
         written_x = np.asarray(im)
-    # the same pixels as utils.cam on the model input, laid over the image itself
-    from utils.cam import CamExplainer, overlay
-    from utils.checkpoint import load_model
+    # the same pixels as utils.evaluation.cam on the model input, laid over the image itself
+    from utils.evaluation.cam import CamExplainer, overlay
+    from utils.training.checkpoint import load_model
     from utils.data.images import read_image
-    from utils.transforms import build_transform
+    from utils.data.transforms import build_transform
 
     model, ckpt = load_model(checkpoint, device="cpu")
     tensor = build_transform("none", 32, ckpt["mean"], ckpt["std"], boxes=False)(
@@ -239,7 +239,7 @@ def test_cam_overlays_one_per_readable_image(checkpoint, folder, tmp_path):
 
 def test_multilabel_checkpoint_scores_the_pneumonia_column(tmp_path, folder):
     from utils.data.nih import NIH_FINDINGS
-    from utils.models import create_model
+    from utils.models.registry import create_model
 
     model = create_model("simple_cnn", 14, pretrained=False, image_size=32)
     torch.save({"model_name": "simple_cnn", "model_state": model.state_dict(),

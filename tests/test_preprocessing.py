@@ -32,9 +32,10 @@ def test_the_later_steps_read_what_01_made(tmp_path, monkeypatch):
     from utils.config import make_config
     from utils.data import cache as cache_module
     from utils.data.dataset import make_loaders
+    from utils.models import normalisation
     from utils.data.demo import make_demo
-    from utils.grid import StepGrid
-    from utils.notebook import RunContext
+    from utils.study.grid import StepGrid
+    from utils.runtime import RunContext
 
     demo = make_demo(tmp_path / "demo", seed=0, image_px=32, scale=0.3)
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
@@ -64,6 +65,7 @@ def test_the_later_steps_read_what_01_made(tmp_path, monkeypatch):
         next(iter(exp.loaders["train"]))
         opened |= {Path(dl.dataset.cache.folder).name for dl in exp.loaders.values()}
         for other in grid.external_sources:  # the external test splits too
-            test = make_loaders(run, grid.manifest(other), run.model, splits=("test",))
+            test = make_loaders(run, grid.manifest(other), normalisation(run.model, run.pretrained),
+                                splits=("test",))
             opened.add(Path(test["test"].dataset.cache.folder).name)
     assert opened == set(built) and sorted(p.name for p in (tmp_path / "cache").iterdir()) == built

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from utils.config import make_config
-from utils.results import (RESULT_COLUMNS, build_results, load_predictions, load_results,
-                           write_predictions, write_results)
+from utils.evaluation.results import (RESULT_COLUMNS, build_results, load_predictions,
+                                      load_results, write_predictions, write_results)
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auroc", "auprc")
@@ -135,5 +135,5 @@ def test_predictions_csv_round_trip(tmp_path):
 
 
 def test_results_module_imports_no_torch():
-    code = "import sys, utils.results; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, utils.evaluation.results; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

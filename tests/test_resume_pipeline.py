@@ -4,7 +4,7 @@ The demo `run_all.py` killed during `02_chexnet_nih`'s 2nd epoch resumed but end
 other weights than an uninterrupted run: albumentations keeps a numpy Generator and a
 `random.Random` *per transform* (seeded once by `make_loaders`), which no checkpoint held,
 so the resumed epochs drew other flips and rotations. Here each kind of step trains on the
-generated demo data through `utils.experiment` (manifest -> make_loaders with augmentation
+generated demo data through `utils.study.experiment` (manifest -> make_loaders with augmentation
 and the step's sampler -> build_model -> train), is interrupted mid-epoch 2 (the loss raises,
 as a kill would stop it, after `last.pt` of epoch 1 was written), is resumed in fresh
 objects, and must end with exactly the weights of an uninterrupted run (CPU, num_workers=0).
@@ -16,11 +16,12 @@ import os
 import pytest
 import torch
 
-from utils.checkpoint import load_checkpoint
+from utils.training.checkpoint import load_checkpoint
 from utils.config import make_config
 from utils.data.demo import make_demo
-from utils.losses import build_loss as real_build_loss
-from utils.notebook import REPO_ROOT, RunContext
+from utils.training.losses import build_loss as real_build_loss
+from utils.study.notebook import REPO_ROOT
+from utils.runtime import RunContext
 from utils.runtime import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,8 +65,8 @@ def _cfg(root, tmp, **kind):
 
 def _train(cfg, root, monkeypatch, stop_at_call: int | None = None):
     """One notebook's training cells; `stop_at_call`: the loss raises on that call."""
-    import utils.losses
-    from utils.experiment import build_model, prepare_data, train
+    import utils.training.losses
+    from utils.study.experiment import build_model, prepare_data, train
 
     def build_loss(cfg, labels):
         loss, calls = real_build_loss(cfg, labels), [0]
@@ -78,7 +79,7 @@ def _train(cfg, root, monkeypatch, stop_at_call: int | None = None):
             return loss(logits, target)
         return _FnLoss(forward)
 
-    monkeypatch.setattr(utils.losses, "build_loss", build_loss)
+    monkeypatch.setattr(utils.training.losses, "build_loss", build_loss)
     seed_everything(cfg.seed)  # as the notebook's setup cell does
     exp = prepare_data(cfg)
     exp.model = build_model(cfg, len(exp.class_names))

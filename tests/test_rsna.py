@@ -64,8 +64,8 @@ def test_results_record_the_grouping(demo_root, tmp_path, one_torch_thread):
     import torch
 
     from utils.config import make_config
-    from utils.experiment import run_experiment
-    from utils.notebook import RunContext
+    from utils.study.experiment import run_experiment
+    from utils.runtime import RunContext
 
     cfg = make_config({"dataset": "rsna", "data_root": str(demo_root), "model": "simple_cnn",
                        "step": "grouping_check", "reports_dir": str(tmp_path / "reports"),

@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 
 import run_all
-from run_all import Step, main
+from utils.study import execute
+from utils.study import plan as planning
+from run_all import main
+from utils.study.plan import Step
 from utils.config import PROFILES
-from utils.report_index import StepRow, read_results_summary, render_index
-from utils.run_state import code_digest, data_facts, fingerprint, load_state
+from utils.reports.index import StepRow, read_results_summary, render_index
+from utils.study.run_state import code_digest, data_facts, fingerprint, load_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEMO_ROOT = FIXTURES / "no-data"   # never read by the fixtures; data_root is fingerprinted
@@ -46,8 +49,8 @@ def freeze(mp: pytest.MonkeyPatch, tmp: Path) -> None:
     code = tmp / "code"
     code.mkdir(exist_ok=True)
     (code / "lib.py").write_text("x = 1\n")
-    mp.setattr(run_all, "CODE_DIR", code)
-    mp.setattr(run_all, "resolve_data", lambda value: (DEMO_ROOT, True))
+    mp.setattr(execute, "CODE_DIR", code)
+    mp.setattr(execute, "resolve_data", lambda value: (DEMO_ROOT, True))
 
 
 def state(tmp: Path) -> dict:
@@ -56,40 +59,40 @@ def state(tmp: Path) -> dict:
 
 # --- the plan and the command line (no kernels) -------------------------------------------
 def test_default_plan_names_params_and_dependencies():
-    plan = {s.name: s for s in run_all.default_plan()}
+    plan = {s.name: s for s in planning.default_plan()}
     assert list(plan) == ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison",
                           "08_gradcam_gallery", "09_transfer"]
     assert plan["09_transfer"].after == ("02_chexnet",)  # it starts from 02's NIH weights
-    assert {plan[f"03_resnet_ablation_{v}"].params["variant"] for v in run_all.ABLATION_VARIANTS} \
-        == set(run_all.ABLATION_VARIANTS)
+    assert {plan[f"03_resnet_ablation_{v}"].params["variant"] for v in planning.ABLATION_VARIANTS} \
+        == set(planning.ABLATION_VARIANTS)
     base = {"profile": "x", "data_root": "/d", "reports_dir": "/r", "checkpoint_dir": "/c"}
-    model = {p: run_all.resolve_params(plan["05_vit"], base, p, {}, {}).get("model")
+    model = {p: planning.resolve_params(plan["05_vit"], base, p, {}, {}).get("model")
              for p in PROFILES}
     assert model == {"demo": "vit_mini", "smoke": "vit_mini", "full": None}
-    assert run_all.resolve_params(plan["06_mlp_mixer"], base, "demo", {}, {})["model"] \
+    assert planning.resolve_params(plan["06_mlp_mixer"], base, "demo", {}, {})["model"] \
         == "mixer_tiny"
-    assert {p: run_all.resolve_params(plan["04_efficientnet_b4"], base, p, {}, {})["model"]
+    assert {p: planning.resolve_params(plan["04_efficientnet_b4"], base, p, {}, {})["model"]
             for p in PROFILES} == {"demo": "efficientnet_b0", "smoke": "efficientnet_b0",
                                    "full": "efficientnet_b4"}
     common = {s.name for s in plan.values() if s.params.get("datasets") == "all"}
     assert common == {"02_chexnet", "03_resnet_ablation_cnn", "03_resnet_ablation_resnet18_scratch",
                       "03_resnet_ablation_final", "04_efficientnet_b4", "05_vit", "06_mlp_mixer"}
     assert plan["07_comparison"].after == plan["08_gradcam_gallery"].after == tuple(MODEL_STEPS)
-    assert run_all.resolve_params(plan["09_transfer"], base, "demo", {}, {})["epochs"] == 2
+    assert planning.resolve_params(plan["09_transfer"], base, "demo", {}, {})["epochs"] == 2
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_every_default_step_validates(profile):
     base = {"profile": profile, "data_root": "/d", "reports_dir": "/r", "checkpoint_dir": "/c"}
-    for step in run_all.default_plan():
-        run_all.validate(step, run_all.resolve_params(step, base, profile, {}, {}))
+    for step in planning.default_plan():
+        planning.validate(step, planning.resolve_params(step, base, profile, {}, {}))
 
 
 @pytest.mark.parametrize("text, value", [("true", True), ("False", False), ("3", 3),
                                          ("-2", -2), ("0.5", 0.5), ("1e-3", 1e-3),
                                          ("resnet18", "resnet18"), ("", "")])
 def test_parse_value(text, value):
-    assert run_all.parse_value(text) == value and type(run_all.parse_value(text)) is type(value)
+    assert planning.parse_value(text) == value and type(planning.parse_value(text)) is type(value)
 
 
 def test_precedence_and_step_overrides():
@@ -97,20 +100,20 @@ def test_precedence_and_step_overrides():
                 profile_params={"smoke": {"model": "b"}})
     plan = [step, Step("t", "ok.ipynb")]
     base = {"profile": "smoke", "data_root": "/d", "reports_dir": "/r", "checkpoint_dir": "/c"}
-    assert run_all.resolve_params(step, base, "demo", {}, {})["model"] == "a"
-    assert run_all.resolve_params(step, base, "smoke", {}, {})["model"] == "b"
-    global_, per_step = run_all.parse_overrides(["model=c", "s.model=d", "epochs=2",
+    assert planning.resolve_params(step, base, "demo", {}, {})["model"] == "a"
+    assert planning.resolve_params(step, base, "smoke", {}, {})["model"] == "b"
+    global_, per_step = planning.parse_overrides(["model=c", "s.model=d", "epochs=2",
                                                  "[st].tta=true"], plan)
     assert global_ == {"model": "c", "epochs": 2}
     assert per_step == {"s": {"model": "d", "tta": True}, "t": {"tta": True}}
-    merged = run_all.resolve_params(step, base, "smoke", global_, per_step)
+    merged = planning.resolve_params(step, base, "smoke", global_, per_step)
     assert (merged["model"], merged["epochs"], merged["lr"], merged["step"]) == ("d", 2, 0.1, "s")
-    assert run_all.resolve_params(plan[1], base, "smoke", global_, per_step)["model"] == "c"
+    assert planning.resolve_params(plan[1], base, "smoke", global_, per_step)["model"] == "c"
 
 
 def test_only_and_from_select_in_plan_order():
-    plan = run_all.default_plan()
-    names = lambda only=None, start=None: [s.name for s in run_all.select_steps(plan, only, start)]
+    plan = planning.default_plan()
+    names = lambda only=None, start=None: [s.name for s in planning.select_steps(plan, only, start)]
     assert names(["03_*"]) == MODEL_STEPS[1:8]
     assert names(["08_gradcam_gallery", "00_eda", "0[56]_*"]) == [
         "00_eda", "05_vit", "06_mlp_mixer", "08_gradcam_gallery"]
@@ -133,7 +136,7 @@ def test_only_and_from_select_in_plan_order():
 ])
 def test_usage_errors_exit_2_before_any_work(tmp_path, monkeypatch, capsys, extra, message):
     freeze(monkeypatch, tmp_path)
-    monkeypatch.setattr(run_all, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
+    monkeypatch.setattr(execute, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
     assert main(cli(tmp_path, *extra), plan=fixture_plan()) == 2
     err = capsys.readouterr().err
     assert message in err
@@ -144,7 +147,7 @@ def test_usage_errors_exit_2_before_any_work(tmp_path, monkeypatch, capsys, extr
 
 def test_unknown_key_is_rejected_before_data_is_resolved(tmp_path, monkeypatch):
     freeze(monkeypatch, tmp_path)
-    monkeypatch.setattr(run_all, "resolve_data", lambda v: pytest.fail("data resolved"))
+    monkeypatch.setattr(execute, "resolve_data", lambda v: pytest.fail("data resolved"))
     assert main(cli(tmp_path, "-p", "nosuch=1"), plan=fixture_plan()) == 2
 
 
@@ -160,7 +163,7 @@ def test_profile_defaults_to_data_kind(tmp_path, monkeypatch, capsys):
     argv.remove("--profile"), argv.remove("smoke")
     assert main(argv, plan=fixture_plan()) == 0
     assert "profile=demo" in capsys.readouterr().out
-    monkeypatch.setattr(run_all, "resolve_data", lambda v: (tmp_path / "real", False))
+    monkeypatch.setattr(execute, "resolve_data", lambda v: (tmp_path / "real", False))
     assert main(argv, plan=fixture_plan()) == 0
     assert "profile=full" in capsys.readouterr().out
 
@@ -242,9 +245,10 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
 import run_all
-from run_all import Step
-run_all.CODE_DIR = Path({code!r})
-run_all.resolve_data = lambda value: (Path({demo!r}), True)
+from utils.study import execute
+from utils.study.plan import Step
+execute.CODE_DIR = Path({code!r})
+execute.resolve_data = lambda value: (Path({demo!r}), True)
 sys.exit(run_all.main(sys.argv[1:], plan={plan}))
 """
 FIXTURE_PLAN = ('[Step("a_ok", "ok.ipynb"), Step("b_fail", "fail.ipynb"), '
@@ -316,11 +320,11 @@ def test_parameter_notes_say_once_which_steps_lack_a_key():
     plan = fixture_plan()
     params = {s.name: {"epochs": 1, "lr": 0.1, "seed": 3} for s in plan}
     params["a_ok"].pop("seed")
-    assert run_all.parameter_notes(plan, params, FIXTURES) == [
+    assert planning.parameter_notes(plan, params, FIXTURES) == [
         "-p lr: not in the parameters cell of a_ok, b_fail, c_after; passed to their setup() "
         "anyway", "-p seed: not in the parameters cell of b_fail, c_after; passed to their "
         "setup() anyway"]
-    assert run_all.parameters_cell(FIXTURES / "ok.ipynb") == set(run_all.INJECTED) | {"epochs"}
+    assert planning.parameters_cell(FIXTURES / "ok.ipynb") == set(planning.INJECTED) | {"epochs"}
 
 
 def test_run_writes_reports_index_and_keeps_going_after_a_failure(first_run):
@@ -358,7 +362,7 @@ def test_kernel_gets_parameters_environment_and_cwd(first_run):
 def test_kernel_env_is_restored(monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "TkAgg")
     monkeypatch.delenv("CXR_QUIET", raising=False)
-    with run_all.kernel_env():
+    with execute.kernel_env():
         assert (os.environ["MPLBACKEND"], os.environ["CXR_QUIET"]) == ("Agg", "1")
         assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(run_all.ROOT)
     assert os.environ["MPLBACKEND"] == "TkAgg" and "CXR_QUIET" not in os.environ
@@ -427,14 +431,14 @@ def test_killed_run_resumes_after_the_last_completed_step(tmp_path, monkeypatch)
 
 # --- steps side by side (--jobs) -----------------------------------------------------------
 def test_default_plan_orders_side_by_side_steps_as_the_study_reads_them():
-    plan = {s.name: s for s in run_all.default_plan()}
-    variants = [f"03_resnet_ablation_{v}" for v in run_all.ABLATION_VARIANTS]
+    plan = {s.name: s for s in planning.default_plan()}
+    variants = [f"03_resnet_ablation_{v}" for v in planning.ABLATION_VARIANTS]
     for earlier, later in zip(variants, variants[1:]):  # "the ablation so far" reads them
         assert earlier in plan[later].needs
     assert all("01_preprocessing" in plan[s].needs for s in MODEL_STEPS)
-    assert run_all.auto_jobs("full", None) == 1 and run_all.auto_jobs("demo", 2) == 1
-    assert run_all.auto_jobs("demo", None) == min(2, run_all.usable_cpus())
-    assert run_all.auto_jobs("demo", None, steps=1) == 1
+    assert execute.auto_jobs("full", None) == 1 and execute.auto_jobs("demo", 2) == 1
+    assert execute.auto_jobs("demo", None) == min(2, execute.usable_cpus())
+    assert execute.auto_jobs("demo", None, steps=1) == 1
 
 
 def test_jobs_run_steps_side_by_side_in_dependency_order(tmp_path, monkeypatch):
@@ -469,5 +473,5 @@ def test_jobs_run_steps_side_by_side_in_dependency_order(tmp_path, monkeypatch):
     assert all(st[s]["status"] == "ok" for s in ("h", "o", "o2"))
     assert st["o2"]["started"] >= st["o"]["finished"]
     result = json.loads((tmp_path / "reports" / "results" / "o.json").read_text())
-    assert result["threads"] == str(max(1, run_all.usable_cpus() // 2))
+    assert result["threads"] == str(max(1, execute.usable_cpus() // 2))
     assert main(cli(tmp_path, "--jobs", "0"), plan=plan) == 2

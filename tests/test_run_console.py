@@ -1,5 +1,5 @@
-"""run_all's console (utils/run_console.py) and the progress records it reads, which `fit`
-writes through utils.history's Board when run_all asks for them (CXR_PROGRESS_DIR).
+"""run_all's console (utils/study/console.py) and the progress records it reads, which `fit`
+writes through utils.training.history's Board when run_all asks for them (CXR_PROGRESS_DIR).
 
 No kernels here: run_all's own console is checked on the fixture notebooks in
 test_run_all.py and on the real ones in test_notebooks.py (the session's smoke run)."""
@@ -14,9 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from utils.history import PROGRESS_ENV, log_board, open_board
-from utils.run_console import (Progress, console_logging, estimate_left, fmt_duration,
-                               live_line, log_file, read_progress, step_of_run, training_text)
+from utils.training.history import PROGRESS_ENV, log_board, open_board
+from utils.study.console import (Progress, console_logging, estimate_left, fmt_duration,
+                                 live_line, log_file, read_progress, step_of_run,
+                                 training_text)
 
 
 def record(folder: Path, run: str, epoch: int, epochs: int = 10, auroc: float | None = 0.8,

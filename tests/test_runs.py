@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from utils.config import ConfigError, make_config
-from utils.runs import datasets_for, parse_run_name, run_configs, run_name
+from utils.study.runs import datasets_for, run_configs
+from utils.evaluation.results import parse_run_name, run_name
 
 
 @pytest.mark.parametrize("dataset,k,name", [("rsna", 0, "05_vit"), ("kermany", 0, "05_vit.kermany"),

@@ -9,7 +9,7 @@ import torch
 from conftest import shared_path
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from utils.samplers import CappedSampler, make_sampler, sample_groups
+from utils.data.samplers import CappedSampler, make_sampler, sample_groups
 
 BINARY = np.array([1] * 100 + [0] * 900)          # 1:9, like a rare positive class
 

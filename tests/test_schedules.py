@@ -1,4 +1,4 @@
-"""Warm-up and EMA of the weights (utils.schedules), as `fit` uses them."""
+"""Warm-up and EMA of the weights (utils.training.schedules), as `fit` uses them."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 
 from helpers_train import tiny_config, train_tiny
 from utils.config import ConfigError, make_config
-from utils.schedules import WarmupSchedule
+from utils.training.schedules import WarmupSchedule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,7 +42,7 @@ def test_ema_weights_are_what_fit_validates_and_returns():
 
 def test_resume_with_ema_and_warmup_ends_where_an_uninterrupted_run_does(tmp_path, monkeypatch):
     """last.pt after epoch 1 is kept aside; resuming from it must give the same weights."""
-    import utils.train as train
+    import utils.training.loop as train
 
     cfg = tiny_config(epochs=2, ema_decay=0.9, warmup_epochs=0.5, lr=1e-2)
     saved = train.atomic_torch_save

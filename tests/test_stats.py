@@ -1,4 +1,4 @@
-"""utils.stats: DeLong reproduces pROC's published roc.test numbers, identical models give
+"""utils.evaluation.stats: DeLong reproduces pROC's published roc.test numbers, identical models give
 p = 1, the patient-clustered variance agrees with a patient bootstrap, Holm's adjustment
 has its properties, and the bootstraps behave (p never 0, CIs widen with seed spread)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from utils import stats
+from utils.evaluation import stats
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -1,5 +1,5 @@
-"""The step report a reader opens (utils/step_report.py), the sentences at its top
-(utils/narrative.py) and the caption API (utils/captions.py, plots' `caption=`).
+"""The step report a reader opens (utils/reports/step_report.py), the sentences at its top
+(utils/reports/narrative.py) and the caption API (utils/reports/captions.py, plots' `caption=`).
 
 Notebooks here are built in memory with fake outputs: no kernel runs (the real reports are
 checked in a browser by test_browser.py)."""
@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import plots
-from utils.bundle import check_links
-from utils.captions import (CAPTION_TAG, caption_text, captioned, figure_alt_text,
-                            manifest_caption, register_alt_text)
+from utils.reports import plots
+from utils.reports.bundle import check_links
+from utils.reports.captions import (CAPTION_TAG, caption_text, captioned, figure_alt_text,
+                                    manifest_caption, register_alt_text)
 from utils.hosted import badge_markdown
-from utils.narrative import (comparison_summary, eda_summary, fmt_ci, owner_step, run_sentences,
-                             step_summary)
-from utils.step_report import parameter_rows, render_notebook_html
+from utils.reports.narrative import (comparison_summary, eda_summary, fmt_ci, owner_step,
+                                     run_sentences, step_summary)
+from utils.reports.step_report import parameter_rows, render_notebook_html
 
 PNG = base64.b64encode(bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -99,7 +99,7 @@ def test_summary_contents_and_no_network_assets(report) -> None:
 
 
 def test_images_carry_their_alt_text_and_nbconvert_warns_of_none(tmp_path, caplog) -> None:
-    """The figure's alt metadata (utils.captions in the kernel) becomes `<img alt>`, escaped;
+    """The figure's alt metadata (utils.reports.captions in the kernel) becomes `<img alt>`, escaped;
     nbconvert has no image without one to warn about."""
     nbformat.write(executed_notebook(), tmp_path / "05_vit.ipynb")
     with caplog.at_level("WARNING"):
@@ -168,7 +168,7 @@ def test_comparison_and_eda_and_plain_steps_in_words(tmp_path: Path) -> None:
 
 # --- captions ---------------------------------------------------------------------------
 def test_gallery_and_transfer_reports_open_with_their_results(tmp_path: Path) -> None:
-    from utils.gallery import localisation_table, save_localisation
+    from utils.evaluation.gallery import localisation_table, save_localisation
 
     rows = [{"step": "03_v3", "model": "resnet18", "dataset": "kermany", "n": 64,
              "layer": "layer3", "method": "gradcam-ref", "hit_rate": 0.62, "hit_lo": 0.5,
@@ -223,7 +223,7 @@ def test_caption_text_and_tables() -> None:
     assert "<caption>RSNA · test split</caption>" in html and "0.912" in html
 
 
-FIGURES = {  # every figure function of utils.plots, with a small valid input
+FIGURES = {  # every figure function of utils.reports.plots, with a small valid input
     "plot_history": lambda c: plots.plot_history([{"epoch": 1, "train_loss": 1.0}], caption=c),
     "plot_learning_curves": lambda c: plots.plot_learning_curves(
         {"a": [{"epoch": 1, "val_auroc": .7, "val_loss": .6}]}, caption=c),
@@ -255,8 +255,10 @@ FIGURES = {  # every figure function of utils.plots, with a small valid input
 
 
 def test_every_figure_function_takes_a_caption() -> None:
+    # roc_figure reads a comparison report's predictions files and hands caption= to
+    # plot_roc_pr (07's notebook test renders it)
     public = {n for n in plots.__all__ if inspect.isfunction(getattr(plots, n))
-              and n not in ("save_figure",)}
+              and n not in ("save_figure", "roc_figure")}
     assert public == set(FIGURES)
     for name, build in FIGURES.items():
         fig = build("NIH ChestX-ray14 · test split · n = 2 images")

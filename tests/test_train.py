@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from conftest import shared_path
 from utils.config import make_config
-from utils.train import (CheckpointError, History, fit, load_checkpoint, load_model,
-                         update_checkpoint)
+from utils.training.checkpoint import (CheckpointError, load_checkpoint, load_model,
+                                       update_checkpoint)
+from utils.training.loop import History, fit
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -162,7 +163,7 @@ def test_checkpoint_from_before_the_fingerprints_resumes_with_a_warning(tmp_path
 
 
 def test_init_fingerprint_of_a_checkpoint_and_of_a_plain_state_dict(tmp_path):
-    from utils.experiment import _init_fingerprint
+    from utils.study.experiment import _init_fingerprint
 
     assert _init_fingerprint("") == ""
     run(cfg_for(epochs=1), tmp_path / "a", meta={"data_fingerprint": "abcd"})
@@ -312,7 +313,7 @@ def test_load_model_and_update_checkpoint(tmp_path, monkeypatch):
         calls.update(name=name, num_classes=num_classes, pretrained=pretrained, **kw)
         return TinyNet(num_classes)
 
-    monkeypatch.setitem(sys.modules, "utils.models",
+    monkeypatch.setitem(sys.modules, "utils.models.registry",
                         types.SimpleNamespace(create_model=create_model))
     model, ckpt = load_model(tmp_path / "best.pt", device="cpu")
     assert calls["pretrained"] is False and calls["image_size"] == ckpt["input_size"]
@@ -329,7 +330,7 @@ def test_load_model_and_update_checkpoint(tmp_path, monkeypatch):
 def test_learns_pneumoniamnist_in_one_epoch():
     """Real data: the registry's `simple_cnn` (the study's CNN) reaches val AUROC >= 0.90 on
     PneumoniaMNIST after one epoch on the CPU (28 px upsampled to 32: five pooling stages)."""
-    from utils.models import create_model
+    from utils.models.registry import create_model
 
     data = np.load(shared_path("pneumoniamnist", "pneumoniamnist.npz"))
 
@@ -356,7 +357,7 @@ def test_learns_pneumoniamnist_in_one_epoch():
 
 
 def test_recalibrate_batchnorm_sets_running_stats_to_the_data():
-    from utils.train import recalibrate_batchnorm
+    from utils.training.loop import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(1))
@@ -398,7 +399,7 @@ def test_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch):
 def test_a_tie_on_the_monitor_goes_to_the_lower_validation_loss():
     """A saturated val AUROC (1.0 from epoch 2) must not pin best.pt to epoch 2 while the
     loss keeps falling, nor stop training early for lack of progress."""
-    from utils.history import History, record
+    from utils.training.history import History, record
 
     cfg = cfg_for(epochs=10, early_stopping=2, monitor="val_auroc")
     hist = History(monitor="val_auroc")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from utils.config import ConfigError, make_config
-from utils import transfer_study
+from utils.study import transfer_study
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -16,17 +16,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture
 def offline(monkeypatch):
     """No download ever: pretrained weights are 'offline' whatever the machine can reach."""
-    from utils import models
+    from utils.models import provenance, registry
 
-    real = models._build
+    real = registry._build
 
     def build(name, num_classes, pretrained, *args):
         if pretrained:
-            raise models.PretrainedWeightsError(f"could not download pretrained weights for "
+            raise provenance.PretrainedWeightsError(f"could not download pretrained weights for "
                                                 f"{name} (offline?) [test]")
         return real(name, num_classes, pretrained, *args)
 
-    monkeypatch.setattr(models, "_build", build)
+    monkeypatch.setattr(registry, "_build", build)
 
 
 def _cfg(tmp_path, root=None, **params):
@@ -40,7 +40,7 @@ def _cfg(tmp_path, root=None, **params):
 
 def _nih_checkpoint(tmp_path):
     """What 02's part A leaves: a 14-finding model's best.pt."""
-    from utils.models import create_model
+    from utils.models.registry import create_model
 
     path = tmp_path / "ckpt" / "02_chexnet_nih" / "best.pt"
     path.parent.mkdir(parents=True)
@@ -103,8 +103,8 @@ def test_full_profile_compares_the_last_stage_too(tmp_path):
 def test_arms_train_on_one_split_and_are_compared_paired(tmp_path, offline):
     from utils.data.dataset import load_manifest
     from utils.data.demo import make_demo
-    from utils.notebook import RunContext
-    from utils.results import load_results
+    from utils.runtime import RunContext
+    from utils.evaluation.results import load_results
 
     root = make_demo(tmp_path / "demo", scale=0.2)
     _nih_checkpoint(tmp_path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import shared_path
 
-from utils.transforms import AUGMENTATIONS, build_transform
+from utils.data.transforms import AUGMENTATIONS, build_transform
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.training.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError, RunConfig, make_config
-from utils.models import PretrainedWeightsError, create_model
-from utils.weights import canonical_pretrained, describe_weights
+from utils.models.provenance import PretrainedWeightsError
+from utils.models.registry import create_model
+from utils.models.weights import canonical_pretrained, describe_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -131,16 +132,16 @@ def test_results_record_where_the_weights_came_from(offline, monkeypatch, tmp_pa
     """evaluate_and_record writes the checkpoint's record into the results JSON."""
     from types import SimpleNamespace
 
-    import utils.experiment as experiment
+    import utils.study.experiment as experiment
 
     path, _ = _place("torchvision", offline)
     model = create_model("resnet18", pretrained=True)
     ckpt = {"pretrained_weights": model.pretrained_weights}
-    monkeypatch.setattr("utils.train.load_model", lambda *a, **k: (model, ckpt))
-    monkeypatch.setattr("utils.train.update_checkpoint", lambda *a, **k: None)
-    monkeypatch.setattr("utils.evaluate.evaluate_run", lambda *a, **k: {
+    monkeypatch.setattr("utils.training.checkpoint.load_model", lambda *a, **k: (model, ckpt))
+    monkeypatch.setattr("utils.training.checkpoint.update_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr("utils.evaluation.metrics.evaluate_run", lambda *a, **k: {
         "threshold": {"value": 0.5}, "test": {}, "predictions": None})
-    monkeypatch.setattr("utils.results.write_predictions", lambda *a, **k: None)
+    monkeypatch.setattr("utils.evaluation.results.write_predictions", lambda *a, **k: None)
     monkeypatch.setattr("utils.data.dataset.test_fingerprint", lambda m: "fp")
     import pandas as pd
 
@@ -157,8 +158,8 @@ def test_results_record_where_the_weights_came_from(offline, monkeypatch, tmp_pa
 
 
 def test_a_fallback_run_does_not_resume_as_a_pretrained_one():
-    from utils.experiment import _weights_fingerprint
-    from utils.train import RESUME_META_KEYS
+    from utils.study.experiment import _weights_fingerprint
+    from utils.training.loop import RESUME_META_KEYS
 
     assert "weights_fingerprint" in RESUME_META_KEYS
     fallback = {"source": "imagenet", "loaded": False, "sha256": None}
@@ -180,7 +181,7 @@ def test_pretrained_has_one_spelling_per_source(given, canonical):
 
 
 def test_resume_keys_and_fingerprints_treat_true_and_imagenet_alike(tmp_path):
-    from utils.run_state import fingerprint
+    from utils.study.run_state import fingerprint
 
     assert RunConfig(pretrained="imagenet").to_dict() == RunConfig(pretrained=True).to_dict()
     nb = tmp_path / "nb.ipynb"
@@ -217,7 +218,7 @@ def _load_init(path: Path) -> None:
 
 
 def _load_xrv_file(path: Path) -> None:
-    from utils.xrv import read_state
+    from utils.models.xrv import read_state
     read_state(path)
 
 
@@ -236,7 +237,7 @@ def test_a_file_that_would_run_code_is_refused(load, tmp_path):
 
 def test_results_table_says_which_weights_each_run_started_from(tmp_path):
     from utils.fileio import atomic_write_json
-    from utils.results import load_results
+    from utils.evaluation.results import load_results
 
     records = {"a": {"requested": True, "loaded": True, "source": "imagenet"},
                "b": {"requested": True, "loaded": False, "source": "imagenet"},

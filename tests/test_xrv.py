@@ -19,9 +19,10 @@ import torch.nn.backends.thnn
 import torchvision
 from torch import nn
 
-from utils.models import PretrainedWeightsError, create_model, model_info
-from utils.weights import describe_weights
-from utils.xrv import PATHOLOGIES, XRV_WEIGHTS, read_state
+from utils.models.provenance import PretrainedWeightsError
+from utils.models.registry import create_model, model_info
+from utils.models.weights import describe_weights
+from utils.models.xrv import PATHOLOGIES, XRV_WEIGHTS, read_state
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),  # legacy saves note the sources
               pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")]
@@ -164,7 +165,7 @@ def test_wrong_architecture_is_refused(hub, monkeypatch):
 
 def test_a_pickled_module_of_another_library_is_not_run(hub, tmp_path):
     """Only module classes are replaced by inert stand-ins; an unknown callable is refused."""
-    from utils.checkpoint import CheckpointError
+    from utils.training.checkpoint import CheckpointError
 
     path = tmp_path / "odd.pt"
     torch.save({"w": torch.zeros(1), "f": OrderedDict, "g": np.random.default_rng}, path)
@@ -173,7 +174,7 @@ def test_a_pickled_module_of_another_library_is_not_run(hub, tmp_path):
 
 
 def test_a_pickled_module_carrying_code_is_refused(hub, monkeypatch, tmp_path):
-    from utils.checkpoint import CheckpointError
+    from utils.training.checkpoint import CheckpointError
 
     marker = tmp_path / "code_ran"
 
@@ -192,18 +193,19 @@ def test_a_pickled_module_carrying_code_is_refused(hub, monkeypatch, tmp_path):
 def test_loaders_scale_pixels_to_xrv_range(tmp_path, monkeypatch):
     from utils.config import make_config
     from utils.data.dataset import load_manifest, make_loaders
+    from utils.models import normalisation
     from utils.data.demo import make_demo
 
     root = make_demo(tmp_path / "demo", seed=0, image_px=64, scale=0.1)
     cfg = make_config({"dataset": "kermany", "data_root": str(root), "model": "densenet121",
                        "pretrained": "xrv:all", "augmentation": "none", "batch_size": 4},
                       profile="smoke")
-    images = next(iter(make_loaders(cfg, load_manifest(cfg), cfg.model)["val"]))[0]
+    images = next(iter(make_loaders(cfg, load_manifest(cfg), normalisation(cfg.model, cfg.pretrained))["val"]))[0]
     assert images.min() >= -1024 and images.max() <= 1024 and images.max() - images.min() > 500
 
 
 def test_load_model_keeps_the_xrv_scaling(hub, monkeypatch, tmp_path):
-    from utils.checkpoint import load_model
+    from utils.training.checkpoint import load_model
 
     _save_densenet(monkeypatch, hub / ALL.file)
     model = create_model("densenet121", 1, pretrained="xrv:all", image_size=64)
@@ -217,7 +219,7 @@ def test_load_model_keeps_the_xrv_scaling(hub, monkeypatch, tmp_path):
 
 def test_absent_file_fails_before_the_data_work(hub, monkeypatch):
     from utils.config import make_config
-    from utils.experiment import prepare_data
+    from utils.study.experiment import prepare_data
 
     def no_data(cfg):
         raise AssertionError("the manifest was built before the weights file was checked")

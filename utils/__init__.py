@@ -1,13 +1,19 @@
 """cxr-pneumonia's shared package: every line of logic the notebooks need lives here.
 
-Modules (see docs/ARCHITECTURE.md): config, data (sources, splits, dataset, cache, demo),
-transforms, losses, samplers, models (+ nets, weights, xrv), train (+ checkpoint, history,
-rngstate, distributed, launch, train_cli), evaluate,
-cam, plots, results, summaries, stats, comparison (+ comparison_view), eda, gallery,
-experiment, notebook, predict.
+Grouped by concern (docs/ARCHITECTURE.md), each group a subpackage whose imports run one
+way, down the list:
+
+    study/       the study that ties them: setup, experiment, grid, plan, run_all's execution
+    reports/     figures, captions, words, the step reports, the index, the bundle
+    evaluation/  predictions, metrics, statistics, the comparison, CAMs, the gallery
+    training/    fit, losses, schedules, checkpoints, RNG state, DDP
+    config.py    every knob of a run, checked against the source and model registries
+    models/      the registry, hand-written nets, pretrained weights
+    data/        sources, manifests, splits, the dataset, the cache, transforms, samplers
+    runtime.py, fileio.py, torchio.py, hosted.py   the basics everything may import
 
 The public names below are imported lazily (PEP 562), so `import utils` stays light and
-`from utils import plots` does not drag in the training stack.
+`from utils import RunConfig` does not drag in the training stack.
 """
 from __future__ import annotations
 
@@ -17,21 +23,24 @@ from typing import Any
 from .config import PROFILES, ConfigError, RunConfig, make_config
 
 _LAZY = {
-    "setup": "notebook", "RunContext": "notebook",
-    "create_model": "models", "list_models": "models", "model_info": "models",
-    "count_parameters": "models", "PretrainedWeightsError": "models",
-    "describe_weights": "weights",
-    "build_transform": "transforms", "build_loss": "losses", "FocalLoss": "losses",
-    "make_sampler": "samplers",
-    "fit": "train", "History": "train",
-    "load_model": "checkpoint", "load_checkpoint": "checkpoint",
-    "update_checkpoint": "checkpoint", "checkpoint_bytes": "checkpoint",
-    "train_distributed": "launch", "DistributedTrainingError": "launch",
-    "evaluate_run": "evaluate", "binary_metrics": "evaluate",
-    "choose_threshold": "evaluate", "bootstrap_ci": "evaluate", "calibration": "evaluate",
-    "CamExplainer": "cam", "compute_cams": "cam", "localisation_scores": "cam",
-    "build_results": "results", "write_results": "results", "load_results": "results",
-    "run_experiment": "experiment",
+    "setup": "study.notebook", "RunContext": "runtime",
+    "create_model": "models.registry", "list_models": "models.registry",
+    "model_info": "models.registry", "count_parameters": "models.registry",
+    "PretrainedWeightsError": "models.provenance", "describe_weights": "models.provenance",
+    "build_transform": "data.transforms", "make_sampler": "data.samplers",
+    "build_loss": "training.losses", "FocalLoss": "training.losses",
+    "fit": "training.loop", "History": "training.loop",
+    "load_model": "training.checkpoint", "load_checkpoint": "training.checkpoint",
+    "update_checkpoint": "training.checkpoint", "checkpoint_bytes": "training.checkpoint",
+    "train_distributed": "training.launch", "DistributedTrainingError": "training.launch",
+    "evaluate_run": "evaluation.metrics", "binary_metrics": "evaluation.metrics",
+    "choose_threshold": "evaluation.metrics", "bootstrap_ci": "evaluation.metrics",
+    "calibration": "evaluation.metrics",
+    "CamExplainer": "evaluation.cam", "compute_cams": "evaluation.cam",
+    "localisation_scores": "evaluation.localisation",
+    "build_results": "evaluation.results", "write_results": "evaluation.results",
+    "load_results": "evaluation.results",
+    "run_experiment": "study.experiment",
 }
 
 __all__ = ["RunConfig", "ConfigError", "PROFILES", "make_config", *_LAZY]

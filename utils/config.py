@@ -52,7 +52,7 @@ class RunConfig:
     # --- model -------------------------------------------------------------------------
     model: str = "resnet18"        # a name from utils.models.list_models(aliases=True)
     pretrained: bool | str = True  # true/"imagenet", false/"none", or "xrv:<weights>"
-                                   # (torchxrayvision's, utils.xrv); kept canonical
+                                   # (torchxrayvision's, utils.models.xrv); kept canonical
     allow_random_init: bool = False  # offline + pretrained: fall back to random weights
     dropout: float = 0.0
     trainable_from: str = "all"    # all | head | layer3 | layer4 | ... (see utils.models)
@@ -79,7 +79,7 @@ class RunConfig:
     focal_alpha: float = 0.25      # negative = no alpha weighting
     sampler: str = "none"          # none | balanced | capped
     sampler_cap: int = 0           # capped: at most N images per finding per epoch
-    augmentation: str = "basic"    # none | basic | strong | v3 (utils.transforms)
+    augmentation: str = "basic"    # none | basic | strong | v3 (utils.data.transforms)
     warmup_epochs: float = 0.0     # linear learning-rate warm-up (per batch) before the
                                    # schedule (cosine or none); 0 = off
     ema_decay: float = 0.0         # EMA of the weights (validated, saved, evaluated); 0 = off
@@ -98,10 +98,10 @@ class RunConfig:
     device: str = "auto"           # auto | cpu | cuda | mps
     resume: bool = True            # continue from checkpoints/<step>/last.pt when present
     keep_last: bool = False        # keep last.pt (optimizer state, for a resume) after the run
-    # --- processes (torchrun + DDP; see utils.distributed) -------------------------------
+    # --- processes (torchrun + DDP; see utils.training.distributed) -------------------------------
     nproc_per_node: int = 0        # training processes on this machine (one per GPU, or CPU
                                    # gloo); 0 = auto: every visible CUDA GPU, 1 on CPU/MPS
-                                   # (utils.distributed.resolve_processes)
+                                   # (utils.training.distributed.resolve_processes)
     nnodes: int = 1                # machines; > 1 needs rdzv_endpoint (and a shared checkpoint_dir)
     node_rank: int = 0             # this machine's number; node 0 hosts the rendezvous
     rdzv_endpoint: str = ""        # HOST:PORT of node 0; "" on one machine = a free local port
@@ -125,7 +125,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # one spelling per weights source ("imagenet" is True): resume and fingerprints agree
-        from .weights import canonical_pretrained
+        from .models.weights import canonical_pretrained
 
         try:
             self.pretrained = canonical_pretrained(self.pretrained)
@@ -168,7 +168,7 @@ class RunConfig:
 
     def dataset_list(self) -> list[str]:
         """The `datasets` field as names (`[dataset]` when empty; `["all"]` stays symbolic:
-        `utils.runs.datasets_for` resolves it against the data root)."""
+        `utils.study.runs.datasets_for` resolves it against the data root)."""
         names = [d.strip() for d in self.datasets.split(",") if d.strip()]
         return names or [self.dataset]
 
@@ -306,7 +306,7 @@ def make_config(params: Mapping[str, Any] | None = None, profile: str | None = N
     Args:
         params: flat parameters (papermill's); `None` values mean "use the profile default".
         profile: demo | smoke | full; defaults to `params["profile"]`. `auto` must already
-            be resolved (see `utils.notebook.setup`), else it is treated as `full`.
+            be resolved (see `utils.study.notebook.setup`), else it is treated as `full`.
         strict: reject keys that are not `RunConfig` fields.
     Example:
         >>> make_config({"model": "densenet121", "epochs": 3}, profile="demo").epochs

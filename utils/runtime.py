@@ -17,17 +17,17 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["pick_device", "amp_dtype", "autocast", "seed_everything", "environment", "in_colab",
+__all__ = ["RunContext", "pick_device", "amp_dtype", "autocast", "seed_everything", "environment", "in_colab",
            "usable_cpus", "loader_workers", "configure_cudnn", "nvidia_driver", "cuda_problem",
            "CudaSetupError", "MIN_DRIVER"]
 
@@ -265,3 +265,15 @@ def environment() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             info[key] = "missing"
     return info
+
+
+@dataclass
+class RunContext:
+    """What `utils.study.notebook.setup` resolved besides the config: where things are and
+    what runs them (the device, the data root, whether the data is synthetic)."""
+
+    device: Any
+    data_root: Path
+    synthetic: bool
+    repo_root: Path
+    environment: dict[str, str]

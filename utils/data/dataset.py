@@ -62,7 +62,7 @@ class CXRDataset(Dataset):
     Args:
         manifest: rows to serve, in order (`path`, `patient_id`, `label`, `boxes`, ...).
         class_names: `["Pneumonia"]` (binary: the `label` column) or finding columns.
-        transform: an albumentations Compose from `utils.transforms.build_transform`; it
+        transform: an albumentations Compose from `utils.data.transforms.build_transform`; it
             must carry `bbox_params` when any row has boxes. None: image/255, no resize.
         cache: an `ImageCache` built on exactly these rows (row i → cache[i]).
     Example:
@@ -281,7 +281,7 @@ def build_split_caches(cfg, manifest: pd.DataFrame) -> dict[str, Any]:
             if (manifest["split"] == split).any()}
 
 
-def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
+def make_loaders(cfg, manifest: pd.DataFrame, norm: tuple[float, float],
                  splits: Sequence[str] = SPLITS) -> dict[str, DataLoader]:
     """train/val/test DataLoaders with the model's normalisation and the config's recipe.
 
@@ -291,18 +291,20 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
     Args:
         cfg: the RunConfig (image_size, batch_size, num_workers, cache, sampler, seed...).
         manifest: from `load_manifest(cfg)`, with train/val/test splits.
-        model_name: a registry name; its `model_info` gives mean/std.
+        norm: the model's 1-channel `(mean, std)`
+            (`utils.models.normalisation(cfg.model, cfg.pretrained)`: the data layer
+            knows no models).
         splits: which loaders to build (e.g. `("test",)` to score another source).
     Example:
-        >>> loaders = make_loaders(cfg, load_manifest(cfg), cfg.model)  # doctest: +SKIP
+        >>> norm = normalisation(cfg.model, cfg.pretrained)              # doctest: +SKIP
+        >>> loaders = make_loaders(cfg, load_manifest(cfg), norm)        # doctest: +SKIP
         >>> images, targets, metas = next(iter(loaders["train"]))        # doctest: +SKIP
     """
-    from ..models import model_info
     from ..runtime import loader_workers, pick_device
-    from ..samplers import make_sampler
-    from ..transforms import build_transform
+    from .samplers import make_sampler
+    from .transforms import build_transform
 
-    info = model_info(model_name, cfg.pretrained)  # xrv weights bring their own scaling
+    mean, std = norm  # xrv weights bring their own scaling (models.normalisation)
     names = class_names_for(cfg)
     cuda = pick_device(cfg.device).type == "cuda"
     loaders: dict[str, DataLoader] = {}
@@ -316,7 +318,7 @@ def make_loaders(cfg, manifest: pd.DataFrame, model_name: str,
         # than cores only thrash (Kaggle: 2 ranks on 4 vCPUs get 2 workers each, not 4)
         workers = loader_workers(cfg.num_workers)
         transform = build_transform(cfg.augmentation if train else "none", cfg.image_size,
-                                    info.mean, info.std)
+                                    mean, std)
         if train and hasattr(transform, "set_random_seed"):
             transform.set_random_seed(cfg.seed)  # main-process loading is reproducible too
         dataset = CXRDataset(rows, names, transform, _cache_for(rows, cfg) if cfg.cache else None)

@@ -122,8 +122,8 @@ def _write_dicom(path: Path, img: np.ndarray, pid: str, rng: np.random.Generator
     from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import (ExplicitVRLittleEndian, JPEGBaseline8Bit,
-                             SecondaryCaptureImageStorage, generate_uid)
+    from pydicom.uid import (ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage,
+                             generate_uid)
 
     stored = 255 - img if monochrome1 else img  # stored inverted: readers must flip back
     ds = Dataset()

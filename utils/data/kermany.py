@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .discover import (find_sources, handle_missing_images, is_synthetic, not_found,
-                       require_columns)
+from .discover import find_sources, handle_missing_images, is_synthetic, not_found, require_columns
 from .sources import register_source
 
 __all__ = ["kermany_manifest", "kermany_patient_id", "PATIENT_PATTERNS", "MANIFEST_COLUMNS"]

@@ -1,0 +1,430 @@
+"""What a run costs before it starts: images per epoch, hours on a named GPU, disk.
+
+`python run_all.py --plan --gpu t4` prices every step of the plan from three things:
+
+- **the data**: each source's train/val/test sizes from its manifest when the data is
+  found, else the Kaggle sets' published sizes (`PUBLISHED`), split as the config splits;
+- **the runs**: what each notebook trains (`runs_of`): one run per dataset × seed, 02's
+  NIH part A, 09's transfer arms, the epoch's size after the sampler and any cap;
+- **throughputs**: training and inference images/s per architecture. The user's own
+  figures from `python -m benchmarks.gpu` (its JSON, `reports/gpu_benchmark.json`) win;
+  else timm's published training benchmark on an RTX 3090 (`REFERENCE_RATES`) scaled to
+  the named GPU by memory bandwidth (`GPUS`); `cpu` is measured on this machine.
+
+A run's seconds = epochs × (train images / train rate + val images / inference rate) +
+test and external test images (twice with TTA) / inference rate + a fixed cost per run and
+per notebook (`RUN_OVERHEAD_S`, `STEP_OVERHEAD_S`). Early stopping can only shorten it: the
+plan is an upper bound on epochs. Everything here is arithmetic on plain values; only
+`measure_cpu_rates` runs a model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["Gpu", "GPUS", "REFERENCE_RATES", "PUBLISHED", "RunCost", "Rates", "PlanError",
+           "gpu_named", "notebook_defaults", "load_figures", "measure_cpu_rates", "rates_for", "split_sizes",
+           "runs_of", "run_seconds", "run_disk_bytes", "SESSION_HOURS"]
+
+
+class PlanError(ValueError):
+    """A value the plan cannot price (an unknown GPU, a GPU the torch build cannot run)."""
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU the plan can price: its name, memory bandwidth and compute capability."""
+
+    name: str
+    bandwidth_gbs: float        # NVIDIA's datasheet figure
+    capability: tuple[int, int]
+
+
+# Memory bandwidth (GB/s) from NVIDIA's datasheets. Training a CNN or ViT at batch 32 with
+# mixed precision is mostly memory-bound on these cards, so a rate measured on one card
+# scales to another by this ratio: the T4 comes out at 0.34 of the RTX 3090 (the rule of
+# thumb "a T4 runs at about a third of a 3090"). An estimate, replaced by the user's own
+# `python -m benchmarks.gpu` figures once measured.
+GPUS: dict[str, Gpu] = {
+    "t4": Gpu("NVIDIA T4", 320, (7, 5)),          # Kaggle (2x), Colab free tier
+    "l4": Gpu("NVIDIA L4", 300, (8, 9)),          # Colab; its 48 MB L2 makes this pessimistic
+    "p100": Gpu("NVIDIA P100", 732, (6, 0)),      # Kaggle's other GPU
+    "a100": Gpu("NVIDIA A100 40GB", 1555, (8, 0)),
+    "h100": Gpu("NVIDIA H100 SXM", 3350, (9, 0)),
+}
+REFERENCE_GPU = Gpu("NVIDIA GeForce RTX 3090", 936, (8, 6))
+# Training images/s at 224 px with AMP on an RTX 3090 (timm's
+# results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv, huggingface/pytorch-image-models;
+# synthetic data, no loader, batch 96-512). efficientnet_b4 was measured at 320 px (293.1)
+# and is scaled to 224 by pixels; the stand-ins without a published figure take the closest
+# published network's rate (simple_cnn: resnet18's, an upper bound on its time: it has 1/16
+# of resnet18's FLOPs; vit_mini: vit_tiny's; mixer_tiny: mixer_s16's).
+REFERENCE_RATES: dict[str, float] = {
+    "resnet18": 2764.22, "resnet18_scratch": 2764.22, "simple_cnn": 2764.22,
+    "resnet50": 826.06, "densenet121": 730.11, "chexnet": 730.11,
+    "efficientnet_b4": 293.1 * (320 / 224) ** 2, "efficientnet_b0": 1459.11,
+    "vit": 390.86, "vit_small": 1052.92, "vit_tiny": 2293.54, "vit_mini": 2293.54,
+    "mixer": 528.02, "mixer_small": 1543.23, "mixer_tiny": 1543.23,
+}
+# A forward pass costs about a third of a training step (the backward pass is ~2 forwards).
+EVAL_SPEEDUP = 3.0
+# Seconds a notebook costs beyond its training: kernel start, imports, data checks, plots,
+# the HTML report (measured on the demo's 07_comparison: 12-16 s on the 2-core VM); and
+# per run (model build, checkpoint writes, the bootstrap CIs).
+STEP_OVERHEAD_S, RUN_OVERHEAD_S = 15.0, 3.0
+# Hours a hosted session lasts (Kaggle notebooks and Colab's free tier stop at 12 h).
+SESSION_HOURS = {"kaggle": 12.0, "colab": 12.0}
+
+# The Kaggle sets as published: Kermany's official train+val (re-split by patient) and
+# test; RSNA's stage-2 training images (no official test: carved by `test_fraction`);
+# NIH's train_val_list.txt and test_list.txt.
+PUBLISHED: dict[str, dict[str, int]] = {
+    "kermany": {"pool": 5216 + 16, "test": 624},
+    "rsna": {"pool": 26684, "test": 0},
+    "nih": {"pool": 86524, "test": 25596},
+}
+# NIH ChestX-ray14's finding counts in train_val_list.txt's 86,524 images (Data_Entry_2017
+# joined with the list; "No Finding" 50,500): what the capped sampler draws from.
+NIH_TRAIN_VAL_FINDINGS = {
+    "Atelectasis": 8280, "Cardiomegaly": 1707, "Consolidation": 2852, "Edema": 1378,
+    "Effusion": 8659, "Emphysema": 1423, "Fibrosis": 1251, "Hernia": 141,
+    "Infiltration": 13782, "Mass": 4034, "Nodule": 4708, "Pleural_Thickening": 2242,
+    "Pneumonia": 876, "Pneumothorax": 2637, "No Finding": 50500,
+}
+
+
+def gpu_named(name: str) -> Gpu | None:
+    """The GPU of `--gpu NAME` (`cpu` is None); an unknown name or a GPU the installed
+    torch build has no kernels for is a `PlanError` naming the choices or the fix."""
+    key = name.strip().lower()
+    if key == "cpu":
+        return None
+    if key not in GPUS:
+        raise PlanError(f"--gpu {name!r} is not one of {', '.join([*GPUS, 'cpu'])}")
+    gpu = GPUS[key]
+    supported = _build_capabilities()
+    if supported and gpu.capability < min(supported):
+        import torch
+
+        raise PlanError(
+            f"--gpu {key}: the {gpu.name} has compute capability {gpu.capability[0]}."
+            f"{gpu.capability[1]}, and the installed torch {torch.__version__} (CUDA "
+            f"{torch.version.cuda}) ships kernels for {', '.join(torch.cuda.get_arch_list())} "
+            f"only: on Kaggle pick the T4 x2 accelerator, or install a torch build for CUDA "
+            f"12.6 (pip install torch==2.14.1 torchvision==0.29.1 --index-url "
+            f"https://download.pytorch.org/whl/cu126), which still supports sm_60")
+    return gpu
+
+
+def _build_capabilities() -> list[tuple[int, int]]:
+    """The compute capabilities the installed torch build has kernels for (sm_75 -> (7, 5))."""
+    try:
+        import torch
+
+        arches = torch.cuda.get_arch_list()
+    except Exception:  # noqa: BLE001 - a CPU-only build: nothing to check against
+        return []
+    return sorted((int(a[3:-1]), int(a[-1])) for a in arches if a.startswith("sm_"))
+
+
+# --- throughputs --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rates:
+    """Images/s one process trains and infers at, and where the figure came from."""
+
+    train: float
+    eval: float
+    source: str
+
+
+def load_figures(path: str | Path) -> dict[str, Any] | None:
+    """The JSON `python -m benchmarks.gpu` wrote (schema 1), or None when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        figures = json.loads(path.read_text())
+    except ValueError as exc:
+        raise PlanError(f"{path} is not JSON ({exc}): re-run python -m benchmarks.gpu") from exc
+    if figures.get("schema") != 1:
+        raise PlanError(f"{path} has schema {figures.get('schema')!r}, this version reads 1: "
+                        f"re-run python -m benchmarks.gpu")
+    return figures
+
+
+def _measured(figures: dict[str, Any], model: str, size: int) -> Rates | None:
+    """The user's own figure for `model` (AMP + channels_last, fit's mode on CUDA), scaled
+    to `size` by pixels when it was measured at another size."""
+    rows = [r for r in figures.get("models", []) if r.get("model") == model and not r.get("error")
+            and r.get("train_images_per_s") and r.get("mode") == "amp+channels_last"]
+    if not rows:
+        return None
+    row = min(rows, key=lambda r: abs(r.get("image_size", size) - size))
+    scale = (row.get("image_size", size) / size) ** 2
+    train = row["train_images_per_s"] * scale
+    evaluation = (row.get("eval_images_per_s") or train / scale * EVAL_SPEEDUP) * scale
+    device = (figures.get("device") or {}).get("name", "your GPU")
+    return Rates(train, evaluation, f"measured on {device} (benchmarks.gpu)")
+
+
+def rates_for(model: str, size: int, gpu: Gpu | None, figures: dict[str, Any] | None = None,
+              cpu_rates: dict[str, Rates] | None = None) -> Rates:
+    """Training and inference images/s of one process for `model` at `size` px."""
+    if gpu is None:
+        if not cpu_rates or model not in cpu_rates:
+            raise PlanError(f"no CPU throughput for {model}: measure_cpu_rates first")
+        return cpu_rates[model]
+    if figures and (mine := _measured(figures, model, size)):
+        return mine
+    if model not in REFERENCE_RATES:
+        raise PlanError(f"no throughput for model {model!r}: run python -m benchmarks.gpu "
+                        f"--models {model} on the GPU")
+    train = REFERENCE_RATES[model] * gpu.bandwidth_gbs / REFERENCE_GPU.bandwidth_gbs \
+        * (224 / size) ** 2
+    return Rates(train, train * EVAL_SPEEDUP,
+                 f"timm's RTX 3090 figure x {gpu.bandwidth_gbs:g}/{REFERENCE_GPU.bandwidth_gbs:g}"
+                 f" GB/s")
+
+
+def measure_cpu_rates(models: Iterable[str], size: int, batch: int, steps: int = 3
+                      ) -> dict[str, Rates]:
+    """Train and inference images/s of each model on this machine's CPU (fp32, fused
+    AdamW as `fit` uses it), from `steps` timed steps after one warm-up: seconds each."""
+    import torch
+
+    from ..models.registry import create_model
+
+    out = {}
+    for name in dict.fromkeys(models):
+        torch.manual_seed(0)
+        model = create_model(name, 1, pretrained=False, image_size=size)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        x, y = torch.randn(batch, 1, size, size), torch.ones(batch, 1)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+
+        def step() -> None:
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        train = _rate(step, batch, steps)
+        model.eval()
+        with torch.inference_mode():
+            evaluation = _rate(lambda: model(x), batch, steps)
+        out[name] = Rates(train, evaluation, "measured on this CPU now")
+    return out
+
+
+def _rate(fn, batch: int, steps: int) -> float:
+    fn()  # warm-up: allocator and kernel choice
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return steps * batch / (time.perf_counter() - start)
+
+
+# --- data ---------------------------------------------------------------------------------
+def split_sizes(cfg, data_root: str | Path | None) -> tuple[dict[str, int], str]:
+    """`({"train": n, "val": n, "test": n}, where from)` for `cfg.dataset`: the manifest's
+    splits when the source is found under `data_root`, else the published sizes split as
+    `assign_splits` would (val and test fractions; an official test split is kept)."""
+    if data_root is not None:
+        from ..data.discover import find_sources
+
+        if cfg.dataset in find_sources(data_root):
+            return _manifest_sizes(cfg, data_root), "found"
+    pub = PUBLISHED[cfg.dataset]
+    test = pub["test"] or round(pub["pool"] * cfg.test_fraction)
+    rest = pub["pool"] - (0 if pub["test"] else test)
+    val = round(rest * cfg.val_fraction)
+    sizes = {"train": rest - val, "val": val, "test": test}
+    if cfg.max_images:
+        sizes = {k: min(v, cfg.max_images) for k, v in sizes.items()}
+    return _train_capped(sizes, cfg), "published"
+
+
+def _manifest_sizes(cfg, data_root: str | Path) -> dict[str, int]:
+    """Split counts from the source's manifest (no image checks: they read every file)."""
+    from ..data.discover import find_sources
+    from ..data.sources import build_manifest
+    from ..data.splits import assign_splits, cap_per_split
+
+    folder = find_sources(data_root)[cfg.dataset]
+    manifest = assign_splits(build_manifest(cfg.dataset, folder), cfg.val_fraction,
+                             cfg.test_fraction, cfg.split_seed)
+    manifest = cap_per_split(manifest, cfg.max_images, cfg.split_seed)
+    counts = manifest["split"].value_counts()
+    sizes = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
+    return _train_capped(sizes, cfg)
+
+
+def _train_capped(sizes: dict[str, int], cfg) -> dict[str, int]:
+    cap = getattr(cfg, "max_train_images", 0)
+    return {**sizes, "train": min(sizes["train"], cap)} if cap else sizes
+
+
+def epoch_images(cfg, train: int) -> int:
+    """Images one training epoch draws: the split, or what the capped sampler keeps (at
+    most `sampler_cap` per finding, published NIH counts scaled to this train split)."""
+    if cfg.sampler != "capped" or cfg.dataset != "nih" or not cfg.sampler_cap:
+        return train
+    scale = train / PUBLISHED["nih"]["pool"]
+    kept = sum(min(cfg.sampler_cap, round(n * scale)) for n in NIH_TRAIN_VAL_FINDINGS.values())
+    return min(train, kept)  # an image with two findings is drawn once: an upper bound
+
+
+# --- runs ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunCost:
+    """One training run as the plan prices it."""
+
+    step: str
+    run: str
+    model: str
+    dataset: str
+    train_images: int          # per epoch
+    val_images: int            # per epoch
+    test_images: int           # once (own test + the other sources' test splits)
+    epochs: int
+    image_size: int
+    processes: int = 1
+    tta: bool = False
+    frozen: bool = False       # trainable_from != "all": only the head learns
+    sizes_from: str = "found"
+
+
+def _run(step: str, cfg, data_root, external: int, sizes_cache: dict) -> RunCost:
+    key = (cfg.dataset, cfg.max_images, getattr(cfg, "max_train_images", 0), cfg.split_seed,
+           cfg.val_fraction, cfg.test_fraction)
+    if key not in sizes_cache:
+        sizes_cache[key] = split_sizes(cfg, data_root)
+    sizes, source = sizes_cache[key]
+    return RunCost(step=step, run=cfg.step, model=cfg.model, dataset=cfg.dataset,
+                   train_images=epoch_images(cfg, sizes["train"]), val_images=sizes["val"],
+                   test_images=sizes["test"] + external, epochs=cfg.epochs,
+                   image_size=cfg.image_size, processes=_processes(cfg),
+                   tta=cfg.tta, frozen=cfg.trainable_from != "all", sizes_from=source)
+
+
+def _processes(cfg) -> int:
+    """The processes a run trains on: `nproc_per_node=0` (auto) prices one per GPU of this
+    machine (`--gpu` names a kind, not a count: say `-p nproc_per_node=2` for Kaggle's 2xT4)."""
+    from ..training.distributed import resolve_processes
+
+    return resolve_processes(cfg, say=None).nproc_per_node * cfg.nnodes
+
+
+def _external_tests(cfg, data_root, sizes_cache: dict, found: list[str]) -> int:
+    """Test images of the other binary sources a binary run is also scored on."""
+    total = 0
+    for other in found:
+        if other != cfg.dataset and cfg.task == "binary":
+            other_cfg = dataclasses.replace(cfg, dataset=other, datasets="")
+            total += _run("", other_cfg, data_root, 0, sizes_cache).test_images
+    return total
+
+
+def runs_of(notebook: str, cfg, data_root: str | Path | None) -> list[RunCost]:
+    """Every training run a notebook makes with `cfg` (its step's resolved config)."""
+    from ..data import BINARY_SOURCES
+    from .runs import run_configs
+
+    cache: dict = {}
+    found = _sources(data_root)
+    step = cfg.step
+    if notebook.startswith("09_"):
+        return _transfer_runs(cfg, data_root, cache)
+    if not notebook[:2].isdigit() or int(notebook[:2]) not in range(2, 7):
+        return []
+    out = []
+    if notebook.startswith("02_"):  # part A: 14 NIH findings, one seed, the capped sampler
+        nih = dataclasses.replace(cfg, dataset="nih", task="multilabel", datasets="", seeds=1,
+                                  step=f"{step}_nih", sampler="capped", trainable_from="all",
+                                  epochs=cfg.nih_epochs or cfg.epochs)
+        out.append(_run(step, nih, data_root, 0, cache))
+    binary = [d for d in BINARY_SOURCES if d in found] if found else list(BINARY_SOURCES)
+    for run in run_configs(cfg, data_root, found=binary):
+        out.append(_run(step, run, data_root, _external_tests(run, data_root, cache, binary),
+                        cache))
+    return out
+
+
+def notebook_defaults(path: str | Path) -> dict[str, Any]:
+    """The literal values of a notebook's `parameters` cell (None = the profile's): what
+    the step runs with before run_all's parameters override them, as papermill does."""
+    import ast
+
+    import nbformat
+
+    cells = [c for c in nbformat.read(str(path), as_version=4).cells
+             if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    values: dict[str, Any] = {}
+    for node in ast.parse(cells[0].source if cells else "").body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _sources(data_root) -> list[str]:
+    if data_root is None:
+        return []
+    from ..data.discover import find_sources
+
+    return list(find_sources(data_root))
+
+
+def _transfer_runs(cfg, data_root, cache: dict) -> list[RunCost]:
+    """09's arms (start × trainable stage), priced whether or not their weights exist."""
+    from .transfer_study import stages_for
+
+    starts = [s.strip() for s in cfg.transfer_starts.split(",") if s.strip()]
+    out = []
+    for start in starts:
+        for stage in stages_for(cfg):
+            if start == "random" and stage != "all":
+                continue
+            arm = dataclasses.replace(cfg, step=f"{cfg.step}.{start}.{stage}",
+                                      trainable_from=stage)
+            out.append(_run(cfg.step, arm, data_root, 0, cache))
+    return out
+
+
+# --- seconds and bytes --------------------------------------------------------------------
+def run_seconds(run: RunCost, rates: Rates) -> float:
+    """Upper bound on one run's wall time (every epoch; DDP scales the training part)."""
+    # head-only training runs the frozen backbone forward only: about an inference pass
+    train_rate = rates.eval if run.frozen else rates.train * _ddp_scaling(run.processes)
+    per_epoch = run.train_images / train_rate + run.val_images / rates.eval
+    tests = run.test_images * (2 if run.tta else 1) + 2 * run.val_images  # + threshold, BN
+    return run.epochs * per_epoch + tests / rates.eval + RUN_OVERHEAD_S
+
+
+def _ddp_scaling(processes: int) -> float:
+    """Speed-up of N data-parallel processes: 0.9 per extra process (gradient all-reduce
+    over PCIe on 2xT4; NVIDIA's DGX figures show 0.84-0.97 per GPU)."""
+    return 1.0 + 0.9 * (processes - 1)
+
+
+def run_disk_bytes(run: RunCost, params: int) -> int:
+    """`best.pt` (fp32 weights) that a finished run keeps."""
+    return params * 4 + 200_000  # + history, config and metadata
+
+
+def hours(seconds: float) -> float:
+    return seconds / 3600.0
+
+
+def fmt_hours(seconds: float) -> str:
+    """'3.4 h', or minutes under an hour."""
+    if math.isnan(seconds):
+        return "?"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
