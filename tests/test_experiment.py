@@ -121,3 +121,23 @@ def test_precise_bn_not_tried_without_bn_or_with_a_frozen_backbone():
     assert not precise_bn_if_better(nn.Linear(1, 1), loaders, cfg, loss_fn=loss)["tried"]
     frozen = make_config({"trainable_from": "head"}, profile="smoke")
     assert not precise_bn_if_better(_bn_model(), loaders, frozen)["tried"]  # no loss built
+
+
+def test_precise_bn_is_judged_by_the_validation_loss_not_the_monitor(monkeypatch):
+    """Recomputed BN statistics that fix calibration (validation BCE 3.00 -> 0.11) are kept
+    even when the rank metric dips (AUROC 0.995 -> 0.988): a fixed threshold needs them."""
+    import torch
+    from torch import nn
+
+    from utils.training import precise_bn
+
+    scores = iter([{"val_loss": 3.0, "val_auroc": 0.995, "val_f1": 0.57},
+                   {"val_loss": 0.11, "val_auroc": 0.988, "val_f1": 0.99}])
+    monkeypatch.setattr(precise_bn, "validation_scores", lambda *a, **k: next(scores))
+    monkeypatch.setattr("utils.training.loop.recalibrate_batchnorm", lambda *a, **k: True)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    cfg = make_config({"monitor": "val_auroc"}, profile="smoke")
+    out = precise_bn.precise_bn_if_better(model, {"train": None, "val": None}, cfg, "cpu",
+                                          loss_fn=nn.BCEWithLogitsLoss())
+    assert out["tried"] and out["kept"]
+    assert torch.isfinite(model[1].running_var).all()

@@ -530,3 +530,14 @@ def test_two_processes_validate_with_rank0s_batchnorm_statistics(tmp_path):
     assert ranks[0]["bn.running_mean"].abs().sum() > 0
     for key, value in ranks[0].items():
         assert torch.equal(ranks[1][key], value), key
+
+
+def test_batchnorm_statistics_warm_start_then_follow_the_weights():
+    """The first ten batches are averaged plainly (no memory of the init's mean 0 / var 1),
+    then torch's 0.1: an average over the whole run kept early weights' statistics (the
+    demo's ResNet-18 without regularisation: eval-mode validation BCE 3.00, 0.11 once
+    recalibrated)."""
+    from utils.training.schedules import BatchNormClock
+
+    clock = BatchNormClock(nn.Sequential(nn.BatchNorm2d(2, momentum=None)))
+    assert [clock.momentum(n) for n in (0, 4, 9, 10, 50)] == [1.0, 0.2, 0.1, 0.1, 0.1]

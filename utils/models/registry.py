@@ -97,17 +97,19 @@ def create_model(name: str, num_classes: int = 1, pretrained: bool | str = False
 
 
 def _cumulative_batchnorm(model: nn.Module) -> None:
-    """Random init: BatchNorm running statistics as a plain average over all batches seen.
+    """Random init: BatchNorm running statistics warm-started from the batches themselves.
 
     They start at mean 0 / var 1, far from a fresh network's real statistics, and with the
     default momentum (0.1) they need ~50 steps to forget that start. Until then eval-mode
     outputs collapse (measured: simple_cnn gave every image the same score after 40 steps,
-    AUROC 0.16; with a cumulative average, AUROC 1.0 on the same toy data). Pretrained
+    AUROC 0.16; with an average over the batches, AUROC 1.0 on the same toy data). Pretrained
     weights bring real statistics, so they keep PyTorch's default.
 
-    `momentum=None` is the mark. Left to torch, it costs a host sync per BN layer per
-    training step (`float(num_batches_tracked)`); `fit` drives the same average from a
-    host-side counter instead (`utils.training.schedules.BatchNormClock`), bit for bit.
+    `momentum=None` is the mark. `fit` drives it from a host-side counter
+    (`utils.training.schedules.BatchNormClock`): the plain average of the first 10 batches,
+    then torch's 0.1, so the statistics follow the weights as they move; left to torch,
+    `None` would average every batch of the run (early weights included) at the cost of a
+    host sync per BN layer per step (`float(num_batches_tracked)`).
     """
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
