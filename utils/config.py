@@ -44,6 +44,9 @@ class RunConfig:
     task: str = "binary"           # binary (pneumonia) | multilabel (NIH 14 findings)
     image_size: int = 224
     max_images: int = 0            # cap per split for quick runs; 0 = all
+    max_train_images: int = 0      # cap on the training split only (seeded by split_seed:
+                                   # every run of a source trains on one subset; val and
+                                   # test untouched, so the test set is full's); 0 = all
     val_fraction: float = 0.15     # patient-level validation split carved from train
     test_fraction: float = 0.15    # only for sources without an official test split
     cache: bool = True             # pre-resized uint8 cache (utils.data.cache)
@@ -243,6 +246,7 @@ _CHOICES: dict[str, set] = {
 }
 _MINIMUMS: dict[str, float] = {
     "image_size": 16, "batch_size": 1, "epochs": 1, "nih_epochs": 0, "max_images": 0,
+    "max_train_images": 0,
     "num_workers": 0, "lr": 0.0, "weight_decay": 0.0, "pos_weight": 0.0, "focal_gamma": 0.0,
     "sampler_cap": 0, "warmup_epochs": 0.0, "early_stopping": 0, "seeds": 1, "grad_clip": 0.0,
     "max_steps_per_epoch": 0, "bootstrap": 0, "nproc_per_node": 0, "nnodes": 1, "node_rank": 0,

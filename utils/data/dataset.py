@@ -22,7 +22,7 @@ from .checks import check_images  # noqa: F401 - re-exported: it was defined her
 from .discover import find_sources, is_synthetic, not_found, resolve_data_root
 from .nih import NIH_FINDINGS
 from .sources import build_manifest
-from .splits import SPLITS, assign_splits, cap_per_split, check_no_patient_leak
+from .splits import SPLITS, assign_splits, cap_per_split, cap_train, check_no_patient_leak
 
 __all__ = ["CXRDataset", "collate", "class_names_for", "load_manifest", "make_loaders",
            "split_rows", "build_split_caches", "manifest_fingerprint", "test_fingerprint",
@@ -206,7 +206,9 @@ def test_fingerprint(manifest: pd.DataFrame) -> str:
 
 
 def load_manifest(cfg) -> pd.DataFrame:
-    """The run's manifest: source rows, patient-level splits, `max_images` per split.
+    """The run's manifest: source rows, patient-level splits, `max_images` per split, then
+    `max_train_images` on the training split only (the GPU-sized profiles' cap: the
+    validation and test rows, and so the test fingerprint, stay those of an uncapped run).
 
     Sets `attrs["synthetic"]`, `attrs["source"]`, `attrs["data_root"]`, and keeps the
     source's own (`grouping`: how patients were grouped, `skipped`, ...). Without data
@@ -224,6 +226,7 @@ def load_manifest(cfg) -> pd.DataFrame:
     # split_seed, not seed: every training seed (and every model) shares one test set
     manifest = assign_splits(source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     manifest = cap_per_split(manifest, cfg.max_images, cfg.split_seed)
+    manifest = cap_train(manifest, cfg.max_train_images, cfg.split_seed)
     manifest = check_images(manifest, cfg.on_bad_image)
     check_no_patient_leak(manifest)
     synthetic = bool(synthetic or is_synthetic(found[cfg.dataset]) or manifest["synthetic"].any())

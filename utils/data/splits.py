@@ -17,8 +17,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["assign_splits", "check_no_patient_leak", "cap_per_split", "PatientLeakError",
-           "SPLITS"]
+__all__ = ["assign_splits", "check_no_patient_leak", "cap_per_split", "cap_train",
+           "PatientLeakError", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 _PASSES = 5  # local-search passes of _carve; it usually settles in 2-3
@@ -165,5 +165,34 @@ def cap_per_split(manifest: pd.DataFrame, max_images: int, seed: int = 42) -> pd
             idx = rows.index[rows["label"] == label].to_numpy()
             keep.append(np.sort(rng.choice(idx, size=min(int(n), len(idx)), replace=False)))
     out = manifest.loc[np.sort(np.concatenate(keep))].reset_index(drop=True)
+    out.attrs.update(manifest.attrs)
+    return out
+
+
+def cap_train(manifest: pd.DataFrame, max_train: int, seed: int = 42) -> pd.DataFrame:
+    """At most `max_train` rows of the *training* split, label-stratified, seeded (0 = no
+    cap); validation and test rows are untouched, so the test set (and its fingerprint) of
+    a capped run is the uncapped run's: the GPU-sized profiles compare with `full`.
+
+    Each label keeps its share (at least one image of a label present). Within a label the
+    rows are a seeded permutation's first `n`, so a smaller cap keeps a subset of a larger
+    one's images (colab's ⊂ kaggle's ⊂ all), whatever the cap.
+    Example:
+        >>> capped = cap_train(assign_splits(nih_manifest(root)), 20_000)  # doctest: +SKIP
+    """
+    train = manifest.index[manifest["split"] == "train"]
+    if max_train <= 0 or len(train) <= max_train:
+        return manifest
+    labels = manifest.loc[train, "label"]
+    counts = labels.value_counts().sort_index()
+    quota = np.maximum(1, np.floor(counts / len(train) * max_train)).astype(int)
+    quota.iloc[int(np.argmax(quota.to_numpy()))] += max_train - quota.sum()
+    drop = []
+    for label, n in quota.items():
+        rows = manifest.loc[labels.index[labels == label], "path"].astype(str)
+        idx = rows.sort_values(kind="stable").index.to_numpy()  # by file: row order is moot
+        rng = np.random.default_rng([seed, SPLITS.index("train"), int(label)])
+        drop.append(rng.permutation(idx)[int(n):])
+    out = manifest.drop(index=np.concatenate(drop)).reset_index(drop=True)
     out.attrs.update(manifest.attrs)
     return out
