@@ -39,26 +39,36 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-# --- one smoke-profile run of the whole plan, shared by every test that reads its reports ---
+# --- one rehearsal of the whole plan, shared by every test that reads its reports ---------
 MODEL_STEPS = ["02_chexnet", "03_resnet_ablation_final", "04_efficientnet_b4", "05_vit",
                "06_mlp_mixer"]
-# every notebook once (the ablation notebook in its `final` variant): seconds each
-SMOKE_STEPS = ["00_eda", "01_preprocessing", *MODEL_STEPS, "07_comparison", "08_gradcam_gallery",
-               "09_transfer"]
+
+
+def _plan_steps() -> list[str]:
+    from utils.study.plan import default_plan
+
+    return [s.name for s in default_plan()]
+
+
+# every step of the plan (each ablation variant is a step of the 03 notebook): seconds each
+SMOKE_STEPS = _plan_steps()
 
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """`run_all.py --profile smoke --bundle` over every notebook, once per test session
-    (minutes): tests/test_notebooks.py checks the run, tests/test_browser.py its pages and
-    bundle. Returns (completed process, reports dir, checkpoints dir, bundle zip)."""
+    """`run_all.py --rehearse --bundle`: the full profile's plan (3 seeds, every source of
+    the generated demo set, every ablation variant and transfer arm) at toy scale, once per
+    test session (minutes; it covers all the smoke profile did, on full's structure):
+    tests/test_rehearsal.py checks the study, tests/test_notebooks.py the run and its
+    console, tests/test_browser.py its pages and bundle. Returns (completed process,
+    reports dir, checkpoints dir, bundle zip)."""
     import subprocess
 
-    tmp = tmp_path_factory.mktemp("smoke_run")
+    tmp = tmp_path_factory.mktemp("rehearsal")
     reports, ckpts, bundle = tmp / "reports", tmp / "checkpoints", tmp / "share" / "bundle.zip"
     proc = subprocess.run(
-        [sys.executable, "run_all.py", "--profile", "smoke", "--reports-dir", str(reports),
-         "--checkpoint-dir", str(ckpts), "--bundle", str(bundle), "--only", *SMOKE_STEPS],
+        [sys.executable, "run_all.py", "--rehearse", "--reports-dir", str(reports),
+         "--checkpoint-dir", str(ckpts), "--bundle", str(bundle)],
         cwd=ROOT, capture_output=True, text=True, timeout=3600)  # a hang guard
     return proc, reports, ckpts, bundle
 

@@ -57,8 +57,8 @@ def write_run(reports: Path, step: str, dataset: str, seed_index: int, strength:
     """One seed's results JSON and predictions CSV; `val_strength` (default `strength`)
     lets a model look better or worse on validation than on test; `variant` is the
     ablation's (it names the model when two steps train the same one)."""
-    name = run_name(step, dataset, "rsna", seed_index)
     seed = 42 + seed_index
+    name = run_name(step, dataset, "rsna", seed)
     test = _scores(test_split(dataset), strength, seed * 7 + len(step))
     val = _scores(test_split(dataset, 40), strength if val_strength is None else val_strength,
                   seed * 11 + len(step))

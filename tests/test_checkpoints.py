@@ -1,4 +1,4 @@
-"""A finished run leaves best.pt only (issue 13.12): weights, settings, threshold, classes
+"""A finished run leaves best.pt only (issue 13.12; none with `keep_best=false`): weights, settings, threshold, classes
 and normalisation, without the optimizer state that only a resume needs; last.pt goes once
 the run's evaluation has written the threshold, unless `keep_last`."""
 from __future__ import annotations
@@ -25,14 +25,16 @@ def demo_root(tmp_path_factory):
     return make_demo(tmp_path_factory.mktemp("demo"), seed=0, image_px=48, scale=0.3)
 
 
-@pytest.mark.parametrize("keep_last", [False, True])
-def test_a_finished_run_keeps_best_pt_and_drops_last_pt(keep_last, demo_root, tmp_path):
+@pytest.mark.parametrize("keep_last,keep_best", [(False, True), (True, True), (False, False)])
+def test_a_finished_run_keeps_best_pt_and_drops_last_pt(keep_last, keep_best, demo_root,
+                                                        tmp_path):
     from utils.study.experiment import build_model, evaluate_and_record, prepare_data, train
 
     cfg = make_config({"data_root": str(demo_root), "model": "simple_cnn", "image_size": 32,
                        "epochs": 1, "max_steps_per_epoch": 1, "cache": False, "device": "cpu",
                        "step": "run", "checkpoint_dir": str(tmp_path / "ck"),
-                       "reports_dir": str(tmp_path / "rep"), "keep_last": keep_last},
+                       "reports_dir": str(tmp_path / "rep"), "keep_last": keep_last,
+                       "keep_best": keep_best},
                       profile="smoke")
     seed_everything(cfg.seed)
     exp = prepare_data(cfg)
@@ -42,6 +44,10 @@ def test_a_finished_run_keeps_best_pt_and_drops_last_pt(keep_last, demo_root, tm
     train(exp, ctx)
     assert (tmp_path / "ck" / "run" / "last.pt").exists()  # until the run is evaluated
     results = evaluate_and_record(exp, ctx)
+    if not keep_best:  # the demo's runs that no later step reads: nothing left, not even a folder
+        assert not (tmp_path / "ck" / "run").exists()
+        assert results["test"]["auroc"] is not None  # evaluated with best.pt before it went
+        return
     files = sorted(p.name for p in (tmp_path / "ck" / "run").iterdir())
     assert files == (["best.pt", "last.pt"] if keep_last else ["best.pt"])
     assert results["distributed"] == {"world_size": 1, "nnodes": 1, "backend": "none"}

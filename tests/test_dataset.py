@@ -222,3 +222,18 @@ def test_manifest_fingerprint_sees_files_labels_and_splits_not_order():
     assert manifest_fingerprint(m.assign(label=[1, 1, 0, 1])) != base
     assert manifest_fingerprint(m.assign(split=["train", "val", "val", "test"])) != base
     assert manifest_fingerprint(pd.concat([m, m.iloc[:1].assign(path="e.png")])) != base
+
+
+def test_manifest_fingerprint_is_the_same_for_the_same_data_at_another_path():
+    """A new session's mount (Kaggle, Colab, --resume-from) moves the data, not the data."""
+    from utils.data.dataset import manifest_fingerprint
+
+    def at(root: str) -> pd.DataFrame:
+        m = pd.DataFrame({"path": [f"{root}/x/a.png", f"{root}/x/b.png"], "label": [0, 1],
+                          "split": ["train", "val"]})
+        m.attrs["source_dir"] = root
+        return m
+
+    assert manifest_fingerprint(at("/kaggle/input/a")) == manifest_fingerprint(at("/tmp/b"))
+    moved = at("/tmp/b").assign(path=["/tmp/b/x/a.png", "/tmp/b/y/b.png"])
+    assert manifest_fingerprint(moved) != manifest_fingerprint(at("/tmp/b"))

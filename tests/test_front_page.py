@@ -120,7 +120,8 @@ def test_bundle_holds_every_page_and_what_they_link(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     (reports / "results").mkdir(parents=True)
     (reports / "results" / "05_vit.json").write_text("{}")
-    (reports / "results" / "05_vit_predictions.csv").write_text("x")  # not linked: left out
+    (reports / "results" / "05_vit_predictions.csv").write_text("x")  # not linked: still in
+    (reports / "results" / "notes.txt").write_text("x")  # neither linked nor data: left out
     (reports / "index.html").write_text('<a href="05_vit.html#top">v</a>'
                                         '<a href="results/05_vit.json">json</a>')
     (reports / "05_vit.html").write_text('<h1 id="top">t</h1><a href="index.html">i</a>'
@@ -132,7 +133,9 @@ def test_bundle_holds_every_page_and_what_they_link(tmp_path: Path) -> None:
     with zipfile.ZipFile(out) as zf:
         names = set(zf.namelist())
         zf.extractall(tmp_path / "unzipped")
-    assert names == {f"{BUNDLE_FOLDER}/{f}" for f in files}
+    # beside the pages: the predictions (what a merge needs: docs/study-group.md), the manifest
+    assert names == {f"{BUNDLE_FOLDER}/{f}" for f in
+                     [*files, "results/05_vit_predictions.csv", "bundle.json"]}
     assert check_links(tmp_path / "unzipped" / BUNDLE_FOLDER) == []
 
 

@@ -48,8 +48,8 @@ def grid(demo_root, tmp_path_factory):
 
 def test_every_run_is_written_with_its_seed_and_the_shared_test_set(grid):
     names = [r.step for r in grid.runs]
-    assert names == ["03_resnet_ablation_cnn", "03_resnet_ablation_cnn.s1",
-                     "03_resnet_ablation_cnn.rsna", "03_resnet_ablation_cnn.rsna.s1"]
+    assert names == ["03_resnet_ablation_cnn", "03_resnet_ablation_cnn.s43",
+                     "03_resnet_ablation_cnn.rsna", "03_resnet_ablation_cnn.rsna.s43"]
     folder = os.path.join(grid.cfg.reports_dir, "results")
     results = {n: json.loads(open(os.path.join(folder, f"{n}.json")).read()) for n in names}
     assert [results[n]["seed"] for n in names] == [42, 43] * 2
@@ -86,8 +86,11 @@ def test_same_seed_same_metrics_other_seed_other_metrics(demo_root, tmp_path):
     tests = [next(iter(g.results.values()))["test"] for g in runs]
     keys = ("auroc", "f1", "accuracy", "confusion_matrix")
     assert [tests[0][k] for k in keys] == [tests[1][k] for k in keys]
+    # seeds 0 and 1: the runs are named by the seed's value (`03_resnet_ablation_cnn.s0`)
+    assert [g.primary.step for g in runs] == ["03_resnet_ablation_cnn.s0"] * 2 + \
+        ["03_resnet_ablation_cnn.s1"]
     probs = [pd.read_csv(os.path.join(g.cfg.reports_dir, "results",
-                                      "03_resnet_ablation_cnn_predictions.csv"))["prob"]
+                                      f"{g.primary.step}_predictions.csv"))["prob"]
              for g in runs]
     assert probs[0].equals(probs[1]) and not probs[0].equals(probs[2])
 

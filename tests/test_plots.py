@@ -6,6 +6,7 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -120,6 +121,32 @@ def test_metric_bars_with_ci_and_groups():
         plots.plot_metric_bars(grouped, "auroc")
     fig = plots.plot_metric_bars(grouped, "auroc", hue="dataset")
     assert len(fig.axes[0].patches) == 6 and _legend(fig.axes[0]) == ["kermany", "rsna"]
+
+
+def test_metric_bars_over_seeds_draw_the_mean_a_dot_per_seed_and_their_range():
+    """The full profile trains 3 seeds per variant: one bar per variant (their mean), not
+    a bar per seed, nor the `several rows share ['name']` error 03 hit with 3 seeds."""
+    seeds = pd.DataFrame({"name": ["v1", "v1", "v1", "v2"], "seed": [42, 43, 44, 42],
+                          "f1": [0.6, 0.7, 0.8, 0.5], "f1_lo": [0.5, 0.6, 0.7, 0.4],
+                          "f1_hi": [0.7, 0.8, 0.9, 0.6]})
+    with pytest.raises(ValueError, match="over="):
+        plots.plot_metric_bars(seeds, "f1")
+    fig = plots.plot_metric_bars(seeds, "f1", over="seed")
+    (ax,) = fig.axes
+    assert [round(b.get_height(), 3) for b in ax.patches] == [0.7, 0.5]
+    whiskers = [c for c in ax.containers if isinstance(c, BarContainer)][0].errorbar
+    spans = [tuple(np.round(seg[:, 1], 3)) for seg in whiskers.lines[2][0].get_segments()]
+    assert spans == [(0.6, 0.8), (0.4, 0.6)]  # v1: the seeds' range; v2 alone: its CI
+    dots = np.concatenate([c.get_offsets() for c in ax.collections
+                           if isinstance(c, PathCollection)])
+    assert sorted(np.round(dots[:, 1], 3)) == [0.5, 0.6, 0.7, 0.8]
+    assert "mean over seeds" in ax.get_title()
+    assert _stamped(plots.plot_metric_bars(seeds.assign(synthetic=True), "f1", over="seed"))
+    with pytest.raises(ValueError, match="seed"):
+        plots.plot_metric_bars(pd.concat([seeds, seeds]), "f1", over="seed")
+    by_data = pd.concat([seeds.assign(dataset="kermany"), seeds.assign(dataset="rsna")])
+    fig = plots.plot_metric_bars(by_data, "f1", over="seed", hue="dataset")
+    assert len(fig.axes[0].patches) == 4
 
 
 def test_per_finding_auroc_from_evaluate_output():

@@ -68,12 +68,14 @@ def test_default_plan_names_params_and_dependencies():
     base = {"profile": "x", "data_root": "/d", "reports_dir": "/r", "checkpoint_dir": "/c"}
     model = {p: planning.resolve_params(plan["05_vit"], base, p, {}, {}).get("model")
              for p in PROFILES}
-    assert model == {"demo": "vit_mini", "smoke": "vit_mini", "full": None}
+    assert model == {"demo": "vit_mini", "smoke": "vit_mini", "kaggle": None, "colab": None,
+                     "full": None, "rehearsal": "vit_mini"}
     assert planning.resolve_params(plan["06_mlp_mixer"], base, "demo", {}, {})["model"] \
         == "mixer_tiny"
     assert {p: planning.resolve_params(plan["04_efficientnet_b4"], base, p, {}, {})["model"]
             for p in PROFILES} == {"demo": "efficientnet_b0", "smoke": "efficientnet_b0",
-                                   "full": "efficientnet_b4"}
+                                   "kaggle": "efficientnet_b4", "colab": "efficientnet_b4",
+                                   "full": "efficientnet_b4", "rehearsal": "efficientnet_b0"}
     common = {s.name for s in plan.values() if s.params.get("datasets") == "all"}
     assert common == {"02_chexnet", "03_resnet_ablation_cnn", "03_resnet_ablation_resnet18_scratch",
                       "03_resnet_ablation_final", "04_efficientnet_b4", "05_vit", "06_mlp_mixer"}

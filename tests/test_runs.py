@@ -5,20 +5,31 @@ import pytest
 
 from utils.config import ConfigError, make_config
 from utils.study.runs import datasets_for, run_configs
-from utils.evaluation.results import parse_run_name, run_name
+from utils.evaluation.results import parse_run_name, primary_run, run_name, run_seed
 
 
-@pytest.mark.parametrize("dataset,k,name", [("rsna", 0, "05_vit"), ("kermany", 0, "05_vit.kermany"),
-                                            ("rsna", 1, "05_vit.s1"),
-                                            ("nih", 2, "05_vit.nih.s2")])
-def test_run_names_round_trip(dataset, k, name):
-    assert run_name("05_vit", dataset, "rsna", k) == name
-    step, ds, index = parse_run_name(name)
-    assert (step, ds or "rsna", index) == ("05_vit", dataset, k)
+@pytest.mark.parametrize("dataset,seed,name", [("rsna", 42, "05_vit"),
+                                               ("kermany", 42, "05_vit.kermany"),
+                                               ("rsna", 43, "05_vit.s43"), ("rsna", 1, "05_vit.s1"),
+                                               ("nih", 2, "05_vit.nih.s2"),
+                                               ("kermany", 1, "05_vit.kermany.s1")])
+def test_run_names_carry_the_seed_value(dataset, seed, name):
+    assert run_name("05_vit", dataset, "rsna", seed) == name
+    step, ds, value = parse_run_name(name)
+    assert (step, ds or "rsna", value or 42) == ("05_vit", dataset, seed)
+    assert run_seed(name) == seed
 
 
 def test_part_a_name_is_not_read_as_a_dataset():
-    assert parse_run_name("02_chexnet_nih") == ("02_chexnet_nih", None, 0)
+    assert parse_run_name("02_chexnet_nih") == ("02_chexnet_nih", None, None)
+    assert parse_run_name("02_chexnet_nih.s1") == ("02_chexnet_nih", None, 1)
+
+
+def test_primary_run_is_the_bare_name_else_the_lowest_seed():
+    assert primary_run("05_vit", ["05_vit.s43", "05_vit", "05_vit.kermany"]) == "05_vit"
+    assert primary_run("05_vit", ["05_vit.s7", "05_vit.s1", "05_vit.kermany.s0",
+                                  "05_vit_x.s0"]) == "05_vit.s1"
+    assert primary_run("05_vit", ["05_vit.kermany"]) is None
 
 
 def test_grid_puts_the_own_dataset_first_and_shares_the_split_seed(tmp_path):
@@ -30,8 +41,8 @@ def test_grid_puts_the_own_dataset_first_and_shares_the_split_seed(tmp_path):
                       "demo")
     runs = run_configs(cfg, tmp_path)
     assert [(r.step, r.dataset, r.seed) for r in runs] == [
-        ("05_vit", "rsna", 42), ("05_vit.s1", "rsna", 43),
-        ("05_vit.kermany", "kermany", 42), ("05_vit.kermany.s1", "kermany", 43)]
+        ("05_vit", "rsna", 42), ("05_vit.s43", "rsna", 43),
+        ("05_vit.kermany", "kermany", 42), ("05_vit.kermany.s43", "kermany", 43)]
     assert {r.split_seed for r in runs} == {42}
 
 

@@ -101,6 +101,8 @@ class RunConfig:
     device: str = "auto"           # auto | cpu | cuda | mps
     resume: bool = True            # continue from checkpoints/<step>/last.pt when present
     keep_last: bool = False        # keep last.pt (optimizer state, for a resume) after the run
+    keep_best: bool = True         # keep best.pt after the run (08's gallery, 09, predict and
+                                   # 04-06's anatomy read it); false deletes it once evaluated
     # --- processes (torchrun + DDP; see utils.training.distributed) -------------------------------
     nproc_per_node: int = 0        # training processes on this machine (one per GPU, or CPU
                                    # gloo); 0 = auto: every visible CUDA GPU, 1 on CPU/MPS
@@ -231,7 +233,7 @@ class RunConfig:
 
 
 _CHOICES: dict[str, set] = {
-    "profile": {"auto", "demo", "smoke", "full"},
+    "profile": {"auto", "demo", "smoke", "kaggle", "colab", "full", "rehearsal"},
     "task": {"binary", "multilabel"},
     "on_bad_image": {"error", "skip"},
     "optimizer": {"adamw", "adam", "sgd"},
@@ -262,6 +264,17 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {"image_size": 224, "epochs": 20, "batch_size": 32, "max_images": 0,
              "num_workers": 4, "cache": True, "bootstrap": 1000, "seeds": 3,
              "sampler_cap": 10000},
+    # full's recipe sized to one 12-hour hosted session (docs/profiles.md; ≤ 11 h by
+    # `run_all.py --plan`): every step, source and network at 224 px, the training split
+    # capped at 16,000 films per run (NIH's ~73,000 cost most; validation and test are
+    # full's, so the test fingerprints match full's) and 10 epochs; kaggle 3 seeds on 2xT4
+    # (nproc_per_node=0: both GPUs), colab 2 seeds on one T4 (the paired tests need >= 2)
+    "kaggle": {"image_size": 224, "epochs": 10, "batch_size": 32, "max_images": 0,
+               "max_train_images": 16000, "num_workers": 4, "cache": True,
+               "bootstrap": 1000, "seeds": 3, "sampler_cap": 10000},
+    "colab": {"image_size": 224, "epochs": 10, "batch_size": 32, "max_images": 0,
+              "max_train_images": 16000, "num_workers": 2, "cache": True,
+              "bootstrap": 1000, "seeds": 2, "sampler_cap": 10000},
     # synthetic data the project generates; tiny sizes; minutes on a laptop CPU
     # (test_fraction 0.35 for RSNA and NIH, which have no official test split: ~260 test
     # images, CIs of about ±0.05; run_all gives the slow starters more epochs, batch 16)
@@ -273,6 +286,13 @@ PROFILES: dict[str, dict[str, Any]] = {
               "num_workers": 0, "cache": False, "bootstrap": 20, "pretrained": False,
               "max_steps_per_epoch": 2, "sampler_cap": 8},
 }
+
+# `run_all.py --rehearse` (utils/study/rehearse.py, docs/rehearsal.md): full's plan and
+# settings (3 seeds, every source) with only the compute turned down, on the CPU in minutes
+PROFILES["rehearsal"] = {**PROFILES["full"], "image_size": 32, "epochs": 1, "nih_epochs": 1,
+                         "max_steps_per_epoch": 2, "batch_size": 8, "max_images": 48,
+                         "bootstrap": 20, "pretrained": False, "num_workers": 0,
+                         "cache": False}
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["REPO_URL", "BRANCH", "colab_url", "badge_markdown", "strip_badge", "SETUP_SOURCE",
-           "is_hosted", "missing_requirements", "prepare_runtime", "main"]
+           "is_hosted", "missing_requirements", "prepare_runtime", "pin_commit", "COMMIT_FILE",
+           "main"]
 
 REPO_URL = "https://github.com/cxr-pneumonia/cxr-pneumonia"   # a fork: change it here only
 BRANCH = "main"
@@ -39,12 +40,14 @@ PROVIDED_BY = {"opencv-python-headless": ("opencv-python", "opencv-contrib-pytho
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 _BADGE_LINE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)[ \t]*\n?", re.M)
 README_START, README_END = "<!-- colab-badges:start -->", "<!-- colab-badges:end -->"
+COMMIT_FILE = "cxr_commit.txt"   # in the hosted working folder: the commit the setup installed
 
 _SETUP_TEMPLATE = '''\
 # Setup (the same in every notebook): find the project; in Colab or Kaggle clone it first.
 import os, subprocess, sys
 from pathlib import Path
 
+COMMIT = ""  # "" = the newest; a hash (cxr_commit.txt, session.json) runs exactly that code
 REPO = os.environ.get("CXR_REPO_URL", "{repo_url}")
 HOSTED = "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ
 ROOT = next((p for p in [Path.cwd(), *Path.cwd().parents, Path.cwd() / "cxr-pneumonia"]
@@ -62,7 +65,7 @@ if ROOT is None:
                      "(or open this notebook in Colab with the badge above).")
 sys.path.insert(0, str(ROOT))
 from utils.hosted import prepare_runtime
-prepare_runtime(ROOT, hosted=HOSTED)
+prepare_runtime(ROOT, hosted=HOSTED, commit=COMMIT)
 '''
 SETUP_SOURCE = _SETUP_TEMPLATE.format(repo_url=REPO_URL).rstrip("\n")
 
@@ -118,11 +121,59 @@ def missing_requirements(requirements: str | Path,
     return missing
 
 
-def prepare_runtime(root: str | Path = ROOT, hosted: bool | None = None) -> None:
-    """Install what a hosted runtime lacks (pip, with torch/torchvision held at their
-    installed builds); elsewhere only name what is missing. Returns nothing, so the setup
-    cell shows no value."""
+def _git(root: Path, *args: str) -> str:
+    """git's output in `root`, "" when git or the repository is missing or it fails."""
+    try:  # Popen, not run: tests replace subprocess.run to watch pip
+        with subprocess.Popen(["git", "-C", str(root), *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) as proc:
+            out = proc.communicate()[0]
+    except OSError:
+        return ""
+    return out.strip() if proc.returncode == 0 else ""
+
+
+def _forget_utils() -> None:
+    """Drop the `utils` modules imported from the code before a checkout: the notebook's
+    next imports read the pinned commit's files."""
+    for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
+        del sys.modules[name]
+
+
+def pin_commit(root: str | Path, commit: str = "", hosted: bool = True) -> str:
+    """Check out `commit` (the setup cell's COMMIT) in a hosted clone, so a group's members
+    and a resumed session run the same code; a local checkout is the developer's and is only
+    warned about. Hosted, print the commit the code is at and write it to `COMMIT_FILE` in
+    the working folder (Kaggle keeps it in the version's output). Returns it ("" no git)."""
+    root, commit = Path(root), commit.strip()
+    head = _git(root, "rev-parse", "HEAD")
+    if commit and not head.startswith(commit):
+        if not hosted:
+            print(f"COMMIT = {commit!r} but {root} is at {head[:12] or '(no git)'}: this "
+                  f"checkout is left as it is (git checkout {commit} to run that code)")
+            return head
+        _git(root, "fetch", "-q", "--depth", "1", "origin", commit)  # a --depth 1 clone
+        _git(root, "checkout", "-q", commit)
+        if not _git(root, "rev-parse", "HEAD").startswith(commit):
+            raise SystemExit(f"COMMIT = {commit!r}: not found in "
+                             f"{os.environ.get('CXR_REPO_URL', REPO_URL)}; give the full "
+                             f"40-character hash from {COMMIT_FILE} or reports/session.json")
+        _forget_utils()
+        head = _git(root, "rev-parse", "HEAD")
+    if hosted and head:
+        print(f"code: commit {head} (to run exactly this code elsewhere, set "
+              f'COMMIT = "{head}" in the setup cell)')
+        (Path.cwd() / COMMIT_FILE).write_text(head + "\n", encoding="utf-8")
+    return head
+
+
+def prepare_runtime(root: str | Path = ROOT, hosted: bool | None = None,
+                    commit: str = "") -> None:
+    """Check out the setup cell's `commit` (`pin_commit`) and record the one installed, then
+    install what a hosted runtime lacks (pip, with torch/torchvision held at their installed
+    builds); elsewhere only name what is missing. Returns nothing, so the setup cell shows
+    no value."""
     hosted = is_hosted() if hosted is None else hosted
+    pin_commit(root, commit, hosted)
     missing = missing_requirements(Path(root) / "requirements.txt")
     if not missing:
         return

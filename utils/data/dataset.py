@@ -182,11 +182,17 @@ def manifest_fingerprint(manifest: pd.DataFrame) -> str:
     """A short hash of which files, labels and splits a run trains and validates on.
 
     Stored in checkpoints so a resume notices new data under the same root (e.g. the full
-    NIH set downloaded where the sample was), which the config alone cannot show.
+    NIH set downloaded where the sample was), which the config alone cannot show. Paths count
+    relative to the source folder: the same data at another path (a new Kaggle or Colab
+    session's mount, `--resume-from` on another machine) is the same data.
     """
     columns = [c for c in ("path", "split", "label", *NIH_FINDINGS) if c in manifest.columns]
     rows = manifest[manifest["split"].isin(["train", "val"])] if "split" in manifest else manifest
-    rows = rows[columns].sort_values(columns[:1]) if columns else rows
+    rows = rows[columns].copy()
+    base = manifest.attrs.get("source_dir", "")
+    if base and "path" in rows:
+        rows["path"] = [os.path.relpath(p, base) for p in rows["path"].astype(str)]
+    rows = rows.sort_values(columns[:1]) if columns else rows
     digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
 
@@ -197,8 +203,18 @@ def test_fingerprint(manifest: pd.DataFrame) -> str:
     equal were measured on the same images, so only they are ranked together. A source's
     own image ids stand for the files where it has them (RSNA's `image_id`: its DICOMs and
     01_preprocessing's PNGs of them are the same images)."""
-    rows = manifest[manifest["split"] == "test"]
-    base = manifest.attrs.get("source_dir", "")
+    return _rows_fingerprint(manifest[manifest["split"] == "test"],
+                             manifest.attrs.get("source_dir", ""))
+
+
+def source_version(source: pd.DataFrame, base: str | Path = "") -> str:
+    """A short hash of a whole source as found (every file and label, before splitting and
+    capping): two runs with equal test fingerprints but different source versions read
+    different copies of the data (a merged run from another machine is listed apart)."""
+    return _rows_fingerprint(source, str(base))
+
+
+def _rows_fingerprint(rows: pd.DataFrame, base: str) -> str:
     names = rows["image_id"].astype(str).tolist() if "image_id" in rows else \
         [os.path.relpath(p, base) if base else p for p in rows["path"].astype(str)]
     keyed = sorted(zip(names, rows["label"].astype(int).tolist()))
@@ -232,7 +248,8 @@ def load_manifest(cfg) -> pd.DataFrame:
     synthetic = bool(synthetic or is_synthetic(found[cfg.dataset]) or manifest["synthetic"].any())
     unreadable = list(manifest.attrs.get("skipped", []))
     manifest.attrs.update(source.attrs, synthetic=synthetic, source=cfg.dataset,
-                          data_root=str(root), source_dir=str(found[cfg.dataset]))
+                          data_root=str(root), source_dir=str(found[cfg.dataset]),
+                          source_version=source_version(source, found[cfg.dataset]))
     manifest.attrs["skipped"] = list(dict.fromkeys(
         [*source.attrs.get("skipped", []), *unreadable]))  # missing + unreadable, in order
     return manifest

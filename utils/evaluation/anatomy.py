@@ -34,10 +34,12 @@ __all__ = ["best_model", "Picked", "picked_cases", "compound_scaling", "efficien
 
 
 def best_model(cfg, ctx) -> tuple[nn.Module, dict[str, Any]]:
-    """The step's best checkpoint (`checkpoints/<step>/best.pt`) as a model in eval mode."""
+    """The step's best checkpoint (`checkpoints/<step>/best.pt`, else its primary run's:
+    `gallery.run_checkpoint`) as a model in eval mode."""
     from ..training.checkpoint import load_model
+    from .gallery import run_checkpoint
 
-    return load_model(Path(cfg.checkpoint_dir) / cfg.step / "best.pt", device=ctx.device)
+    return load_model(run_checkpoint(cfg.checkpoint_dir, cfg.step), device=ctx.device)
 
 
 @dataclass
@@ -280,10 +282,10 @@ def side_by_side(reports_dir: str | Path, step: str) -> pd.DataFrame:
     """Every binary run scored on the same test images as `step` (same dataset and test
     fingerprint): parameters, training throughput and test AUROC/F1, seeds averaged, fewest
     parameters first. `this` marks `step`'s own row."""
-    from .results import load_results
+    from .results import load_results, primary_run
 
     runs = load_results(reports_dir)
-    mine = runs[runs["step"] == step]
+    mine = runs[runs["step"] == (primary_run(step, runs["step"]) or step)]
     if mine.empty:
         raise FileNotFoundError(f"no results for {step!r} in {reports_dir}/results: run the "
                                 f"step's training and evaluation first")
@@ -291,7 +293,7 @@ def side_by_side(reports_dir: str | Path, step: str) -> pd.DataFrame:
     fingerprint = mine["test_fingerprint"].iloc[0]
     if isinstance(fingerprint, str) and fingerprint:
         same &= runs["test_fingerprint"] == fingerprint
-    runs = runs[same & ~runs["step"].str.endswith("_nih")].copy()
+    runs = runs[same & ~runs["plan_step"].fillna(runs["step"]).str.endswith("_nih")].copy()
     runs["plan_step"] = runs["plan_step"].fillna(runs["step"])
     table = runs.groupby(["plan_step", "model"], as_index=False).agg(
         seeds=("step", "size"), params_m=("params", lambda p: p.iloc[0] / 1e6),

@@ -166,20 +166,38 @@ def _collect(runs: pd.DataFrame, reports_dir: Path, cache: dict, split: str = "t
     return groups, apart
 
 
-def _apart(run: pd.Series, reason: str) -> dict[str, Any]:
+def _apart(run: pd.Series, reason: str, field: str = "") -> dict[str, Any]:
+    """A run listed apart: why, and `field`, the results field that differs (if one does)."""
     return {"dataset": run["dataset"], "step": run["step"], "model": run["model"],
-            "test_fingerprint": run["test_fingerprint"], "reason": reason}
+            "test_fingerprint": run["test_fingerprint"], "reason": reason, "field": field,
+            **{k: run.get(k) for k in ("seed", "split_seed", "source_version", "profile")}}
 
 
 def _split_by_fingerprint(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """Runs on the dataset's most common test fingerprint, and the others (listed apart)."""
+    """Runs on the dataset's most common test fingerprint, and the others (listed apart);
+    then, among those, runs whose split seed or source version (runs merged from another
+    machine: `utils.study.merge`) differs from the most common one, listed apart naming the
+    field: equal test images by another split or data copy are not the same experiment."""
     fp = runs["test_fingerprint"].fillna("")
     main = fp.value_counts().sort_index().idxmax()  # ties: the first fingerprint in sort order
     other = runs[fp != main]
     reason = "its test set (fingerprint {}) differs from the {} other runs' ({})"
     apart = [_apart(r, reason.format(r["test_fingerprint"] or "missing", int((fp == main).sum()),
-                                     main or "missing")) for _, r in other.iterrows()]
-    return runs[fp == main], apart
+                                     main or "missing"), "test_fingerprint")
+             for _, r in other.iterrows()]
+    runs = runs[fp == main]
+    for column in ("split_seed", "source_version"):
+        if column not in runs:
+            continue
+        known = runs[column].dropna()  # older results lack the field: unknown, not different
+        if known.nunique() <= 1:
+            continue
+        usual = known.value_counts().sort_index().idxmax()
+        differs = runs[column].notna() & (runs[column] != usual)
+        apart += [_apart(r, f"its {column} ({r[column]}) differs from the {int((~differs).sum())} "
+                            f"other runs' ({usual})", column) for _, r in runs[differs].iterrows()]
+        runs = runs[~differs]
+    return runs, apart
 
 
 def _same_images(groups: list[Group]) -> tuple[list[Group], list[dict]]:
@@ -205,12 +223,22 @@ def _common_row(g: Group, n_boot: int, seed: int, alpha: float) -> dict[str, Any
         row.update({m: ci[m]["mean"], f"{m}_lo": ci[m]["lo"], f"{m}_hi": ci[m]["hi"],
                     f"{m}_sd": ci[m]["sd"]})
     row["val_auroc"] = _mean_val_auroc(g)
+    row["profiles"] = sorted({_profile(r) for _, r in g.runs.iterrows()})
     row["per_seed"] = [{"step": r["step"], "seed": r["seed"], "threshold": t,
+                        "profile": r.get("profile"), "settings": r.get("settings"),
                         "val_auroc": g.val_aurocs[i], **{m: ci[m]["per_seed"][i] for m in METRICS}}
                        for i, ((_, r), t) in enumerate(zip(g.runs.iterrows(), g.thresholds))]
     for col in ("params", "train_seconds", "images_per_second"):
         row[col] = float(g.runs[col].mean()) if g.runs[col].notna().any() else None
     return row
+
+
+def _profile(run: pd.Series) -> str:
+    """`smoke: image_size=32 epochs=1 ...`: a run's profile and settings, shown beside it
+    (runs merged from several members may come from different profiles)."""
+    profile, settings = run.get("profile"), run.get("settings")
+    profile = profile if isinstance(profile, str) and profile else "?"
+    return f"{profile}: {settings}" if isinstance(settings, str) and settings else profile
 
 
 def _mean_val_auroc(g: Group) -> float:

@@ -113,7 +113,9 @@ def common_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
                "AUROC [95% CI]": fmt_ci(r["auroc"], r["auroc_lo"], r["auroc_hi"]),
                "AUROC sd (seeds)": _sd(r, "auroc"),
                "AUROC per seed": ", ".join(f"{s['auroc']:.3f}" for s in r["per_seed"]
-                                           if not _missing(s["auroc"]))}
+                                           if not _missing(s["auroc"])),
+               # runs merged from several members may come from different profiles
+               "profile · settings": " | ".join(r.get("profiles") or [])}
         row.update({f"{_NAMES[m]} [95% CI]": fmt_ci(r[m], r.get(f"{m}_lo"), r.get(f"{m}_hi"))
                     for m in ("f1", "sensitivity", "specificity")})
         out.append(row)
@@ -149,7 +151,8 @@ def cost_table(report: dict[str, Any], dataset: str) -> pd.DataFrame:
 
 def apart_table(report: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(report.get("apart") or [],
-                        columns=["dataset", "step", "model", "test_fingerprint", "reason"])
+                        columns=["dataset", "step", "model", "field", "test_fingerprint",
+                                 "reason"])
 
 
 def styled(table: pd.DataFrame, caption: str):

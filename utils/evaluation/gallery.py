@@ -14,24 +14,38 @@ import torch
 from ..config import RunConfig, make_config
 from ..runtime import RunContext
 
-__all__ = ["runs_with_checkpoints", "pick_cases", "Cases", "load_cases", "build_gallery",
+__all__ = ["runs_with_checkpoints", "run_checkpoint", "pick_cases", "Cases", "load_cases", "build_gallery",
            "localisation_table", "save_localisation"]
 
 _GROUPS = ("true positive (confident)", "false negative", "false positive")
 
 
 def runs_with_checkpoints(reports_dir: str | Path, checkpoint_dir: str | Path) -> pd.DataFrame:
-    """Each step's first run (its own dataset, first seed) with a results JSON and a best
-    checkpoint; NIH 14-label runs excluded. The other runs of the grid are in 07."""
-    from .results import load_results
+    """Each step's primary run (its own dataset, seed 42, else its lowest seed: results'
+    `primary_run`) with a results JSON and a best checkpoint; NIH 14-label runs excluded.
+    The other runs of the grid are in 07."""
+    from .results import load_results, primary_run
 
     runs = load_results(reports_dir)
     if runs.empty:
         return runs
     has_ckpt = runs["step"].map(lambda s: (Path(checkpoint_dir) / s / "best.pt").exists())
-    binary = ~runs["step"].str.endswith("_nih")
-    first = runs["step"] == runs["plan_step"]  # each step's own dataset and first seed
-    return runs[has_ckpt & binary & first].reset_index(drop=True)
+    binary = ~runs["plan_step"].fillna(runs["step"]).str.endswith("_nih")
+    runs = runs[has_ckpt & binary]
+    first = {primary_run(step, runs["step"]) for step in runs["plan_step"].dropna().unique()}
+    return runs[runs["step"].isin(first)].reset_index(drop=True)
+
+
+def run_checkpoint(checkpoint_dir: str | Path, step: str) -> Path:
+    """`checkpoint_dir/<step>/best.pt`; for a step name with no such folder, its primary
+    run's (`results.primary_run`: `05_vit.s1` when the user's seed is 1)."""
+    from .results import primary_run
+
+    root = Path(checkpoint_dir)
+    if (root / step / "best.pt").exists() or not root.is_dir():
+        return root / step / "best.pt"
+    names = [p.parent.name for p in root.glob(f"{step}*/best.pt")]
+    return root / (primary_run(step, names) or step) / "best.pt"
 
 
 def pick_cases(probs: np.ndarray, targets: np.ndarray, threshold: float,
@@ -91,7 +105,7 @@ def load_cases(step: str, cfg: RunConfig, ctx: RunContext, per_group: int = 4) -
     from ..training.checkpoint import load_model
     from .metrics import predict
 
-    model, ckpt = load_model(Path(cfg.checkpoint_dir) / step / "best.pt", device=ctx.device)
+    model, ckpt = load_model(run_checkpoint(cfg.checkpoint_dir, step), device=ctx.device)
     run_cfg = _run_config(ckpt, cfg)
     loaders = make_loaders(run_cfg, load_manifest(run_cfg),
                            normalisation(run_cfg.model, run_cfg.pretrained), splits=("val", "test"))

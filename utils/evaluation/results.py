@@ -11,7 +11,7 @@ import math
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,8 @@ import pandas as pd
 from ..data import BINARY_SOURCES
 from ..fileio import atomic_write_json, atomic_write_text
 
-__all__ = ["run_name", "parse_run_name", "build_results", "write_results", "load_results", "write_predictions",
+__all__ = ["run_name", "parse_run_name", "run_seed", "primary_run", "primary_results",
+           "DEFAULT_SEED", "RESULTS_SCHEMA", "run_settings", "build_results", "write_results", "load_results", "write_predictions",
            "load_predictions", "METRICS", "RESULT_COLUMNS"]
 
 METRICS = ("auroc", "auprc", "f1", "accuracy", "precision", "recall", "specificity")
@@ -27,26 +28,69 @@ RESULT_COLUMNS = (["step", "plan_step", "dataset", "seed", "seed_index", "model"
                    "params", "train_seconds", "images_per_second"]
                   + [c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
                   + ["threshold", "threshold_policy", "variant", "test_fingerprint", "weights",
-                     "val_auroc"])
+                     "val_auroc", "split_seed", "source_version", "profile", "settings", "schema"])
 _TEXT_COLUMNS = ("step", "plan_step", "dataset", "model", "synthetic", "threshold_policy",
-                 "variant", "test_fingerprint", "weights")
+                 "variant", "test_fingerprint", "weights", "profile", "source_version",
+                 "settings")
 
 
-# --- run names: `<step>[.<dataset>][.s<k>]` (utils.study.runs makes the runs) ----------------
-def run_name(step: str, dataset: str, home: str, seed_index: int = 0) -> str:
-    """The name of one run of `step` (see `utils.study.runs`)."""
+# --- run names: `<step>[.<dataset>][.s<seed>]` (utils.study.runs makes the runs) -----------
+DEFAULT_SEED = 42    # RunConfig.seed's default: its runs keep the bare name
+RESULTS_SCHEMA = 2   # 2: run names carry the seed's value (`05_vit.s43`); 1 (no key): its index
+
+
+def run_name(step: str, dataset: str, home: str, seed: int = DEFAULT_SEED) -> str:
+    """The name of one run of `step` (see `utils.study.runs`): the bare step for the default
+    seed, `.s<seed>` otherwise, so runs made by different people with different seeds have
+    different names and can be gathered in one folder."""
     name = step if dataset == home else f"{step}.{dataset}"
-    return f"{name}.s{seed_index}" if seed_index else name
+    return name if seed == DEFAULT_SEED else f"{name}.s{seed}"
 
 
-def parse_run_name(name: str) -> tuple[str, str | None, int]:
-    """`(step, dataset or None for the step's own, seed index)` of a run name."""
+def parse_run_name(name: str) -> tuple[str, str | None, int | None]:
+    """`(step, dataset or None for the step's own, seed value or None for the bare name,
+    i.e. DEFAULT_SEED)` of a run name."""
     parts = name.split(".")
-    seed_index = 0
+    seed = None
     if len(parts) > 1 and parts[-1][:1] == "s" and parts[-1][1:].isdigit():
-        seed_index = int(parts.pop()[1:])
+        seed = int(parts.pop()[1:])
     dataset = parts.pop() if len(parts) > 1 and parts[-1] in BINARY_SOURCES else None
-    return ".".join(parts), dataset, seed_index
+    return ".".join(parts), dataset, seed
+
+
+def run_seed(name: str) -> int:
+    """The training seed a run name stands for (DEFAULT_SEED for the bare name)."""
+    seed = parse_run_name(name)[2]
+    return DEFAULT_SEED if seed is None else seed
+
+
+def primary_run(step: str, names: Iterable[str]) -> str | None:
+    """The run standing for `step` where one is shown alone (gallery, index, anatomy, 09's
+    NIH start): the bare name when present, else the step's own-dataset run with the lowest
+    seed (a member who ran `-p seed=1` has `05_vit.s1` only); None when it has none."""
+    own = [n for n in names if parse_run_name(n)[:2] == (step, None)]
+    if step in own:
+        return step
+    return min(own, key=run_seed) if own else None
+
+
+def primary_results(results_dir: str | Path, step: str) -> Path:
+    """`results_dir/<primary run of step>.json` (`primary_run`); `<step>.json` when none."""
+    results_dir = Path(results_dir)
+    names = [p.stem for p in results_dir.glob(f"{step}*.json")] if results_dir.is_dir() else []
+    return results_dir / f"{primary_run(step, names) or step}.json"
+
+
+SETTINGS = ("image_size", "epochs", "batch_size", "lr", "max_images", "max_train_images")
+
+
+def run_settings(config: Mapping[str, Any], lr_used: Any = None) -> str:
+    """The training settings that tell two profiles' runs apart, in one line
+    (`image_size=224 epochs=20 ...`; unset caps and `lr=0`, auto, left out; `lr_used`: the
+    rate training started at): 07 shows it beside each merged run."""
+    values = {**config, "lr": lr_used or config.get("lr")}
+    return " ".join(f"{k}={values[k]:g}" if isinstance(values[k], float) else f"{k}={values[k]}"
+                    for k in SETTINGS if values.get(k) not in (None, "", 0))
 
 
 def _clean(obj: Any) -> Any:
@@ -91,9 +135,10 @@ def build_results(cfg, *, model_name: str, n_params: int, data_sizes: dict,
         >>> res["test"]["auroc"], res["test"]["auroc_ci"]
     """
     history = history.to_dict() if hasattr(history, "to_dict") else dict(history)
-    plan_step, _, seed_index = parse_run_name(cfg.step)
+    plan_step = parse_run_name(cfg.step)[0]
     results = {
-        "step": cfg.step, "plan_step": plan_step, "seed": cfg.seed, "seed_index": seed_index,
+        "schema": RESULTS_SCHEMA,
+        "step": cfg.step, "plan_step": plan_step, "seed": cfg.seed,
         "variant": cfg.variant,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
@@ -151,6 +196,12 @@ def _row(res: dict[str, Any]) -> dict[str, Any]:
     test, thr = res.get("test") or {}, res.get("threshold") or {}
     row = {"step": res.get("step"), "plan_step": res.get("plan_step", res.get("step")),
            "seed": res.get("seed"), "seed_index": res.get("seed_index", 0),
+           "split_seed": (res.get("config") or {}).get("split_seed"),
+           "source_version": (res.get("data") or {}).get("source_version"),
+           "profile": (res.get("config") or {}).get("profile"),
+           "settings": run_settings(res.get("config") or {},
+                                    (res.get("training") or {}).get("lr")),
+           "schema": res.get("schema", 1),
            "test_fingerprint": (res.get("data") or {}).get("test_fingerprint"),
            "dataset": (res.get("data") or {}).get("dataset"),
            "model": (res.get("model") or {}).get("name"),
@@ -199,6 +250,10 @@ def load_results(reports_dir: str | Path = "reports") -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     numeric = [c for c in RESULT_COLUMNS if c not in _TEXT_COLUMNS]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
+    if len(df):  # each run's rank by seed among its step's runs on its dataset (0 = lowest)
+        seeds = df["seed"].fillna(df["seed_index"] + DEFAULT_SEED)
+        df["seed_index"] = seeds.groupby([df["plan_step"], df["dataset"].fillna("")]).rank(
+            method="dense").sub(1).fillna(0).astype(int)
     return df.sort_values("step", ignore_index=True)
 
 

@@ -10,6 +10,7 @@ predictions CSV.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -46,6 +47,12 @@ def _read(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _seed_order(res: Mapping[str, Any]) -> tuple:
+    """Runs of one step in seed order (the lowest seed first: the one shown in full)."""
+    seed = res.get("seed")
+    return (seed if isinstance(seed, (int, float)) else math.inf, res.get("seed_index") or 0)
 
 
 def owner_step(plan_step: str, names: Iterable[str]) -> str:
@@ -152,7 +159,7 @@ def runs_summary(runs: list[Mapping[str, Any]]) -> list[str]:
         groups.setdefault(key, []).append(res)
     out: list[str] = []
     for group in groups.values():
-        group.sort(key=lambda r: r.get("seed_index") or 0)
+        group.sort(key=_seed_order)
         first = run_sentences(group[0])
         if len(groups) > 1:  # say which run each paragraph is about
             first[0] = f"{group[0].get('step')}: {first[0]}"
@@ -369,7 +376,7 @@ def _from_runs(results: Path) -> list[dict[str, Any]]:
         groups.setdefault(key, []).append(res)
     rows = []
     for (step, dataset, fp), runs in groups.items():
-        runs.sort(key=lambda r: r.get("seed_index") or 0)
+        runs.sort(key=_seed_order)
         test = runs[0]["test"]
         lo, hi = (test.get("auroc_ci") or [None, None])[:2]
         rows.append({"dataset": dataset, "model": (runs[0].get("model") or {}).get("name"),

@@ -28,6 +28,8 @@ from .console import (Progress, current_step, fmt_duration, live_line, log_file,
                       logged_kernel_manager)
 from .plan import (INJECTED, Step, UsageError, nproc_overrides, parameter_notes, parse_overrides,
                    resolve_params, select_steps, validate)
+from . import rehearse as rehearsal
+from . import resume as sessions
 from .run_state import code_digest, data_facts, fingerprint, load_state, save_state, upstream_facts
 
 __all__ = ["Run", "prepare", "print_plan", "run_step", "run_steps", "execute", "execute_run",
@@ -171,6 +173,8 @@ class Run:
     settings: dict[str, Any] = field(default_factory=dict)  # shown on the index
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # state, index
     progress: Progress | None = None   # the console's view of the run (`execute_run`)
+    planned: dict[str, dict[str, Any]] = field(default_factory=dict)  # budget.planned_seconds
+    session: Any = None   # resume.Session: the --stop-after deadline, how to continue
 
     @property
     def log_path(self) -> Path:
@@ -214,6 +218,8 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
     global_, per_step = parse_overrides(args.params, plan)
     for name, extra in nproc_overrides(plan, args.nproc_per_node).items():
         per_step[name] = {**extra, **per_step.get(name, {})}  # -p STEP.nproc_per_node wins
+    if getattr(args, "rehearse", False):  # full's plan at toy scale (rehearse.py)
+        rehearsal.apply(args)
     steps = select_steps(plan, args.only, args.start)
     data_root, synthetic = resolve_data(args.data_root)
     if synthetic:
@@ -221,7 +227,11 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
                     "  Numbers in these reports are NOT clinical results. Pass --data-root, "
                     "set CXR_DATA_ROOT\n  or download: python -m utils.data.download kermany"
                     "\n%s", "=" * 78, data_root, "=" * 78)
-    profile = args.profile or ("demo" if synthetic else "full")
+    from .budget_hooks import choose_profile
+
+    profile, why = choose_profile(args, synthetic)
+    if why:
+        log.info("profile %s (auto): %s", profile, why)
     reports, checkpoints = args.reports_dir.resolve(), args.checkpoint_dir.resolve()
     base = {"profile": profile, "data_root": str(data_root), "reports_dir": str(reports),
             "checkpoint_dir": str(checkpoints)}
@@ -239,11 +249,13 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
                 "jobs": jobs,
                 "steps selected": " ".join(s.name for s in steps), "-p": " ".join(args.params),
                 "checkpoints": checkpoints, "force": args.force}
-    return Run(plan, steps, params, notebooks, reports, profile, data_root, synthetic,
-               args.force, args.timeout, jobs, code_digest(CODE_DIR),
-               datetime.now().isoformat(sep=" ", timespec="seconds"),
-               load_state(reports / ".run_state.json"), data=data_facts(data_root),
-               settings=settings)
+    run = Run(plan, steps, params, notebooks, reports, profile, data_root, synthetic,
+              args.force, args.timeout, jobs, code_digest(CODE_DIR),
+              datetime.now().isoformat(sep=" ", timespec="seconds"),
+              load_state(reports / ".run_state.json"), data=data_facts(data_root),
+              settings=settings)
+    sessions.start_session(run, args)  # --resume-from, session.json, --stop-after (resume.py)
+    return run
 
 
 def print_plan(run: Run) -> None:
@@ -280,9 +292,13 @@ def run_step(run: Run, step: Step) -> dict[str, Any]:
             log.info("skip    %s (unchanged) · %s", step.name, progress.summary())
             return {"status": "skipped-unchanged",
                     "duration_s": run.state[step.name].get("duration_s")}
+        if held := sessions.held_back(run):  # the session's time is up: start no more
+            log.info("held    %s (the session's time is up)", step.name)
+            return held
         log.info("start   %s (%s)", step.name, why)
         run.state[step.name] = {"status": "running", "fingerprint": fp,
-                                "started": datetime.now().isoformat(timespec="seconds")}
+                                "started": datetime.now().isoformat(timespec="seconds"),
+                                **run.planned.get(step.name, {})}
         save_state(run.state_path, run.state)
         run.outcomes[step.name] = {"status": "running"}
         run.write_index()
@@ -292,11 +308,14 @@ def run_step(run: Run, step: Step) -> dict[str, Any]:
     with current_step(step.name):
         error, detail = execute(step, run.params[step.name], run.notebooks / step.notebook,
                                 run.reports, run.timeout, kernel_log=run.log_path)
-    outcome = {"status": "failed" if error else "ok", "error": error,
+    outcome = {"status": sessions.step_status(error), "error": error,
                "duration_s": round(time.time() - started, 2)}
     progress.end(step.name, None if error else outcome["duration_s"])
     took = fmt_duration(outcome["duration_s"])
-    if error:
+    if outcome["status"] == sessions.INTERRUPTED:
+        log.warning("stopped %s in %s at the session's deadline (%s) · %s", step.name, took,
+                    error.splitlines()[0], progress.summary())
+    elif error:
         log.error("FAILED  %s in %s: %s · %s\n%s\n(its report: %s; the cells' output: %s)",
                   step.name, took, error.splitlines()[0], progress.summary(), detail.rstrip(),
                   run.reports / f"{step.name}.html", run.log_path)
@@ -352,9 +371,22 @@ def last_durations(state: dict[str, Any]) -> dict[str, float]:
             if entry.get("status") == "ok" and entry.get("duration_s")}
 
 
-def execute_run(run: Run, bundle: Path | None = None) -> int:
+def _planned(run: Run) -> dict[str, dict[str, Any]]:
+    """Each step's planned seconds on this machine (the index shows them beside the
+    duration); a plan that cannot be priced only costs the column, never the run."""
+    from .budget_hooks import planned_seconds
+
+    try:
+        return planned_seconds(run, [s for s in run.steps if run.why_run(s, run.fingerprint(s))])
+    except Exception as exc:  # noqa: BLE001 - an estimate; the run goes on without it
+        log.warning("no planned times for the index (%s: %s)", type(exc).__name__, exc)
+        return {}
+
+
+def execute_run(run: Run, bundle: Path | None = None, with_weights: bool = False) -> int:
     """Every selected step with the console, the log and the live line; then the summary
-    (and the bundle). Returns 1 when a step failed, else 0."""
+    (and the bundle, with each run's best.pt when `with_weights`). Returns 1 when a step
+    failed, else 0."""
     run.progress = Progress([s.name for s in run.steps], run.jobs, last_durations(run.state),
                             run.reports / PROGRESS_DIR)
     with log_file(run.log_path):
@@ -362,10 +394,12 @@ def execute_run(run: Run, bundle: Path | None = None) -> int:
                  run.log_path)
         for note in parameter_notes(run.steps, run.params, run.notebooks):
             log.warning("%s", note)
+        run.planned = _planned(run)
         index = run.write_index()
         if run.jobs > 1:
             log.info("%d steps side by side (--jobs %d)", run.jobs, run.jobs)
-        with kernel_env(run.jobs, run.progress.folder), live_line(run.progress):
+        with kernel_env(run.jobs, run.progress.folder), sessions.deadline_env(run.session), \
+                live_line(run.progress):
             run_steps(run)
         rows = build_rows([s.name for s in run.steps], run.outcomes, run.state, run.reports)
         print(f"\n{summary_table(rows)}\n\nindex: {index}")
@@ -373,6 +407,9 @@ def execute_run(run: Run, bundle: Path | None = None) -> int:
             from ..reports.bundle import BUNDLE_NAME, write_bundle
 
             target = run.reports / BUNDLE_NAME if bundle == BUNDLE_DEFAULT else bundle
-            print(f"bundle: {write_bundle(run.reports, target)}")
+            ckpts = run.settings.get("checkpoints") if with_weights else None
+            print(f"bundle: {write_bundle(run.reports, target, ckpts)}")
         print(f"log: {run.log_path}")
-    return 1 if any(o["status"] == "failed" for o in run.outcomes.values()) else 0
+        if hint := sessions.resume_hint(run):
+            print(hint)
+    return sessions.exit_status(run.outcomes)

@@ -178,6 +178,7 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
     skipped = exp.manifest.attrs.get("skipped", [])
     exp.results["data"]["skipped"] = len(skipped)
     exp.results["data"]["test_fingerprint"] = test_fingerprint(exp.manifest)
+    exp.results["data"]["source_version"] = exp.manifest.attrs.get("source_version")
     # how splits grouped images into patients: "patient", "nih_patient" (RSNA via its NIH
     # mapping) or "image" (RSNA without the mapping: films of one person may cross splits)
     exp.results["data"]["grouping"] = exp.manifest.attrs.get("grouping", "patient")
@@ -197,6 +198,10 @@ def evaluate_and_record(exp: Experiment, ctx: RunContext,
                       dataset=cfg.dataset, external=scored)
     if not cfg.keep_last:  # the run is finished: only a resume needed the optimizer state
         (exp.checkpoint / "last.pt").unlink(missing_ok=True)
+    if not cfg.keep_best:  # a run whose weights no later step reads (the demo's disk budget)
+        (exp.checkpoint / "best.pt").unlink(missing_ok=True)
+        if exp.checkpoint.is_dir() and not any(exp.checkpoint.iterdir()):
+            exp.checkpoint.rmdir()
     return exp.results
 
 

@@ -45,8 +45,12 @@ def setup(namespace: Mapping[str, Any], *, verbose: bool = True) -> tuple[RunCon
     params = {k: v for k, v in namespace.items() if k in _FIELDS and v is not None}
     data_root, synthetic = resolve_data_root(params.get("data_root", ""), fallback=ensure_demo)
     profile = params.get("profile", "auto")
-    if profile == "auto":
-        profile = "demo" if synthetic else "full"
+    if profile == "auto":  # demo on synthetic data, Kaggle's/Colab's there, else full
+        from .budget import auto_profile, detect_platform
+
+        profile, why = auto_profile(synthetic, *detect_platform())
+        if verbose:
+            print(f"profile={profile} (auto): {why}")
     merged = {**recipe_for(params.get("variant", "")), **params,
               "profile": profile, "data_root": str(data_root)}
     for key in ("reports_dir", "checkpoint_dir", "cache_dir"):

@@ -51,7 +51,7 @@ class Step:
 ABLATION_VARIANTS = tuple(_RECIPES)  # one 03 step per variant, in the study's order
 
 
-_SMALL = ("demo", "smoke")   # CPU-sized profiles get small stand-ins of the big networks
+_SMALL = ("demo", "smoke", "rehearsal")   # CPU-sized profiles: small stand-ins of the big networks
 
 
 # Common ground (issue 11): each architecture of the study trains on every source found;
@@ -80,6 +80,12 @@ _DEMO_GRID = {"datasets": "kermany,rsna"}
 _DEMO_SLOW = {"batch_size": 16, "early_stopping": 0, "augmentation": "basic", **_DEMO_GRID}
 
 
+# The demo's disk budget (400 MB): the ResNet-18s of the ablation's intermediate steps (45 MB
+# each) and 09's DenseNet arms delete their best.pt once evaluated (`keep_best`), so 08's
+# gallery shows the study's models beside the hand-written ResNet-18 (all demo: 508 -> 244 MB)
+_DEMO_NO_WEIGHTS = ("resnet18_scratch_noreg", "v1", "v2", "v3")
+
+
 # what the model steps read (the RSNA PNGs and the caches 01 makes): with --jobs they wait
 _PREP = "01_preprocessing"
 
@@ -101,6 +107,8 @@ def _ablation_step(variant: str) -> Step:
         standin["demo"] = {"datasets": ""}
     if variant == "cnn":  # 10 epochs at batch 16 take it ~8 s (4 epochs: test AUROC 0.62,
         standin["demo"].update(epochs=10, batch_size=16)  # 10 at batch 32: 0.81, 16: 0.99)
+    if variant in _DEMO_NO_WEIGHTS:
+        standin.setdefault("demo", {}).update(keep_best=False)
     # side by side (--jobs), the variants still run in the study's order: each report's
     # "ablation so far" reads the variants before it
     previous = ABLATION_VARIANTS[:ABLATION_VARIANTS.index(variant)][-1:]  # () for the first
@@ -148,7 +156,7 @@ def default_plan() -> list[Step]:
             Step("08_gradcam_gallery", "08_gradcam_gallery.ipynb", after=MODEL_STEPS),
             # starts from 02's NIH checkpoint (checkpoints/02_chexnet_nih) when it exists;
             # one DenseNet121 per arm: 2 demo epochs keep it within the demo's budget
-            Step("09_transfer", "09_transfer.ipynb", profile_params={"demo": {"epochs": 2}},
+            Step("09_transfer", "09_transfer.ipynb", profile_params={"demo": {"epochs": 2, "keep_best": False}},
                  after=("02_chexnet",))]
 
 

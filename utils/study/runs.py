@@ -2,14 +2,16 @@
 
 The study compares architectures on common ground: every model trained and tested on the
 same split of each source, several seeds each. A run_all step (`05_vit`) therefore trains
-several runs. The first run, on the step's own dataset with the first seed, keeps the step's
+several runs. A run on the step's own dataset with the default seed (42) keeps the step's
 name, so `checkpoints/05_vit/best.pt` and `reports/results/05_vit.json` mean what they meant;
-the others add the dataset and the seed index:
+the others add the dataset and the seed's VALUE (not its index), so one member's seed 43 and
+another's seed 1 are two runs of one step that can be merged into one folder:
 
-    05_vit            rsna (the step's own dataset), seed index 0
-    05_vit.kermany    kermany, seed index 0
-    05_vit.s1         rsna, seed index 1 (seed = cfg.seed + 1)
-    05_vit.kermany.s1
+    05_vit            rsna (the step's own dataset), seed 42
+    05_vit.kermany    kermany, seed 42
+    05_vit.s43        rsna, seed 43 (the second of `seeds=2`: cfg.seed + 1)
+    05_vit.kermany.s43
+    05_vit.s1         rsna, seed 1 (`-p seed=1`)
 
 Patient splits use `split_seed`, not the training seed, so every seed of every model is
 tested on the same images (`results["data"]["test_fingerprint"]` says so).
@@ -58,6 +60,7 @@ def run_configs(cfg: RunConfig, data_root: str | Path | None,
     runs = []
     for dataset in datasets_for(cfg, data_root, found):
         for k in range(cfg.seeds):
-            runs.append(dataclasses.replace(cfg, dataset=dataset, seed=cfg.seed + k,
-                                            step=run_name(cfg.step, dataset, home, k)))
+            seed = cfg.seed + k
+            runs.append(dataclasses.replace(cfg, dataset=dataset, seed=seed,
+                                            step=run_name(cfg.step, dataset, home, seed)))
     return runs

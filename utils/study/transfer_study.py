@@ -23,7 +23,8 @@ from ..config import ConfigError, RunConfig, make_config
 from ..runtime import RunContext
 
 __all__ = ["START_POINTS", "Arm", "stages_for", "plan_arms", "run_arms", "transfer_table",
-           "skipped_table", "paired_auroc", "learning_curves", "roc_curves", "write_summary"]
+           "skipped_table", "paired_auroc", "learning_curves", "roc_curves", "write_summary",
+           "nih_checkpoint"]
 
 START_POINTS = ("random", "imagenet", "nih", "xrv")
 NIH_RUN = "02_chexnet_nih"          # 02's part A: DenseNet121 on NIH's 14 findings
@@ -69,11 +70,21 @@ def _start_params(start: str, cfg: RunConfig) -> dict[str, Any]:
     if start == "imagenet":
         return {"pretrained": imagenet, "init_checkpoint": ""}
     if start == "nih":
-        path = cfg.init_checkpoint or str(Path(cfg.checkpoint_dir) / NIH_RUN / "best.pt")
+        path = cfg.init_checkpoint or str(nih_checkpoint(cfg.checkpoint_dir))
         return {"pretrained": False, "init_checkpoint": path}
     if start == "xrv":
         return {"pretrained": f"xrv:{xrv or XRV_DEFAULT}", "init_checkpoint": ""}
     raise ValueError(f"unknown starting point {start!r}; choose from {list(START_POINTS)}")
+
+
+def nih_checkpoint(checkpoint_dir: str | Path) -> Path:
+    """02's part A `best.pt`: `02_chexnet_nih`, else its lowest-seed run (`-p seed=1` names
+    it `02_chexnet_nih.s1`)."""
+    from ..evaluation.results import primary_run
+
+    root = Path(checkpoint_dir)
+    names = [p.parent.name for p in root.glob(f"{NIH_RUN}*/best.pt")] if root.is_dir() else []
+    return root / (primary_run(NIH_RUN, names) or NIH_RUN) / "best.pt"
 
 
 def _arm_config(cfg: RunConfig, start: str, stage: str) -> RunConfig:
@@ -154,7 +165,9 @@ def _warn_unless_leak_free(cfg: RunConfig) -> None:
     import json
     import warnings
 
-    path = Path(cfg.reports_dir) / "results" / f"{NIH_RUN}.json"
+    from ..evaluation.results import primary_results
+
+    path = primary_results(Path(cfg.reports_dir) / "results", NIH_RUN)  # `.s<seed>` unless 42
     data = json.loads(path.read_text()).get("data", {}) if path.is_file() else {}
     if "dropped_for_rsna_overlap" not in data:
         warnings.warn(f"{path} does not show that part A left out the NIH patients behind "

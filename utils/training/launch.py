@@ -200,6 +200,11 @@ def _stream(cmd: list[str], env: dict[str, str]) -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if code and "SessionDeadline" in "".join(everything):  # every rank stopped at the deadline
+        from .loop import SessionDeadline
+
+        raise SessionDeadline("distributed training stopped at the session's deadline; "
+                              "last.pt holds the finished epochs; a re-run continues it")
     if code:
         raise DistributedTrainingError(_failure("".join(everything), tails, code))
 

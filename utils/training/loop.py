@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -56,7 +57,28 @@ from .schedules import BatchNormClock, make_ema, warmup_scheduler
 from .scores import summary_scores
 
 __all__ = ["fit", "History", "RESUME_KEYS", "RESUME_META_KEYS", "recalibrate_batchnorm",
-           "TrainStep"]
+           "TrainStep", "SessionDeadline", "STOP_ENV"]
+
+# run_all --stop-after: the deadline (epoch seconds) after which fit stops at an epoch's end
+STOP_ENV = "CXR_STOP_AT"
+
+
+class SessionDeadline(RuntimeError):
+    """The hosted session's time is up (`run_all.py --stop-after`): `last.pt` holds the
+    finished epochs and a re-run (or `--resume-from` in the next session) continues them.
+    run_all recognises this name in the notebook's error and marks the step interrupted."""
+
+
+def _deadline_passed(world) -> bool:
+    """Rank 0 compares the clock with `CXR_STOP_AT` and every rank obeys its answer, so all
+    stop at the same epoch (their clocks and epoch ends differ by a little)."""
+    value = os.environ.get(STOP_ENV, "").strip()
+    try:
+        due = float(value) if value else None
+    except ValueError:
+        warnings.warn(f"{STOP_ENV}={value!r} is not epoch seconds: ignored", stacklevel=3)
+        due = None
+    return due is not None and bool(dist_.from_rank0(world, [time.time() >= due])[0])
 
 # A saved run is resumed only if these settings are unchanged: they shape the trajectory.
 RESUME_KEYS = ("model", "dataset", "task", "variant", "image_size", "max_images",
@@ -394,6 +416,10 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: RunConfig, *, loss_fn: 
                         atomic_torch_save(best, ckpt_dir / "best.pt")
                     atomic_torch_save(last, ckpt_dir / "last.pt")
                 dist_.barrier(world)
+                if epoch < cfg.epochs and not hist.stopped_early and _deadline_passed(world):
+                    raise SessionDeadline(f"the session's deadline ({STOP_ENV}) passed: stopped "
+                                          f"after epoch {epoch}/{cfg.epochs}, saved in "
+                                          f"{ckpt_dir / 'last.pt'}; a re-run continues it")
             elif improved and restore_best:
                 best_state = {k: v.detach().to("cpu", copy=True)
                               for k, v in loop.saved.state_dict().items()}

@@ -15,25 +15,56 @@ from .base import (_auto_synthetic, _bars, _empty, _figure, _finish, _legend, _r
 from .scores import plot_roc_pr
 
 
+def _mean_over(df: pd.DataFrame, metric: str, keys: list[str], over: str,
+               ci: bool) -> pd.DataFrame:
+    """One row per `keys`: the mean `metric` over its `over` rows (seeds), `_lo`/`_hi` their
+    range; a group of one row keeps its bootstrap CI (`ci`), or none. `n`: rows averaged."""
+    if df.duplicated(keys + [over]).any():
+        dup = df.loc[df.duplicated(keys + [over]), keys + [over]].values.tolist()
+        raise ValueError(f"several rows share {keys + [over]}: {dup}; filter the table first")
+    bounds = [f"{metric}_lo", f"{metric}_hi"]
+    rows = []
+    for key, group in df.groupby(keys, sort=False):
+        values = group[metric].astype(float)
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row.update({metric: values.mean(), "n": len(values)})
+        if len(values) > 1:
+            row.update({bounds[0]: values.min(), bounds[1]: values.max()})
+        elif ci:
+            row.update({b: float(group[b].iloc[0]) for b in bounds})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def plot_metric_bars(df: pd.DataFrame, metric: str, ci: bool = True, label: str | None = None,
                      hue: str | None = None, synthetic: bool | None = None,
-                     caption: str | None = None) -> Figure:
+                     caption: str | None = None, over: str | None = None) -> Figure:
     """One bar per model (a group per model when `hue` names a column), with 95% CIs.
 
     Args:
         df: one row per run: `<metric>`, and `<metric>_lo`/`<metric>_hi` when `ci`.
         label: the column naming the bars; default the first of name, model, step.
+        over: a column whose rows one bar averages (e.g. "seed": the full profile trains
+            3 per model): the bar is their mean, a dot each row, the whisker their range
+            (a bar of a single row keeps its bootstrap CI).
     Example:
         >>> plot_metric_bars(runs.assign(name=runs["step"]), "auroc")  # doctest: +SKIP
+        >>> plot_metric_bars(runs.assign(name=runs["variant"]), "f1", over="seed")  # doctest: +SKIP
     """
     label = label or next((c for c in ("name", "model", "step") if c in df.columns), "name")
     bounds = [f"{metric}_lo", f"{metric}_hi"]
-    _require(df, [metric, label] + ([hue] if hue else []) + (bounds if ci else []),
-             "plot_metric_bars (ci=False draws no CIs)")
+    _require(df, [metric, label] + ([hue] if hue else []) + ([over] if over else [])
+             + (bounds if ci else []), "plot_metric_bars (ci=False draws no CIs)")
     keys = [label] + ([hue] if hue else [])
+    points = df
+    if over:
+        df = _mean_over(df, metric, keys, over, ci)
+        ci = ci or bool(df["n"].gt(1).any())
+        df = df.reindex(columns=[*df.columns, *[b for b in bounds if b not in df.columns]])
     if df.duplicated(keys).any():
         raise ValueError(f"several rows share {keys}: {df.loc[df.duplicated(keys), label].tolist()}"
-                         "; pass hue= (e.g. 'dataset') or filter the table first")
+                         "; pass hue= (e.g. 'dataset'), over= (e.g. 'seed') or filter the "
+                         "table first")
     order = pd.unique(df[label])
 
     def wide(col: str) -> pd.DataFrame:
@@ -46,12 +77,29 @@ def plot_metric_bars(df: pd.DataFrame, metric: str, ci: bool = True, label: str 
     err = tuple(wide(b).astype(float).fillna(values) for b in bounds) if ci else None
     fig, (ax,) = _figure(size=(max(5.0, 0.8 * len(values) + 2), 4))
     _bars(ax, values, err, fmt="%.3f")
-    ax.set(xlabel=label, ylabel=metric, title=metric + (" with bootstrap 95% CI" if ci else ""))
+    title = metric + (" with bootstrap 95% CI" if ci else "")
+    if over:
+        _dots(ax, points, values, metric, label, hue)
+        title = (f"{metric}: mean over {over}s (dots), whiskers their range"
+                 + (" (a single run: its 95% CI)" if df["n"].eq(1).any() and ci else ""))
+    ax.set(xlabel=label, ylabel=metric, title=title)
     if values.min().min() >= 0 and values.max().max() <= 1:
         ax.set_ylim(0, 1.1)
     if hue:
         _legend(ax, title=hue)
-    return _finish(fig, _auto_synthetic(df, synthetic), caption)
+    return _finish(fig, _auto_synthetic(points, synthetic), caption)
+
+
+def _dots(ax: Any, points: pd.DataFrame, values: pd.DataFrame, metric: str, label: str,
+          hue: str | None) -> None:
+    """Each row of `points` as a dot on its bar (`values`: the bars, as `_bars` laid them)."""
+    width = 0.8 / max(len(values.columns), 1)
+    at = {name: i for i, name in enumerate(values.index)}
+    for j, col in enumerate(values.columns):
+        rows = points if not hue else points[points[hue] == col]
+        x = [at[n] + (j - (len(values.columns) - 1) / 2) * width for n in rows[label]]
+        ax.scatter(x, rows[metric].astype(float), s=14, color="black", zorder=3,
+                   label="one run" if j == 0 else None)
 
 
 def plot_seed_points(rows: Sequence[Mapping[str, Any]], metric: str = "auroc",
