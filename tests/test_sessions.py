@@ -177,7 +177,7 @@ def test_stop_after_sets_the_deadline_and_the_platform_default(tmp_path, monkeyp
         settings, reports, session = {}, tmp_path, None
     run = _Run()
     now = time.time()
-    resume.start_session(run, args)
+    resume.start_session(run, args, tmp_path)  # --list: returns before reading the code
     assert abs(run.session.deadline - (now + 7200)) < 60 and run.session.platform == "kaggle"
     with resume.deadline_env(run.session):
         assert float(os.environ[STOP_ENV]) == pytest.approx(run.session.deadline, abs=1)

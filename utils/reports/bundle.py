@@ -28,15 +28,15 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..fileio import atomic_path
+from .index import MERGED, package_versions  # MERGED: re-exported for merge
 
 __all__ = ["page_links", "check_links", "bundle_files", "write_bundle", "BUNDLE_NAME",
            "BUNDLE_FOLDER", "MANIFEST", "MERGED", "BUNDLE_SCHEMA", "bundle_runs",
-           "bundle_manifest", "merged_table", "main"]
+           "bundle_manifest", "main"]
 
 BUNDLE_NAME = "cxr-pneumonia-reports.zip"
 BUNDLE_FOLDER = "cxr-pneumonia-reports"
 MANIFEST = "bundle.json"      # the bundle's manifest, beside index.html
-MERGED = "merged.json"        # reports/merged.json: which runs came from which bundle
 BUNDLE_SCHEMA = 1
 _LINK_ATTRS = {"href", "src"}
 
@@ -153,7 +153,6 @@ def bundle_manifest(reports: str | Path, weights: dict[str, str]) -> dict:
     """`bundle.json`: what a merge needs to know before copying (utils.study.merge): each run
     with its files, seed, split seed, source version, profile and test fingerprint; the
     steps' last status; the package versions; whether weights are included."""
-    from .index import package_versions
 
     reports = Path(reports)
     runs, sources, fingerprints = {}, {}, {}
@@ -221,18 +220,6 @@ def write_bundle(reports: str | Path, zip_path: str | Path,
                 zf.write(Path(checkpoints) / name / "best.pt", f"{BUNDLE_FOLDER}/{rel}",
                          compress_type=zipfile.ZIP_STORED)
     return zip_path
-
-
-def merged_table(reports: str | Path) -> dict[str, str]:
-    """The index's "Merged runs": each bundle or folder merged (reports/merged.json, written
-    by utils.study.merge) → the runs that came from it."""
-    merged = _read_json(Path(reports) / MERGED) or {}
-    by_source: dict[str, list[str]] = {}
-    for run, entry in sorted((merged.get("runs") or {}).items()):
-        if isinstance(entry, dict):
-            weights = " (+ weights)" if entry.get("weights") else ""
-            by_source.setdefault(f"{entry.get('source')}{weights}", []).append(run)
-    return {source: ", ".join(runs) for source, runs in by_source.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

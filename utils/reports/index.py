@@ -24,7 +24,7 @@ from .headline import comparison_answer, headline_rows, render_headline
 from .html_page import CSS, SORT_JS, esc, fmt_bytes, fmt_duration, fmt_metric, table
 from .narrative import owner_step
 
-__all__ = ["StepRow", "METRICS", "read_results_summary", "render_index", "write_index",
+__all__ = ["MERGED", "merged_table", "StepRow", "METRICS", "read_results_summary", "render_index", "write_index",
            "build_rows", "summary_table", "step_disk_bytes", "package_versions", "PACKAGES"]
 
 # (column title, key under "test" in the results JSON); sensitivity is the recall
@@ -206,7 +206,6 @@ def write_index(path: str | Path, rows: list[StepRow], *,
         data = _data_table(str(meta.get("data_root", "")), reports)
     except Exception as exc:  # noqa: BLE001 - facts are a courtesy; the page must render
         data = {"error": f"{type(exc).__name__}: {exc}"}
-    from .bundle import merged_table
 
     page = render_index(rows, headline=headline, settings=settings,
                         versions=package_versions(), data=data, merged=merged_table(reports),
@@ -264,3 +263,26 @@ def summary_table(rows: list[StepRow]) -> str:
         lines.append(f"{row.name:<40} {row.status:<18} {fmt_duration(row.duration_s):>8}  "
                      f"{fmt_metric(auroc):>6}  {row.error[:80]}")
     return "\n".join(lines)
+
+
+MERGED = "merged.json"        # reports/merged.json: which runs came from which bundle
+
+
+def merged_table(reports: str | Path) -> dict[str, str]:
+    """The index's "Merged runs": each bundle or folder merged (reports/merged.json, written
+    by utils.study.merge) → the runs that came from it."""
+    merged = _json_or_none(Path(reports) / MERGED) or {}
+    by_source: dict[str, list[str]] = {}
+    for run, entry in sorted((merged.get("runs") or {}).items()):
+        if isinstance(entry, dict):
+            weights = " (+ weights)" if entry.get("weights") else ""
+            by_source.setdefault(f"{entry.get('source')}{weights}", []).append(run)
+    return {source: ", ".join(runs) for source, runs in by_source.items()}
+
+
+def _json_or_none(path: Path) -> dict | None:
+    """A JSON file's object, None when absent or unreadable (a merge half-done elsewhere)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -141,12 +141,7 @@ def cpu_rates_cached(models: list[str], size: int, batch: int, path: Path | None
     `--jobs 2` on 2 cores one each: two threads on a shared CPU measured 6x slower, OpenMP
     spin-waits), kept in `path` per host, threads, model, size and batch."""
     host = f"{_platform.node()}/{os.cpu_count()}cpu/{threads or 'default'}t"
-    stored: dict[str, Any] = {}
-    if path and path.is_file():
-        try:
-            stored = json.loads(path.read_text())
-        except ValueError:
-            stored = {}
+    stored = _read_json(path)
     batch = min(batch, 16)  # images/s on a CPU hardly depend on the batch beyond this
     key = lambda m: f"{host}|{m}|{size}|{batch}"  # noqa: E731
     load = _load()
@@ -168,10 +163,18 @@ def cpu_rates_cached(models: list[str], size: int, batch: int, path: Path | None
             torch.set_num_threads(before)
         for name, r in measured.items():
             stored[key(name)] = {"train": r.train, "eval": r.eval, "load": load}
-        if path:
-            atomic_write_json(path, stored)
+        if path:  # re-read first: another run_all may have written its figures meanwhile
+            atomic_write_json(path, {**_read_json(path), **stored})
     return {m: cost.Rates(stored[key(m)]["train"], stored[key(m)]["eval"],
                           "measured on this CPU") for m in models}
+
+
+def _read_json(path: Path | None) -> dict[str, Any]:
+    """The stored figures, {} when there are none or the file is not JSON."""
+    try:
+        return json.loads(path.read_text()) if path and path.is_file() else {}
+    except ValueError:
+        return {}
 
 
 def _load() -> float:

@@ -254,7 +254,7 @@ def prepare(args: argparse.Namespace, plan: list[Step]) -> Run:
               datetime.now().isoformat(sep=" ", timespec="seconds"),
               load_state(reports / ".run_state.json"), data=data_facts(data_root),
               settings=settings)
-    sessions.start_session(run, args)  # --resume-from, session.json, --stop-after (resume.py)
+    sessions.start_session(run, args, CODE_DIR)  # --resume-from, session.json, --stop-after (resume.py)
     return run
 
 

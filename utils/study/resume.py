@@ -51,6 +51,8 @@ __all__ = ["SESSION_FILE", "MARGIN_HOURS", "INTERRUPTED", "add_session_args", "c
            "start_session", "Session", "deadline_env", "step_status", "held_back",
            "resume_hint", "exit_status"]
 
+_REPO_ROOT = Path(__file__).resolve().parents[2]   # the git checkout whose commit is recorded
+
 SESSION_FILE = "session.json"   # <reports>/session.json, written at each run's start
 MARGIN_HOURS = 0.5              # the default --stop-after on Kaggle/Colab: their limit less this
 INTERRUPTED = "interrupted"     # a step stopped at the deadline (run state, index, console)
@@ -75,10 +77,8 @@ def add_session_args(p) -> None:
 
 # --- what a session ran on: session_facts.py ------------------------------------------------
 def _git_commit() -> str:
-    from .execute import REPO_ROOT
-
     try:
-        done = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+        done = subprocess.run(["git", "-C", str(_REPO_ROOT), "rev-parse", "HEAD"],
                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return ""
@@ -241,7 +241,7 @@ def _stop_hours(given: float | None, platform: str | None) -> float | None:
     return None
 
 
-def start_session(run, args) -> None:
+def start_session(run, args, code_dir: Path) -> None:
     """prepare()'s hook: --resume-from (check, copy), rebase the completed steps, write
     `<reports>/session.json`, set the deadline. `--list` only looks."""
     started = time.time()
@@ -253,13 +253,11 @@ def start_session(run, args) -> None:
                           run.reports, ckpts)
     if getattr(args, "list", False) or getattr(args, "plan", False):
         return
-    from .execute import CODE_DIR  # monkeypatched by tests: read it when called
-
     anyway = bool(getattr(args, "resume_anyway", False))
     previous = _read_json(run.reports / SESSION_FILE)
     current = {"version": 1, "id": uuid.uuid4().hex[:12],
                "started": datetime.now().isoformat(timespec="seconds"),
-               "code": code_files(CODE_DIR, run.notebooks), "code_digest": run.code,
+               "code": code_files(code_dir, run.notebooks), "code_digest": run.code,
                "data_root": str(run.data_root), "data_facts": run.data}
     same_place = previous.get("data_root") == current["data_root"] and json.dumps(
         previous.get("data_facts"), default=str) == json.dumps(run.data, default=str)
