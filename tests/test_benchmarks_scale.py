@@ -194,6 +194,12 @@ def test_gpu_cpu_smoke_with_every_package(tmp_path, capsys):
     assert report["checks"]["host_syncs_per_step"] == 0
     assert [p["error"] for p in report["pipeline"]] == [None, None, None]
     assert report["skipped"]["run_all"] == "--cpu-smoke" and "errors" not in report
+    # the file's contract with the plan: run_all.py --plan prices from these figures
+    from utils.study import cost
+    rates = cost.rates_for("simple_cnn", 224, cost.GPUS["t4"], cost.load_figures(out))
+    row = next(r for r in report["models"] if r["mode"] == "amp+channels_last")
+    assert rates.source.startswith("measured on CPU smoke") and rates.train == pytest.approx(
+        row["train_images_per_s"] * (row["image_size"] / 224) ** 2)
 
 
 def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, capsys, monkeypatch):
