@@ -67,6 +67,23 @@ def test_cpu_rates_come_from_the_cache_without_measuring(tmp_path, monkeypatch):
     assert len(json.loads(path.read_text())) == 1
 
 
+def test_the_index_reads_cpu_rates_without_ever_measuring(tmp_path, monkeypatch):
+    """A run that did not ask for a plan spends nothing measuring: the cached figures, even
+    stale ones, or a PlanError naming --plan (the index then leaves its column empty)."""
+    path = tmp_path / "cpu_rates.json"
+    monkeypatch.setattr(cost, "measure_cpu_rates", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(cost.PlanError, match=r"resnet18 at 32 px .*run_all.py --plan"):
+        budget.cpu_rates_cached(["resnet18"], 32, 8, path, measure=False)
+    monkeypatch.setattr(budget, "_load", lambda: 50.0)  # measured on a crowded CPU
+    monkeypatch.setattr(cost, "measure_cpu_rates",
+                        lambda models, *a, **k: {m: cost.Rates(10.0, 30.0, "x") for m in models})
+    budget.cpu_rates_cached(["resnet18"], 32, 8, path)
+    monkeypatch.setattr(budget, "_load", lambda: 0.0)  # idle now: --plan would re-measure
+    monkeypatch.setattr(cost, "measure_cpu_rates", lambda *a, **k: pytest.fail("measured"))
+    assert budget.cpu_rates_cached(["resnet18"], 32, 8, path, measure=False)[
+        "resnet18"].train == 10.0
+
+
 def test_session_problem_says_the_hours():
     assert budget.session_problem(11 * 3600, "kaggle") == ""
     assert "13.0 h, more than one Colab session (12 h)" in budget.session_problem(13 * 3600,

@@ -135,18 +135,26 @@ def _parameters(model: str, size: int) -> int:
 
 
 def cpu_rates_cached(models: list[str], size: int, batch: int, path: Path | None,
-                     threads: int = 0) -> dict[str, cost.Rates]:
+                     threads: int = 0, measure: bool = True) -> dict[str, cost.Rates]:
     """This machine's CPU rates (`cost.measure_cpu_rates`, a few seconds per model) with
     `threads` torch threads (0: torch's default), as many as each notebook kernel gets (with
     `--jobs 2` on 2 cores one each: two threads on a shared CPU measured 6x slower, OpenMP
-    spin-waits), kept in `path` per host, threads, model, size and batch."""
+    spin-waits), kept in `path` per host, threads, model, size and batch.
+
+    `measure=False` (the index's planned column): the cached figures only, stale or not, and
+    a `PlanError` naming the command that measures the missing ones, so a run that did not
+    ask for a plan never spends its first seconds (minutes on a busy CPU) measuring."""
     host = f"{_platform.node()}/{os.cpu_count()}cpu/{threads or 'default'}t"
     stored = _read_json(path)
     batch = min(batch, 16)  # images/s on a CPU hardly depend on the batch beyond this
     key = lambda m: f"{host}|{m}|{size}|{batch}"  # noqa: E731
     load = _load()
     missing = [m for m in dict.fromkeys(models) if key(m) not in stored
-               or _stale(stored[key(m)].get("load", 0.0), load)]
+               or (measure and _stale(stored[key(m)].get("load", 0.0), load))]
+    if missing and not measure:
+        raise PlanError(f"this CPU's throughput for {', '.join(missing)} at {size} px is not "
+                        f"measured yet (python run_all.py --plan --gpu cpu with the run's flags measures "
+                        f"it once and keeps it in {path})")
     if missing:
         import logging
 
@@ -204,10 +212,10 @@ def _with_processes(run: RunCost, cfg, processes: int) -> RunCost:
 def price_plan(steps, params: dict[str, dict[str, Any]], notebooks: Path,
                data_root: Path | None, gpu_name: str, processes: int = 1,
                figures_path: Path | None = None, cpu_cache: Path | None = None,
-               cpu_threads: int = 0) -> Plan:
+               cpu_threads: int = 0, measure_cpu: bool = True) -> Plan:
     """Each selected step priced on `gpu_name` (a `cost.GPUS` key or `cpu`, measured with
-    `cpu_threads`) with `processes` GPUs for `nproc_per_node=0`; `data_root` None: the
-    published sizes."""
+    `cpu_threads`, or only read from `cpu_cache` when not `measure_cpu`) with `processes`
+    GPUs for `nproc_per_node=0`; `data_root` None: the published sizes."""
     gpu = cost.gpu_named(gpu_name)
     figures = cost.load_figures(figures_path) if (figures_path and gpu) else None
     configs = {s.name: step_config(s, params[s.name], notebooks) for s in steps}
@@ -225,7 +233,7 @@ def price_plan(steps, params: dict[str, dict[str, Any]], notebooks: Path,
         for (size, batch), models in by_shape.items():
             cpu_rates.update({f"{m}@{size}": v for m, v in
                               cpu_rates_cached(models, size, batch, cpu_cache,
-                                               cpu_threads).items()})
+                                               cpu_threads, measure_cpu).items()})
     sources: dict[str, str] = {}
     cached: set[tuple[str, int]] = set()
     out = []

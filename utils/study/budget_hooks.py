@@ -115,13 +115,15 @@ def session_guard(run, args) -> int | None:
 
 def planned_seconds(run, steps) -> dict[str, dict[str, Any]]:
     """{step: {"planned_s", "planned_on"}} for the device this run trains on (this machine's
-    GPU, or its CPU measured once and cached): what the index shows beside the duration.
-    Empty when the device is one the plan cannot price (an unknown GPU)."""
+    GPU, or its CPU as `--plan` measured and cached it: nothing is measured here), what the
+    index shows beside the duration. Empty when the device is one the plan cannot price (an
+    unknown GPU); a `PlanError` when this CPU's figures are not cached yet."""
     gpu, count = device_gpu()
     if not gpu:
         return {}
     root = run.data_root
     plan = price_plan(steps, run.params, run.notebooks, root, gpu, count,
-                      run.reports / "gpu_benchmark.json", _cpu_cache(run), kernel_threads(run))
+                      run.reports / "gpu_benchmark.json", _cpu_cache(run), kernel_threads(run),
+                      measure_cpu=False)
     return {s.step: {"planned_s": round(s.seconds, 1), "planned_on": plan.device}
             for s in plan.steps}

@@ -374,10 +374,14 @@ def last_durations(state: dict[str, Any]) -> dict[str, float]:
 def _planned(run: Run) -> dict[str, dict[str, Any]]:
     """Each step's planned seconds on this machine (the index shows them beside the
     duration); a plan that cannot be priced only costs the column, never the run."""
+    from .budget import PlanError
     from .budget_hooks import planned_seconds
 
     try:
         return planned_seconds(run, [s for s in run.steps if run.why_run(s, run.fingerprint(s))])
+    except PlanError as exc:  # this CPU not measured yet: the column waits for --plan
+        logging.getLogger(__name__).info("no planned times for the index: %s", exc)  # log file
+        return {}
     except Exception as exc:  # noqa: BLE001 - an estimate; the run goes on without it
         log.warning("no planned times for the index (%s: %s)", type(exc).__name__, exc)
         return {}
