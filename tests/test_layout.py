@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 UTILS = ROOT / "utils"
 LAYERS = ("basics", "data", "models", "config", "training", "evaluation", "reports", "study")
-BASICS = {"utils.runtime", "utils.fileio", "utils.torchio", "utils.hosted"}
+BASICS = {"utils.runtime", "utils.fileio", "utils.torchio", "utils.hosted", "utils.lazy"}
 
 
 def _module(path: Path) -> str:

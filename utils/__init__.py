@@ -10,17 +10,15 @@ way, down the list:
     config.py    every knob of a run, checked against the source and model registries
     models/      the registry, hand-written nets, pretrained weights
     data/        sources, manifests, splits, the dataset, the cache, transforms, samplers
-    runtime.py, fileio.py, torchio.py, hosted.py   the basics everything may import
+    runtime.py, fileio.py, torchio.py, hosted.py, lazy.py   the basics everything may import
 
 The public names below are imported lazily (PEP 562), so `import utils` stays light and
 `from utils import RunConfig` does not drag in the training stack.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from .config import PROFILES, ConfigError, RunConfig, make_config
+from .lazy import lazy_exports
 
 _LAZY = {
     "setup": "study.notebook", "RunContext": "runtime",
@@ -45,8 +43,4 @@ _LAZY = {
 
 __all__ = ["RunConfig", "ConfigError", "PROFILES", "make_config", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'utils' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
