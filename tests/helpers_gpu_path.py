@@ -23,6 +23,7 @@ for folder in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(folder))
 
 from helpers_dist import NoBatchNorm, Separable, _collate, step_config  # noqa: E402
+from helpers_train import KillAfter  # noqa: E402
 from utils.training import distributed  # noqa: E402
 from utils.config import make_config  # noqa: E402
 from utils.training.loop import fit  # noqa: E402
@@ -71,23 +72,7 @@ def bn_main(out: str) -> int:
 
 
 class _Stop(Exception):
-    """The end of a session: raised by `_StopAfter` in every rank at the same step."""
-
-
-class _StopAfter(nn.Module):
-    """BCE that stops the run on its `n`-th training call (after the epochs before it
-    saved last.pt), as a session that ends mid-epoch does."""
-
-    def __init__(self, n: int | None):
-        super().__init__()
-        self.n, self.calls, self.bce = n, 0, nn.BCEWithLogitsLoss()
-
-    def forward(self, logits, target):
-        if torch.is_grad_enabled():
-            self.calls += 1
-            if self.n is not None and self.calls >= self.n:
-                raise _Stop
-        return self.bce(logits, target)
+    """The end of a session: raised by `KillAfter` in every rank at the same step."""
 
 
 def resume_main(ckpt_dir: str, stop_after: int, out: str) -> int:
@@ -95,7 +80,7 @@ def resume_main(ckpt_dir: str, stop_after: int, out: str) -> int:
     epoch 1), 0 runs to the end, resuming from last.pt when there is one."""
     cfg = make_config({**step_config().to_dict(), "epochs": 2, "step": "resume",
                        "max_steps_per_epoch": 2}, profile="full")
-    loss = _StopAfter(2 * stop_after + 1 if stop_after else None)
+    loss = KillAfter(2 * stop_after + 1 if stop_after else None, error=_Stop)
     with distributed.process_group(cfg) as world, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         parts = _loaders(cfg, world)

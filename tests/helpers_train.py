@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,24 @@ if str(ROOT) not in sys.path:  # run as a script: make `utils` importable
 
 from utils.config import RunConfig, make_config  # noqa: E402
 
-__all__ = ["Blobs", "tiny_config", "tiny_loaders", "train_tiny", "tiny_checkpoint", "main"]
+__all__ = ["KillAfter", "Blobs", "tiny_config", "tiny_loaders", "train_tiny", "tiny_checkpoint", "main"]
+
+
+class KillAfter(nn.Module):
+    """BCE that raises `error` on its `n`-th training call (None: never): a run killed
+    mid-epoch (KeyboardInterrupt), or a session that ends there, after the epochs before it
+    saved last.pt."""
+
+    def __init__(self, n: int | None = None, error: type[BaseException] = KeyboardInterrupt):
+        super().__init__()
+        self.n, self.calls, self.error, self.bce = n, 0, error, nn.BCEWithLogitsLoss()
+
+    def forward(self, logits, target):
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.n is not None and self.calls >= self.n:
+                raise self.error("simulated kill")
+        return self.bce(logits, target)
 
 
 class Blobs(Dataset):

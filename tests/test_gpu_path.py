@@ -163,7 +163,8 @@ def test_cuda_generators_of_two_gpus_restore_on_one(monkeypatch):
 
 
 def test_another_world_size_resumes_from_the_last_epoch_not_bit_exact(tmp_path):
-    from test_train import KillAfter, cfg_for, run
+    from helpers_train import KillAfter
+    from test_train import cfg_for, run
 
     with pytest.raises(KeyboardInterrupt):  # the session ends in epoch 2 (4 steps an epoch)
         run(cfg_for(epochs=2), tmp_path, loss=KillAfter(5))
@@ -182,7 +183,8 @@ def test_another_world_size_resumes_from_the_last_epoch_not_bit_exact(tmp_path):
 
 
 def test_a_same_size_resume_is_recorded_bit_exact(tmp_path):
-    from test_train import KillAfter, cfg_for, run
+    from helpers_train import KillAfter
+    from test_train import cfg_for, run
 
     with pytest.raises(KeyboardInterrupt):
         run(cfg_for(epochs=2), tmp_path, loss=KillAfter(5))

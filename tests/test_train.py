@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from conftest import shared_path
+from helpers_train import KillAfter
 from utils.config import make_config
 from utils.training.checkpoint import (CheckpointError, load_checkpoint, load_model,
                                        update_checkpoint)
@@ -59,21 +60,6 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.head(torch.relu(self.conv(x)))
-
-
-class KillAfter(nn.Module):
-    """BCE that raises KeyboardInterrupt on its `n`-th training call: a run killed mid-epoch."""
-
-    def __init__(self, n: int | None = None):
-        super().__init__()
-        self.n, self.calls, self.bce = n, 0, nn.BCEWithLogitsLoss()
-
-    def forward(self, logits, target):
-        if torch.is_grad_enabled():
-            self.calls += 1
-            if self.n is not None and self.calls >= self.n:
-                raise KeyboardInterrupt("simulated kill")
-        return self.bce(logits, target)
 
 
 def cfg_for(**kw):

@@ -101,10 +101,7 @@ def cross_source_exclusion(dataset: str, manifests: dict[str, pd.DataFrame],
         return None
     path = find_rsna_nih_mapping(data_root)
     if path is None:
-        message = missing_mapping_message(data_root)
-        print("!" * 88 + f"\n{message}\n" + "!" * 88)
-        warnings.warn(message, stacklevel=2)
-        return None
+        return _say_not_leak_free(data_root)
     mapping = load_rsna_nih_mapping(path)
     if dataset == "nih":
         return functools.partial(drop_rsna_holdout_patients, rsna_manifest=manifests["rsna"],
@@ -122,6 +119,13 @@ def missing_mapping_message(root: str | os.PathLike) -> str:
             f"root and re-run.")
 
 
+def _say_not_leak_free(root: str | os.PathLike) -> None:
+    """Loudly (a banner and a warning): without the mapping, cross-source numbers leak."""
+    message = missing_mapping_message(root)
+    print("!" * 88 + f"\n{message}\n" + "!" * 88)
+    warnings.warn(message, stacklevel=3)
+
+
 def holdout_exclusion(cfg: Any, data_root: str | os.PathLike
                       ) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
     """For 02 part A: the `prepare_data(exclude=)` that keeps part B's RSNA val/test patients
@@ -137,10 +141,7 @@ def holdout_exclusion(cfg: Any, data_root: str | os.PathLike
 
     path = find_rsna_nih_mapping(data_root)
     if path is None:
-        message = missing_mapping_message(data_root)
-        print("!" * 88 + f"\n{message}\n" + "!" * 88)
-        warnings.warn(message, stacklevel=2)
-        return None
+        return _say_not_leak_free(data_root)
     print(f"RSNA→NIH mapping: {path}")
     return functools.partial(drop_rsna_holdout_patients, rsna_manifest=load_manifest(cfg),
                              mapping=load_rsna_nih_mapping(path))
