@@ -114,6 +114,7 @@ def test_index_shows_disk_errors_settings_and_sorts(tmp_path: Path) -> None:
     assert "1.5 KB" in page and "RuntimeError: out of memory" in page
     assert "epochs=2" in page and "table.sortable" in page and 'id="headline"' in page
     assert "http" not in page and "<link" not in page and "src=" not in page
+    assert ">planned<" not in page  # no step was priced (a CPU --plan never measured)
 
 
 def test_bundle_holds_every_page_and_what_they_link(tmp_path: Path) -> None:

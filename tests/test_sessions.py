@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -110,6 +111,14 @@ def test_stop_at_deadline_then_resume_from_read_only_copy_ends_as_uninterrupted(
     assert main(_cli(tmp_path, "full"), plan=PLAN[:1]) == 0
     whole = _results(tmp_path / "full" / "reports")
     assert whole["resume"] is None
+    # --list --resume-from: what would run after the resume, reading the folder only
+    before = _snapshot(tmp_path / "full")
+    assert main(_cli(tmp_path, "peek", "--list", "--resume-from", str(tmp_path / "full")),
+                plan=PLAN) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"^  train\s+skip \(unchanged\)", listing, re.M), listing
+    assert re.search(r"^  after\s+run ", listing, re.M), listing
+    assert _snapshot(tmp_path / "full") == before and not (tmp_path / "peek").exists()
 
     # the deadline has passed (run_all exports it; set here so the step starts first)
     monkeypatch.setenv(STOP_ENV, "1")

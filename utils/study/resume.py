@@ -186,7 +186,17 @@ def _adopt(src_dir: Path, reports: Path, ckpts: Path, current: dict[str, Any],
 
 
 # --- the run's side: rebase, the session record, the deadline ------------------------------------
-def rebase_state(run, previous: dict[str, Any], anyway: bool = False) -> int:
+def preview_resume(run, src_dir: Path, anyway: bool) -> None:
+    """`--list --resume-from DIR`: what would run once DIR is continued, read from DIR
+    without copying or writing anything (the listing shows DIR's reports)."""
+    src_reports, _ = find_previous(src_dir)
+    run.reports, run.state = src_reports, load_state(src_reports / ".run_state.json")
+    if record := _read_json(src_reports / SESSION_FILE):
+        rebase_state(run, record, anyway, save=False)
+
+
+def rebase_state(run, previous: dict[str, Any], anyway: bool = False, save: bool = True
+                 ) -> int:
     """Completed steps of a session with the same code and data but another data path (or
     file times) keep counting as unchanged: a recorded fingerprint that equals the one the
     previous session's code digest, data root and data facts give is replaced by this
@@ -207,8 +217,9 @@ def rebase_state(run, previous: dict[str, Any], anyway: bool = False) -> int:
         new = run.fingerprint(step)
         if entry["fingerprint"] == old and old != new:
             entry["fingerprint"], n = new, n + 1
-    if n:
+    if n and save:
         save_state(run.state_path, run.state)
+    if n:
         log.info("resume: %d completed step(s) rebased onto this session's data path", n)
     return n
 
@@ -251,6 +262,8 @@ def start_session(run, args, code_dir: Path) -> None:
     argv = list(getattr(args, "argv", None) or [])
     run.session = Session(argv, started + hours * 3600 if hours else None, hours, platform,
                           run.reports, ckpts)
+    if getattr(args, "list", False) and getattr(args, "resume_from", None):
+        return preview_resume(run, Path(args.resume_from), bool(args.resume_anyway))
     if getattr(args, "list", False) or getattr(args, "plan", False):
         return
     anyway = bool(getattr(args, "resume_anyway", False))
