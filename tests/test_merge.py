@@ -10,6 +10,7 @@ runs every step.)
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,15 @@ def test_merge_re_renders_08_for_weights_and_records_provenance(group):
     assert (reports / "08_gradcam_gallery.html").is_file()
     index = (reports / "index.html").read_text()
     assert 'id="merged"' in index and "a.zip" in index and "05_vit" in index
+    # the members' own step reports came along; each step they ran shows as merged, linked
+    pages = json.loads((reports / MERGED).read_text())["pages"]
+    assert {"05_vit.html", *(f"{s}.html" for s in HALF_A)} <= set(pages)
+    assert "07_comparison.html" not in pages and "index.html" not in pages  # re-rendered
+    assert (reports / "05_vit.html").read_bytes() == \
+        (group.b / "reports" / "05_vit.html").read_bytes()
+    for step in HALF_A + HALF_B:
+        assert re.search(rf'<a href="{step}.html">{step}</a>.*?<td class="merged">merged</td>',
+                         index), step
 
 
 def test_one_members_bundle_alone_reproduces_its_own_comparison(group):

@@ -24,11 +24,11 @@ caption{caption-side:top;text-align:left;font-weight:600;padding:.3rem 0}
 th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3} table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
 table.kv{width:auto;min-width:40%}
-td.ok,td.failed,td.skipped-unchanged,td.not-run,td.running,td.interrupted{white-space:nowrap}
+td.ok,td.failed,td.skipped-unchanged,td.not-run,td.running,td.interrupted,td.merged{white-space:nowrap}
 table.sortable th::after{content:" \\2195";color:#aaa;font-size:.8em}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ok{color:#1b7f3b;font-weight:600} .failed{color:#b00020;font-weight:600} .interrupted{color:#a15c00;font-weight:600}
-.skipped-unchanged{color:#555} .not-run,.running{color:#999}
+.skipped-unchanged{color:#555} .merged{color:#1b5e8f;font-weight:600} .not-run,.running{color:#999}
 .badge{background:#fde2e4;color:#b00020;border-radius:4px;padding:0 .3rem;font-size:.8rem;
  white-space:nowrap} .err{color:#b00020;font-family:monospace;font-size:.85rem;
  white-space:pre-wrap} .note{color:#777;font-size:.85rem}

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..evaluation.results import primary_results
+from ..evaluation.results import parse_run_name, primary_results
 from ..fileio import atomic_write_text
 from .headline import comparison_answer, headline_rows, render_headline
 from .html_page import CSS, SORT_JS, esc, fmt_bytes, fmt_duration, fmt_metric, table
@@ -41,7 +41,7 @@ class StepRow:
     """One line of the index: what happened to a step and what its results file says."""
 
     name: str
-    status: str          # ok | failed | interrupted | skipped-unchanged | running | not run
+    status: str          # ok | failed | interrupted | skipped-unchanged | running | merged | not run
     duration_s: float | None = None
     report: str | None = None        # href of <step>.html relative to the index, if it exists
     error: str = ""
@@ -234,11 +234,15 @@ def step_disk_bytes(checkpoints: str | Path, step: str, names: list[str]) -> int
 
 def build_rows(names: list[str], outcomes: dict[str, dict], state: dict[str, dict],
                reports: Path, checkpoints: Path | None = None) -> list[StepRow]:
-    """One row per plan step: this run's outcome, else "not run" with the last run's status."""
+    """One row per plan step: this run's outcome, else "merged" (another member's runs or
+    report, `run_all.py --merge`), else "not run" with the last run's status."""
     rows = []
+    merged = merged_steps(reports)
     for name in names:
         out, prev = outcomes.get(name), state.get(name, {})
         note = f"last run: {prev.get('status')} {prev.get('finished', '')}" if prev else ""
+        if not out and not prev and name in merged:
+            out = {"status": "merged", "note": f"merged from {merged[name]}"}
         if out:
             note = (f"report from {prev.get('finished', 'an earlier run')}"
                     if out["status"] == "skipped-unchanged" else out.get("note", ""))
@@ -267,6 +271,18 @@ def summary_table(rows: list[StepRow]) -> str:
 
 
 MERGED = "merged.json"        # reports/merged.json: which runs came from which bundle
+
+
+def merged_steps(reports: str | Path) -> dict[str, str]:
+    """{plan step: the bundles its merged runs or pages came from} (reports/merged.json)."""
+    merged = _json_or_none(Path(reports) / MERGED) or {}
+    found: dict[str, set[str]] = {}
+    for kind in ("runs", "pages"):
+        for name, entry in (merged.get(kind) or {}).items():
+            step = parse_run_name(Path(name).stem if kind == "pages" else name)[0]
+            if isinstance(entry, dict):
+                found.setdefault(step, set()).add(str(entry.get("source")))
+    return {step: ", ".join(sorted(sources)) for step, sources in found.items()}
 
 
 def merged_table(reports: str | Path) -> dict[str, str]:

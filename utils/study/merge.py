@@ -64,6 +64,7 @@ class Outcome:
     conflicts: dict[str, str] = field(default_factory=dict)   # differs, local one kept
     errors: dict[str, str] = field(default_factory=dict)      # PATH -> why it was refused
     weights: list[str] = field(default_factory=list)          # runs whose best.pt came
+    pages: list[str] = field(default_factory=list)            # step reports and summaries
 
 
 # --- reading a PATH ------------------------------------------------------------------------
@@ -198,14 +199,41 @@ def _merge_run(run: Incoming, results: Path, ckpts: Path, force: bool) -> str:
     return "merged"
 
 
-def _record(reports: Path, runs: dict[str, dict[str, Any]]) -> None:
-    """Add the merged runs' provenance to reports/merged.json (the index shows it)."""
-    path = reports / MERGED
+def _merge_pages(root: Path, reports: Path, force: bool) -> list[str]:
+    """The steps' own reports (`<step>.html`) and step summaries (results JSON without test
+    metrics: 00_eda, 09_transfer) of a PATH that this folder lacks (or all that differ, with
+    `force`), so a step another member ran opens from the index; 07, 08 and the index are
+    re-rendered here, never copied. Returns the names copied."""
+    copied = []
+    pages = [(f, reports / f.name) for f in sorted(root.glob("*.html"))]
+    summaries = [(f, reports / "results" / f.name) for f in sorted(root.glob("results/*.json"))
+                 if "test" not in _json(f)]
+    for src, dest in pages + summaries:
+        if src.stem in ("index", *RERENDER) or not src.is_file():
+            continue
+        if not dest.exists() or (force and not _same_bytes(src, dest)):
+            _copy(src, dest)
+            copied.append(src.name)
+    return copied
+
+
+def _json(path: Path) -> dict:
     try:
-        merged = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        merged = {}
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _record(reports: Path, runs: dict[str, dict[str, Any]], pages: dict[str, dict] | None = None
+            ) -> None:
+    """Add the merged runs' (and pages') provenance to reports/merged.json (the index shows
+    it, and marks the steps they belong to as merged)."""
+    path = reports / MERGED
+    merged = _json(path) if path.exists() else {}
     merged.setdefault("runs", {}).update(runs)
+    if pages:
+        merged.setdefault("pages", {}).update(pages)
     atomic_write_json(path, merged)
 
 
@@ -223,7 +251,8 @@ def merge_paths(paths: list[Path], reports: Path, ckpts: Path, force: bool = Fal
             except MergeError as exc:
                 out.errors[str(path)] = str(exc)
                 continue
-            provenance = {}
+            provenance: dict[str, dict[str, Any]] = {}
+            when = datetime.now(timezone.utc).isoformat(timespec="seconds")
             for run in runs:
                 verdict = _merge_run(run, results, ckpts, force)
                 {"merged": out.merged, "unchanged": out.unchanged,
@@ -233,10 +262,12 @@ def merge_paths(paths: list[Path], reports: Path, ckpts: Path, force: bool = Fal
                     provenance[run.name] = {
                         "source": Path(path).name, "path": str(Path(path).resolve()),
                         "bundle_created": manifest.get("created"),
-                        "merged": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "weights": run.weights is not None}
-            if provenance:
-                _record(reports, provenance)
+                        "merged": when, "weights": run.weights is not None}
+            pages = {name: {"source": Path(path).name, "merged": when}
+                     for name in _merge_pages(root, reports, force)}
+            out.pages += list(pages)
+            if provenance or pages:
+                _record(reports, provenance, pages)
     return out
 
 
@@ -259,6 +290,9 @@ def _report(out: Outcome) -> None:
         by_path.setdefault(path, []).append(run)
     for path, runs in by_path.items():
         log.info("merge: %d run(s) from %s: %s", len(runs), path, ", ".join(sorted(runs)))
+    if out.pages:
+        log.info("merge: %d step page(s) and summaries this folder lacked: %s",
+                 len(out.pages), ", ".join(out.pages))
     if out.unchanged:
         log.info("merge: %d run(s) already here, identical (nothing to do): %s",
                  len(out.unchanged), ", ".join(sorted(out.unchanged)))
