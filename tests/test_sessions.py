@@ -188,6 +188,13 @@ def test_stop_after_sets_the_deadline_and_the_platform_default(tmp_path, monkeyp
     now = time.time()
     resume.start_session(run, args, tmp_path)  # --list: returns before reading the code
     assert abs(run.session.deadline - (now + 7200)) < 60 and run.session.platform == "kaggle"
+    # the platform's default counts from the session's start (the container's first process)
+    monkeypatch.setattr("psutil.Process.create_time", lambda self: now - 3600)
+    resume.start_session(run, execute.argparse.Namespace(stop_after=None, argv=[], list=True),
+                         tmp_path)
+    assert abs(run.session.deadline - (now - 3600 + 11.5 * 3600)) < 60
+    assert resume.session_start("kaggle", now + 13 * 3600) == now + 13 * 3600  # too old
+    assert resume.session_start(None, now) == now
     with resume.deadline_env(run.session):
         assert float(os.environ[STOP_ENV]) == pytest.approx(run.session.deadline, abs=1)
     assert STOP_ENV not in os.environ

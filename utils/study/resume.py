@@ -48,7 +48,7 @@ from .session_facts import code_files, data_digest, differences
 
 __all__ = ["SESSION_FILE", "MARGIN_HOURS", "INTERRUPTED", "add_session_args", "code_files",
            "data_digest", "differences", "find_previous", "copy_previous", "rebase_state",
-           "start_session", "Session", "deadline_env", "step_status", "held_back",
+           "start_session", "session_start", "Session", "deadline_env", "step_status", "held_back",
            "resume_hint", "exit_status"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]   # the git checkout whose commit is recorded
@@ -252,6 +252,24 @@ def _stop_hours(given: float | None, platform: str | None) -> float | None:
     return None
 
 
+def session_start(platform: str | None, now: float) -> float:
+    """When the platform's session clock started: on Kaggle and Colab the container's first
+    process (psutil), so the setup cell and downloads before run_all count against the
+    default --stop-after as they count against the platform's limit. `now` elsewhere, or
+    when that start is unreadable, in the future, or older than a whole session."""
+    if not platform:
+        return now
+    try:
+        import psutil
+
+        began = psutil.Process(1).create_time()
+    except Exception:  # noqa: BLE001 - no /proc, no permission: count from now
+        return now
+    from .cost import SESSION_HOURS
+
+    return began if 0 <= now - began < SESSION_HOURS[platform] * 3600 else now
+
+
 def start_session(run, args, code_dir: Path) -> None:
     """prepare()'s hook: --resume-from (check, copy), rebase the completed steps, write
     `<reports>/session.json`, set the deadline. `--list` only looks."""
@@ -260,7 +278,9 @@ def start_session(run, args, code_dir: Path) -> None:
     hours = _stop_hours(getattr(args, "stop_after", None), platform)
     ckpts = Path(run.settings.get("checkpoints") or run.reports.parent / "checkpoints")
     argv = list(getattr(args, "argv", None) or [])
-    run.session = Session(argv, started + hours * 3600 if hours else None, hours, platform,
+    default = getattr(args, "stop_after", None) is None   # the platform's: its clock
+    origin = session_start(platform, started) if default else started
+    run.session = Session(argv, origin + hours * 3600 if hours else None, hours, platform,
                           run.reports, ckpts)
     if getattr(args, "list", False) and getattr(args, "resume_from", None):
         return preview_resume(run, Path(args.resume_from), bool(args.resume_anyway))
@@ -290,10 +310,11 @@ def start_session(run, args, code_dir: Path) -> None:
     run.reports.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.reports / SESSION_FILE, current)
     if hours:
+        since = datetime.fromtimestamp(origin).strftime("%H:%M")
         log.info("the run stops at the first epoch end after %s (--stop-after %g h%s)",
                  datetime.fromtimestamp(run.session.deadline).strftime("%H:%M"), hours,
-                 f", {platform}'s default" if getattr(args, "stop_after", None) is None
-                 else "")
+                 f", {platform}'s default, counted from the session's start at {since}"
+                 if default else "")
 
 
 @contextlib.contextmanager
