@@ -66,13 +66,14 @@ def add_session_args(p) -> None:
     p.add_argument("--resume-from", type=Path, metavar="DIR", help="continue a previous "
                    "session: DIR holds its reports/ and checkpoints/ (e.g. a Kaggle "
                    "version's output attached as /kaggle/input/<name>); copied into "
-                   "--reports-dir/--checkpoint-dir, DIR is never written (docs/sessions.md)")
+                   "--reports-dir/--checkpoint-dir, DIR is never written; with --list, what "
+                   "would run (docs/sessions.md)")
     p.add_argument("--resume-anyway", action="store_true", help="resume even though the "
                    "previous session ran other code or data (its completed steps are kept)")
     p.add_argument("--stop-after", type=float, metavar="HOURS", help="stop cleanly at the "
                    "next epoch end once HOURS have passed, print the command that continues "
-                   f"(default on Kaggle/Colab: their session limit less {MARGIN_HOURS} h; "
-                   "0 = never)")
+                   f"(default on Kaggle/Colab: their session limit less {MARGIN_HOURS} h, "
+                   "counted from the session's start; 0 = never)")
 
 
 # --- what a session ran on: session_facts.py ------------------------------------------------
