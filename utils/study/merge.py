@@ -312,7 +312,7 @@ def merge_command(args: argparse.Namespace, plan: list[Step]) -> int:
     out = merge_paths(list(args.merge), reports, ckpts, args.force)
     _report(out)
     trouble = bool(out.errors or out.conflicts)
-    if not out.merged:
+    if not out.merged and not out.pages:  # pages alone: the index must link them
         log.info("merge: nothing new merged; nothing re-rendered")
         return int(trouble)
     names = {s.name for s in plan}
