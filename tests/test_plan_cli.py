@@ -127,6 +127,27 @@ def test_hosted_profiles_test_on_full_s_test_set(dataset, tmp_path_factory):
     assert trains["kaggle"] == trains["colab"] == 20 < trains["full"]
 
 
+def test_the_plan_counts_what_the_runs_leak_guard_leaves(tmp_path_factory):
+    """RSNA ⊂ NIH: the plan's training sizes are the run's own (its loader, then the rows
+    `utils.data.overlap` drops after the splits), not the split's; epochs in whole batches."""
+    import dataclasses
+
+    from utils.data.dataset import load_manifest
+    from utils.data.demo import make_demo
+    from utils.data.overlap import cross_source_exclusion
+
+    root = make_demo(tmp_path_factory.mktemp("demo"), seed=0, image_px=32, scale=0.3)
+    cfg = make_config({"data_root": str(root), "dataset": "rsna"}, "full")
+    runs = {d: load_manifest(dataclasses.replace(cfg, dataset=d)) for d in ("rsna", "nih")}
+    for dataset, manifest in runs.items():
+        kept = cross_source_exclusion(dataset, runs, root)(manifest)
+        train = int((kept["split"] == "train").sum())
+        plain = int((manifest["split"] == "train").sum())
+        sizes, source = cost.split_sizes(dataclasses.replace(cfg, dataset=dataset), root)
+        assert source == "found" and sizes["train"] == train < plain, (dataset, train, plain)
+    assert cost.epoch_images(dataclasses.replace(cfg, batch_size=16), 371) == 368
+
+
 # --- profile=auto on a platform --------------------------------------------------------------
 def test_platform_detection_and_the_auto_profile(monkeypatch):
     assert budget.detect_platform({}, {}) == (None, "")

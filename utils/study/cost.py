@@ -5,7 +5,8 @@
 - **the data**: each source's train/val/test sizes from its manifest when the data is
   found, else the Kaggle sets' published sizes (`PUBLISHED`), split as the config splits;
 - **the runs**: what each notebook trains (`runs_of`): one run per dataset × seed, 02's
-  NIH part A, 09's transfer arms, the epoch's size after the sampler and any cap;
+  NIH part A, 09's transfer arms, the epoch's size after the sampler, any cap, the
+  RSNA ⊂ NIH leak guard's drops (found data) and in whole batches;
 - **throughputs**: training and inference images/s per architecture. The user's own
   figures from `python -m benchmarks.gpu` (its JSON, `reports/gpu_benchmark.json`) win;
   else timm's published training benchmark on an RTX 3090 (`REFERENCE_RATES`) scaled to
@@ -249,18 +250,52 @@ def split_sizes(cfg, data_root: str | Path | None) -> tuple[dict[str, int], str]
 
 
 def _manifest_sizes(cfg, data_root: str | Path) -> dict[str, int]:
-    """Split counts from the source's manifest (no image checks: they read every file)."""
-    from ..data.discover import find_sources
-    from ..data.sources import build_manifest
-    from ..data.splits import assign_splits, cap_per_split
-
-    folder = find_sources(data_root)[cfg.dataset]
-    manifest = assign_splits(build_manifest(cfg.dataset, folder), cfg.val_fraction,
-                             cfg.test_fraction, cfg.split_seed)
-    manifest = cap_per_split(manifest, cfg.max_images, cfg.split_seed)
+    """Split counts from the source's manifest (no image checks: they read every file),
+    less what RSNA ⊂ NIH's leak guard drops from training (`_leak_guarded`)."""
+    manifest = _leak_guarded(cfg, data_root, _split_manifest(cfg, data_root))
     counts = manifest["split"].value_counts()
     sizes = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
     return _train_capped(sizes, cfg)
+
+
+def _split_manifest(cfg, data_root: str | Path):
+    """A source's manifest with its patient-level splits and `max_images` cap, as
+    `load_manifest` draws them; kept per (source, split settings) for the whole plan."""
+    key = (cfg.dataset, str(data_root), cfg.val_fraction, cfg.test_fraction, cfg.split_seed,
+           cfg.max_images)
+    if key not in _MANIFESTS:
+        from ..data.discover import find_sources
+        from ..data.sources import build_manifest
+        from ..data.splits import assign_splits, cap_per_split
+
+        folder = find_sources(data_root)[cfg.dataset]
+        manifest = assign_splits(build_manifest(cfg.dataset, folder), cfg.val_fraction,
+                                 cfg.test_fraction, cfg.split_seed)
+        _MANIFESTS[key] = cap_per_split(manifest, cfg.max_images, cfg.split_seed)
+    return _MANIFESTS[key]
+
+
+_MANIFESTS: dict[tuple, Any] = {}
+
+
+def _leak_guarded(cfg, data_root: str | Path, manifest):
+    """The rows a run on RSNA or NIH keeps when the other is found with RSNA's NIH mapping:
+    the rows `utils.data.overlap` drops after the splits (NIH training without the patients
+    behind RSNA's validation and test films; RSNA training without NIH's test patients'
+    films). Measured on the demo: 02's part A drew 224 images an epoch where the plan
+    counted 334 without this."""
+    from ..data.discover import find_sources
+    from ..data.overlap import cross_source_exclusion
+    from ..data.rsna import find_rsna_nih_mapping
+
+    other = {"nih": "rsna", "rsna": "nih"}.get(cfg.dataset)
+    if other is None or other not in find_sources(data_root) \
+            or find_rsna_nih_mapping(data_root) is None:
+        return manifest
+    peer = _split_manifest(dataclasses.replace(cfg, dataset=other), data_root)
+    exclude = cross_source_exclusion(cfg.dataset, {cfg.dataset: manifest, other: peer},
+                                     data_root)
+    return exclude(manifest) if exclude is not None else manifest
 
 
 def _train_capped(sizes: dict[str, int], cfg) -> dict[str, int]:
@@ -270,12 +305,15 @@ def _train_capped(sizes: dict[str, int], cfg) -> dict[str, int]:
 
 def epoch_images(cfg, train: int) -> int:
     """Images one training epoch draws: the split, or what the capped sampler keeps (at
-    most `sampler_cap` per finding, published NIH counts scaled to this train split)."""
-    if cfg.sampler != "capped" or cfg.dataset != "nih" or not cfg.sampler_cap:
-        return train
-    scale = train / PUBLISHED["nih"]["pool"]
-    kept = sum(min(cfg.sampler_cap, round(n * scale)) for n in NIH_TRAIN_VAL_FINDINGS.values())
-    return min(train, kept)  # an image with two findings is drawn once: an upper bound
+    most `sampler_cap` per finding, published NIH counts scaled to this train split), in
+    whole batches."""
+    if cfg.sampler == "capped" and cfg.dataset == "nih" and cfg.sampler_cap:
+        scale = train / PUBLISHED["nih"]["pool"]
+        kept = sum(min(cfg.sampler_cap, round(n * scale))
+                   for n in NIH_TRAIN_VAL_FINDINGS.values())
+        train = min(train, kept)  # an image with two findings is drawn once: an upper bound
+    # the training loader drops the last partial batch (`make_loaders`: drop_last)
+    return train - train % cfg.batch_size if train > cfg.batch_size else train
 
 
 # --- runs ---------------------------------------------------------------------------------
