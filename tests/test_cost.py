@@ -8,17 +8,17 @@ import json
 import pytest
 
 from utils.config import make_config
-from utils.study import budget, cost
+from utils.study import budget, cost, run_sizes
 
 
 def test_published_sizes_cap_the_training_split_only():
     full = make_config({"dataset": "nih"}, "full")
-    sizes, source = cost.split_sizes(full, None)
+    sizes, source = run_sizes.split_sizes(full, None)
     assert source == "published" and sizes["test"] == 25596
     assert sizes["train"] + sizes["val"] == 86524 and sizes["train"] > 70000
-    capped, _ = cost.split_sizes(dataclasses.replace(full, max_train_images=16000), None)
+    capped, _ = run_sizes.split_sizes(dataclasses.replace(full, max_train_images=16000), None)
     assert capped == {**sizes, "train": 16000}
-    rsna, _ = cost.split_sizes(make_config({"dataset": "rsna"}, "full"), None)
+    rsna, _ = run_sizes.split_sizes(make_config({"dataset": "rsna"}, "full"), None)
     assert rsna["test"] == round(26684 * 0.15)  # no official test split: carved
 
 
@@ -28,10 +28,10 @@ def test_unknown_gpu_names_the_choices():
     assert cost.gpu_named("CPU") is None and cost.gpu_named(" T4 ").name == "NVIDIA T4"
 
 
-def _run(**kw) -> cost.RunCost:
+def _run(**kw) -> run_sizes.RunCost:
     base = dict(step="s", run="s", model="vit", dataset="nih", train_images=16000,
                 val_images=13000, test_images=30000, epochs=10, image_size=224)
-    return cost.RunCost(**{**base, **kw})
+    return run_sizes.RunCost(**{**base, **kw})
 
 
 def test_two_processes_train_faster_but_validate_as_one():

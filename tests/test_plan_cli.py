@@ -12,7 +12,7 @@ import pytest
 from run_all import main
 from utils.config import make_config
 from utils.evaluation.questions import QUESTIONS, ROLES
-from utils.study import budget, budget_hooks, cost, execute
+from utils.study import budget, budget_hooks, cost, execute, run_sizes
 from utils.study.plan import Step, default_plan
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -100,8 +100,8 @@ def test_hosted_profiles_keep_both_questions_answerable(profile):
     for question, roles in QUESTIONS.items():
         steps = [ROLES[r].step for r in ("chexnet", *roles)]
         seeds = [{d: sum(1 for r in by_step[s] if r.dataset == d and r.run.split(".")[0] == s
-                         and "_nih" not in r.run) for d in cost.PUBLISHED} for s in steps]
-        common = [d for d in cost.PUBLISHED if all(n[d] >= 2 for n in seeds)]
+                         and "_nih" not in r.run) for d in run_sizes.PUBLISHED} for s in steps]
+        common = [d for d in run_sizes.PUBLISHED if all(n[d] >= 2 for n in seeds)]
         assert common, (question, seeds)
     cfg, full = make_config({}, profile), make_config({}, "full")
     for key in ("val_fraction", "test_fraction", "split_seed", "max_images"):
@@ -143,9 +143,9 @@ def test_the_plan_counts_what_the_runs_leak_guard_leaves(tmp_path_factory):
         kept = cross_source_exclusion(dataset, runs, root)(manifest)
         train = int((kept["split"] == "train").sum())
         plain = int((manifest["split"] == "train").sum())
-        sizes, source = cost.split_sizes(dataclasses.replace(cfg, dataset=dataset), root)
+        sizes, source = run_sizes.split_sizes(dataclasses.replace(cfg, dataset=dataset), root)
         assert source == "found" and sizes["train"] == train < plain, (dataset, train, plain)
-    assert cost.epoch_images(dataclasses.replace(cfg, batch_size=16), 371) == 368
+    assert run_sizes.epoch_images(dataclasses.replace(cfg, batch_size=16), 371) == 368
 
 
 # --- profile=auto on a platform --------------------------------------------------------------

@@ -4,7 +4,7 @@ for the index.
 
 The arithmetic is `utils.study.cost`'s; this module builds each step's config as its
 notebook will (the recipe < the parameters cell < run_all's parameters), prices the runs
-`cost.runs_of` lists, adds what the steps write (checkpoints, the image caches 01 builds,
+`run_sizes.runs_of` lists, adds what the steps write (checkpoints, the image caches 01 builds,
 RSNA's PNG copies) and prints it as one table.
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..fileio import atomic_write_json
-from . import cost
-from .cost import PlanError, RunCost, SESSION_HOURS, fmt_hours
+from . import cost, run_sizes
+from .cost import PlanError, SESSION_HOURS, fmt_hours
+from .run_sizes import RunCost
 
 __all__ = ["PLATFORMS", "detect_platform", "auto_profile", "StepCost", "Plan", "price_plan",
            "format_plan", "session_problem", "device_gpu", "cpu_rates_cached", "PLAN_HOURS",
@@ -111,7 +112,7 @@ def step_config(step, params: dict[str, Any], notebooks: Path):
     from ..config import make_config
     from .recipes import recipe_for
 
-    defaults = cost.notebook_defaults(notebooks / step.notebook)
+    defaults = run_sizes.notebook_defaults(notebooks / step.notebook)
     variant = params.get("variant", defaults.get("variant", ""))
     merged = {**recipe_for(variant), **defaults, **params}
     return make_config(merged, params["profile"])
@@ -196,7 +197,7 @@ def _stale(measured_at: float, now: float) -> bool:
 
 
 def _runs(step, cfg, data_root) -> list[RunCost]:
-    return cost.runs_of(step.notebook, cfg, data_root)
+    return run_sizes.runs_of(step.notebook, cfg, data_root)
 
 
 def _with_processes(run: RunCost, cfg, processes: int) -> RunCost:
@@ -264,15 +265,15 @@ def _preparation(step, cfg, runs: list[RunCost], data_root, cached: set, sc: Ste
     wanted: dict[tuple[str, int], int] = {}
     if step.notebook.startswith("01_"):
         names = cfg.dataset_list()
-        names = list(cost.PUBLISHED) if names == ["all"] else names
+        names = list(run_sizes.PUBLISHED) if names == ["all"] else names
         for name in names:
-            if data_root is None or name in cost._sources(data_root):
-                sizes, _ = cost.split_sizes(dataclasses.replace(cfg, dataset=name, datasets=""),
+            if data_root is None or name in run_sizes.found_sources(data_root):
+                sizes, _ = run_sizes.split_sizes(dataclasses.replace(cfg, dataset=name, datasets=""),
                                             data_root)
                 wanted[(name, cfg.image_size)] = sum(sizes.values())
         if "rsna" in names and data_root is None:  # a real RSNA download is DICOM
-            seconds += cost.PUBLISHED["rsna"]["pool"] / DICOM_TO_PNG_PER_S
-            disk += cost.PUBLISHED["rsna"]["pool"] * PNG_BYTES
+            seconds += run_sizes.PUBLISHED["rsna"]["pool"] / DICOM_TO_PNG_PER_S
+            disk += run_sizes.PUBLISHED["rsna"]["pool"] * PNG_BYTES
     for r in runs:
         wanted.setdefault((r.dataset, r.image_size), r.train_images + r.val_images + r.test_images)
     for key, images in wanted.items():
