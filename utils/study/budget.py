@@ -218,6 +218,7 @@ def price_plan(steps, params: dict[str, dict[str, Any]], notebooks: Path,
     `cpu_threads`, or only read from `cpu_cache` when not `measure_cpu`) with `processes`
     GPUs for `nproc_per_node=0`; `data_root` None: the published sizes."""
     gpu = cost.gpu_named(gpu_name)
+    run_sizes.forget_manifests()  # the data as it is now, read once for the whole plan
     figures = cost.load_figures(figures_path) if (figures_path and gpu) else None
     configs = {s.name: step_config(s, params[s.name], notebooks) for s in steps}
     priced: list[tuple[Any, Any, list[RunCost]]] = []

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["PUBLISHED", "NIH_TRAIN_VAL_FINDINGS", "RunCost", "split_sizes", "epoch_images",
-           "runs_of", "notebook_defaults", "found_sources"]
+           "runs_of", "notebook_defaults", "found_sources", "forget_manifests"]
 
 # The Kaggle sets as published: Kermany's official train+val (re-split by patient) and
 # test; RSNA's stage-2 training images (no official test: carved by `test_fraction`);
@@ -35,7 +35,6 @@ NIH_TRAIN_VAL_FINDINGS = {
     "Infiltration": 13782, "Mass": 4034, "Nodule": 4708, "Pleural_Thickening": 2242,
     "Pneumonia": 876, "Pneumothorax": 2637, "No Finding": 50500,
 }
-
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -69,7 +68,8 @@ def _manifest_sizes(cfg, data_root: str | Path) -> dict[str, int]:
 
 def _split_manifest(cfg, data_root: str | Path):
     """A source's manifest with its patient-level splits and `max_images` cap, as
-    `load_manifest` draws them; kept per (source, split settings) for the whole plan."""
+    `load_manifest` draws them; kept per (source, split settings) until the next plan
+    (`forget_manifests`)."""
     key = (cfg.dataset, str(data_root), cfg.val_fraction, cfg.test_fraction, cfg.split_seed,
            cfg.max_images)
     if key not in _MANIFESTS:
@@ -85,6 +85,12 @@ def _split_manifest(cfg, data_root: str | Path):
 
 
 _MANIFESTS: dict[tuple, Any] = {}
+
+
+def forget_manifests() -> None:
+    """Start a plan from the data as it is now (`budget.price_plan` calls it): the split
+    manifests above are kept for one plan, not for the life of the process."""
+    _MANIFESTS.clear()
 
 
 def _leak_guarded(cfg, data_root: str | Path, manifest):
