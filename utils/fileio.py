@@ -1,4 +1,5 @@
-"""Atomic writes: a crash never leaves a half checkpoint, report, cache or results JSON.
+"""Atomic writes: a crash never leaves a half checkpoint, report, cache or results JSON;
+and the one reader of the JSON files those writes leave (`read_json`).
 
 Everything is written to a temporary file in the destination folder, flushed to disk, then
 renamed over the target (`os.replace` is atomic on POSIX and Windows within one volume).
@@ -13,7 +14,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "atomic_torch_save"]
+           "atomic_torch_save", "read_json"]
+
+
+def read_json(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when there is no path or file, or it is unreadable,
+    not JSON or not an object (a state file, record or results JSON half-written elsewhere
+    counts as absent: atomic writes never leave one here)."""
+    if path is None:
+        return None
+    try:
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 @contextmanager

@@ -44,7 +44,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..fileio import atomic_write_text
-from .cache_state import DoneLog, build_lock, prepare, read_json
+from ..fileio import read_json
+from .cache_state import DoneLog, build_lock, prepare
 from .images import BadImageError, image_size, read_image
 
 __all__ = ["CACHE_VERSION", "CacheError", "ImageCache", "build_cache", "cache_key"]

@@ -7,7 +7,6 @@ batches (`SYNC_SECONDS`) rather than per chunk.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -19,9 +18,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 
-__all__ = ["SYNC_SECONDS", "DoneLog", "build_lock", "prepare", "read_done", "read_json"]
+__all__ = ["SYNC_SECONDS", "DoneLog", "build_lock", "prepare", "read_done"]
 
 SYNC_SECONDS = 5.0     # fsync the arrays (then log finished chunks) at most this often
 
@@ -88,13 +87,6 @@ def _arrays_ok(folder: Path, n: int, side: int) -> bool:
         return False
     return images.shape == (n, side, side) and sizes.shape == (n, 2)
 
-
-def read_json(path: Path) -> dict | None:
-    """The parsed file, or None when it is missing or not JSON (a partial folder)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 class DoneLog:

@@ -27,7 +27,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, read_json
 from .index import MERGED, package_versions  # MERGED: re-exported for merge
 
 __all__ = ["page_links", "check_links", "bundle_files", "write_bundle", "BUNDLE_NAME",
@@ -124,12 +124,6 @@ def bundle_files(reports: str | Path) -> list[Path]:
     return seen
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def bundle_runs(reports: str | Path) -> dict[str, dict]:
@@ -137,7 +131,7 @@ def bundle_runs(reports: str | Path) -> dict[str, dict]:
     name → its results. Step summaries (00_eda, 07_comparison, ...) are not runs."""
     runs = {}
     for path in sorted((Path(reports) / "results").glob("*.json")):
-        res = _read_json(path)
+        res = read_json(path)
         if res is not None and "test" in res:
             runs[path.stem] = res
     return runs
@@ -170,7 +164,7 @@ def bundle_manifest(reports: str | Path, weights: dict[str, str]) -> dict:
         if data.get("dataset"):
             sources.setdefault(data["dataset"], set()).add(data.get("source_version"))
             fingerprints.setdefault(data["dataset"], set()).add(data.get("test_fingerprint"))
-    state = _read_json(reports / ".run_state.json") or {}
+    state = read_json(reports / ".run_state.json") or {}
     state = state.get("steps", state) if isinstance(state.get("steps"), dict) else state
     return {"schema": BUNDLE_SCHEMA, "created": datetime.now(timezone.utc).isoformat(
                 timespec="seconds"),

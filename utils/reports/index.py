@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..evaluation.results import parse_run_name, primary_results
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json
 from .headline import comparison_answer, headline_rows, render_headline
 from .html_page import CSS, SORT_JS, esc, fmt_bytes, fmt_duration, fmt_metric, table
 from .narrative import owner_step
@@ -275,7 +275,7 @@ MERGED = "merged.json"        # reports/merged.json: which runs came from which 
 
 def merged_steps(reports: str | Path) -> dict[str, str]:
     """{plan step: the bundles its merged runs or pages came from} (reports/merged.json)."""
-    merged = _json_or_none(Path(reports) / MERGED) or {}
+    merged = read_json(Path(reports) / MERGED) or {}
     found: dict[str, set[str]] = {}
     for kind in ("runs", "pages"):
         for name, entry in (merged.get(kind) or {}).items():
@@ -288,7 +288,7 @@ def merged_steps(reports: str | Path) -> dict[str, str]:
 def merged_table(reports: str | Path) -> dict[str, str]:
     """The index's "Merged runs": each bundle or folder merged (reports/merged.json, written
     by utils.study.merge) → the runs that came from it."""
-    merged = _json_or_none(Path(reports) / MERGED) or {}
+    merged = read_json(Path(reports) / MERGED) or {}
     by_source: dict[str, list[str]] = {}
     for run, entry in sorted((merged.get("runs") or {}).items()):
         if isinstance(entry, dict):
@@ -297,9 +297,3 @@ def merged_table(reports: str | Path) -> dict[str, str]:
     return {source: ", ".join(runs) for source, runs in by_source.items()}
 
 
-def _json_or_none(path: Path) -> dict | None:
-    """A JSON file's object, None when absent or unreadable (a merge half-done elsewhere)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -10,7 +10,6 @@ RSNA's PNG copies) and prints it as one table.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform as _platform
 import sys
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 from . import cost, run_sizes
 from .cost import PlanError, SESSION_HOURS, fmt_hours
 from .run_sizes import RunCost
@@ -146,7 +145,7 @@ def cpu_rates_cached(models: list[str], size: int, batch: int, path: Path | None
     a `PlanError` naming the command that measures the missing ones, so a run that did not
     ask for a plan never spends its first seconds (minutes on a busy CPU) measuring."""
     host = f"{_platform.node()}/{os.cpu_count()}cpu/{threads or 'default'}t"
-    stored = _read_json(path)
+    stored = read_json(path) or {}
     batch = min(batch, 16)  # images/s on a CPU hardly depend on the batch beyond this
     key = lambda m: f"{host}|{m}|{size}|{batch}"  # noqa: E731
     load = _load()
@@ -173,17 +172,11 @@ def cpu_rates_cached(models: list[str], size: int, batch: int, path: Path | None
         for name, r in measured.items():
             stored[key(name)] = {"train": r.train, "eval": r.eval, "load": load}
         if path:  # re-read first: another run_all may have written its figures meanwhile
-            atomic_write_json(path, {**_read_json(path), **stored})
+            atomic_write_json(path, {**(read_json(path) or {}), **stored})
     return {m: cost.Rates(stored[key(m)]["train"], stored[key(m)]["eval"],
                           "measured on this CPU") for m in models}
 
 
-def _read_json(path: Path | None) -> dict[str, Any]:
-    """The stored figures, {} when there are none or the file is not JSON."""
-    try:
-        return json.loads(path.read_text()) if path and path.is_file() else {}
-    except ValueError:
-        return {}
 
 
 def _load() -> float:

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..evaluation.results import RESULTS_SCHEMA
-from ..fileio import atomic_path, atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_path, atomic_write_bytes, atomic_write_json, read_json
 from ..reports.bundle import MANIFEST, MERGED
 from .plan import Step, UsageError
 
@@ -207,7 +207,7 @@ def _merge_pages(root: Path, reports: Path, force: bool) -> list[str]:
     copied = []
     pages = [(f, reports / f.name) for f in sorted(root.glob("*.html"))]
     summaries = [(f, reports / "results" / f.name) for f in sorted(root.glob("results/*.json"))
-                 if "test" not in _json(f)]
+                 if "test" not in (read_json(f) or {})]
     for src, dest in pages + summaries:
         if src.stem in ("index", *RERENDER) or not src.is_file():
             continue
@@ -217,12 +217,6 @@ def _merge_pages(root: Path, reports: Path, force: bool) -> list[str]:
     return copied
 
 
-def _json(path: Path) -> dict:
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _record(reports: Path, runs: dict[str, dict[str, Any]], pages: dict[str, dict] | None = None
@@ -230,7 +224,7 @@ def _record(reports: Path, runs: dict[str, dict[str, Any]], pages: dict[str, dic
     """Add the merged runs' (and pages') provenance to reports/merged.json (the index shows
     it, and marks the steps they belong to as merged)."""
     path = reports / MERGED
-    merged = _json(path) if path.exists() else {}
+    merged = read_json(path) or {}
     merged.setdefault("runs", {}).update(runs)
     if pages:
         merged.setdefault("pages", {}).update(pages)

@@ -40,7 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 from ..training.loop import STOP_ENV
 from .plan import UsageError
 from .run_state import fingerprint, load_state, save_state, upstream_facts
@@ -111,7 +111,7 @@ def find_previous(folder: Path) -> tuple[Path, Path]:
                 if found else "no reports/.run_state.json in it or two levels below it")
         raise UsageError(f"--resume-from {folder}: {what}")
     reports = found[0]
-    record = _read_json(reports / SESSION_FILE)
+    record = read_json(reports / SESSION_FILE) or {}
     ckpts = reports.parent / record.get("checkpoints_rel", "checkpoints")
     return reports, ckpts
 
@@ -123,11 +123,6 @@ def _subfolders(folder: Path) -> list[Path]:
         return []
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def copy_previous(src: Path, dst: Path) -> int:
@@ -156,8 +151,8 @@ def _adopt(src_dir: Path, reports: Path, ckpts: Path, current: dict[str, Any],
            anyway: bool) -> dict[str, Any]:
     """--resume-from: check the previous session against this one, copy it; return its record."""
     src_reports, src_ckpts = find_previous(src_dir)
-    record = _read_json(src_reports / SESSION_FILE)
-    here = _read_json(reports / SESSION_FILE)
+    record = read_json(src_reports / SESSION_FILE) or {}
+    here = read_json(reports / SESSION_FILE) or {}
     if src_reports.resolve() == reports.resolve() or \
             (record.get("id") and record["id"] in [here.get("id"), *here.get("lineage", [])]):
         log.info("resume: %s is already continued in %s", src_reports, reports)
@@ -192,7 +187,7 @@ def preview_resume(run, src_dir: Path, anyway: bool) -> None:
     without copying or writing anything (the listing shows DIR's reports)."""
     src_reports, _ = find_previous(src_dir)
     run.reports, run.state = src_reports, load_state(src_reports / ".run_state.json")
-    if record := _read_json(src_reports / SESSION_FILE):
+    if record := read_json(src_reports / SESSION_FILE):
         rebase_state(run, record, anyway, save=False)
 
 
@@ -288,7 +283,7 @@ def start_session(run, args, code_dir: Path) -> None:
     if getattr(args, "list", False) or getattr(args, "plan", False):
         return
     anyway = bool(getattr(args, "resume_anyway", False))
-    previous = _read_json(run.reports / SESSION_FILE)
+    previous = read_json(run.reports / SESSION_FILE) or {}
     current = {"version": 1, "id": uuid.uuid4().hex[:12],
                "started": datetime.now().isoformat(timespec="seconds"),
                "code": code_files(code_dir, run.notebooks), "code_digest": run.code,
